@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Rebuild one default model bundle:  models/recipes/build.sh <landcover|crisis-reports> [recipe options]
+#
+# Creates a venv (default: <repo>/../venv/recipes, override with OUTPOST_RECIPE_VENV) from
+# requirements.txt if it does not exist yet, then runs the recipe. The data folder defaults to
+# <repo>/../shared/data (override with --data-dir). Scratch files go to OUTPOST_RECIPE_WORK
+# (default /tmp/outpost-recipes). Needs ~6 GB of disk for the venv (torch from PyPI is the CUDA build).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+venv="${OUTPOST_RECIPE_VENV:-$repo/../venv/recipes}"
+python="${PYTHON:-python3}"
+
+if [[ $# -lt 1 ]]; then
+    echo "usage: $0 <landcover|crisis-reports> [recipe options]" >&2
+    exit 2
+fi
+bundle="$1"; shift
+case "$bundle" in
+    landcover) recipe="$here/landcover.py" ;;
+    crisis-reports) recipe="$here/crisis_reports.py" ;;
+    *) echo "unknown bundle '$bundle' (expected landcover or crisis-reports)" >&2; exit 2 ;;
+esac
+
+if [[ ! -x "$venv/bin/python" ]]; then
+    echo "creating venv $venv" >&2
+    "$python" -m venv "$venv"
+    "$venv/bin/pip" install --upgrade pip >&2
+    "$venv/bin/pip" install -r "$here/requirements.txt" >&2
+fi
+
+# Two cores are assumed; torch and ONNX Runtime are limited to 2 threads by the recipes.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
+export HF_HUB_OFFLINE=1
+export TRANSFORMERS_OFFLINE=1
+cd "$repo"
+exec "$venv/bin/python" "$recipe" "$@"

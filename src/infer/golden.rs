@@ -1,0 +1,134 @@
+//! Golden checks: a bundle carries a few inputs with the outputs its recipe computed in
+//! Python. Reproducing them through the agent's own decode, preprocessing, tokenizer and
+//! ONNX Runtime proves the whole path, not just the network; the update code runs the same
+//! check before it switches to a new bundle.
+
+use super::image::preprocess_into;
+use super::text::{encode, pad_batch, pad_id};
+use crate::model::LoadedModel;
+use ndarray::Array4;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+struct GoldenFile {
+    tolerance: f32,
+    cases: Vec<GoldenCase>,
+}
+
+#[derive(Debug, Deserialize)]
+struct GoldenCase {
+    #[serde(default)]
+    image: Option<String>,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    token_ids: Option<Vec<i64>>,
+    scores: Vec<f32>,
+}
+
+/// The outcome of a golden check.
+#[derive(Debug, Clone)]
+pub struct GoldenReport {
+    /// Cases run.
+    pub cases: usize,
+    /// Tolerance from the golden file.
+    pub tolerance: f32,
+    /// Largest absolute score difference seen.
+    pub max_abs_diff: f32,
+    /// One line per case that did not match.
+    pub failures: Vec<String>,
+}
+
+impl GoldenReport {
+    /// Whether every case matched.
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+/// Runs the golden cases of a loaded bundle. `Ok(None)` if the bundle has none.
+pub fn check(model: &LoadedModel) -> Result<Option<GoldenReport>, String> {
+    let m = model.manifest();
+    let Some(file) = &m.golden else {
+        return Ok(None);
+    };
+    let path = model.bundle.path(file);
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let golden: GoldenFile =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut report = GoldenReport {
+        cases: golden.cases.len(),
+        tolerance: golden.tolerance,
+        max_abs_diff: 0.0,
+        failures: Vec::new(),
+    };
+    for (i, case) in golden.cases.iter().enumerate() {
+        let name = case
+            .image
+            .clone()
+            .or_else(|| case.text.as_ref().map(|t| format!("{:?}", t.chars().take(40).collect::<String>())))
+            .unwrap_or_else(|| format!("case {i}"));
+        let scores = match run_case(model, case) {
+            Ok(s) => s,
+            Err(e) => {
+                report.failures.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        if scores.len() != case.scores.len() {
+            report.failures.push(format!(
+                "{name}: {} scores, expected {}",
+                scores.len(),
+                case.scores.len()
+            ));
+            continue;
+        }
+        let diff = scores
+            .iter()
+            .zip(&case.scores)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        report.max_abs_diff = report.max_abs_diff.max(diff);
+        if diff > golden.tolerance {
+            report.failures.push(format!(
+                "{name}: scores differ by up to {diff:.2e}, tolerance {:.1e}",
+                golden.tolerance
+            ));
+        }
+    }
+    Ok(Some(report))
+}
+
+fn run_case(model: &LoadedModel, case: &GoldenCase) -> Result<Vec<f32>, String> {
+    let m = model.manifest();
+    let emb = if let (Some(img_file), Some(spec)) = (&case.image, &m.image) {
+        let path = model.bundle.path(img_file);
+        let rgb = image::open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .to_rgb8();
+        let mut input = Array4::<f32>::zeros((1, 3, spec.height as usize, spec.width as usize));
+        let slice = input
+            .as_slice_mut()
+            .ok_or("internal: input tensor not contiguous")?;
+        preprocess_into(&rgb, spec, slice);
+        model.embed_images(input.view()).map_err(|e| e.to_string())?
+    } else if let (Some(text), Some(tok)) = (&case.text, &model.tokenizer) {
+        let enc = encode(tok, text)?;
+        if let Some(want) = &case.token_ids {
+            if want != &enc.ids {
+                return Err(format!(
+                    "tokenizer ids differ from the reference: got {:?}, expected {:?}",
+                    enc.ids, want
+                ));
+            }
+        }
+        let (ids, mask, types) = pad_batch(&[&enc], pad_id(tok));
+        model
+            .embed_tokens(ids.view(), mask.view(), types.view())
+            .map_err(|e| e.to_string())?
+    } else {
+        return Err("case has no input this model can read".into());
+    };
+    let scores = model.score(emb.view()).map_err(|e| e.to_string())?;
+    Ok(scores.row(0).to_vec())
+}

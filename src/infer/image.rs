@@ -1,0 +1,400 @@
+//! The image pipeline's pure parts: decode a file into an 8-bit RGB raster (with a mask of
+//! valid pixels and the georeferencing of GeoTIFFs), plan tiles, crop, and turn a tile into
+//! the backbone's input tensor. No ONNX Runtime here, so all of it is cheap to test.
+
+use super::geotiff::{read_georef, GeoRef};
+use super::InputError;
+use crate::model::manifest::{ChannelOrder, ImageSpec, ResizeRule};
+use image::{DynamicImage, ImageReader, RgbImage};
+use std::path::Path;
+
+/// Limits that protect the agent from decompression bombs and absurd files.
+#[derive(Debug, Clone, Copy)]
+pub struct ImageLimits {
+    /// Largest image, in pixels (width x height).
+    pub max_pixels: u64,
+    /// Largest image file, in bytes.
+    pub max_file_bytes: u64,
+}
+
+impl Default for ImageLimits {
+    fn default() -> Self {
+        ImageLimits {
+            max_pixels: 150_000_000,
+            max_file_bytes: 2 << 30,
+        }
+    }
+}
+
+/// A decoded image.
+pub struct Raster {
+    /// 8-bit RGB pixels.
+    pub rgb: RgbImage,
+    /// Per pixel: `false` where the file says there is no data (alpha 0, or GDAL nodata in
+    /// every band). `None` when every pixel is valid.
+    pub valid: Option<Vec<bool>>,
+    /// Georeferencing, for GeoTIFFs.
+    pub georef: Option<GeoRef>,
+    /// Things the user should know about the conversion (16-bit scaling, missing CRS...).
+    pub notes: Vec<String>,
+}
+
+/// The image formats the agent reads, by file extension.
+pub fn is_image_path(path: &Path) -> bool {
+    matches!(
+        path.extension()
+            .and_then(|e| e.to_str())
+            .map(|e| e.to_ascii_lowercase())
+            .as_deref(),
+        Some("jpg" | "jpeg" | "png" | "tif" | "tiff")
+    )
+}
+
+fn is_tiff(path: &Path) -> bool {
+    matches!(
+        path.extension()
+            .and_then(|e| e.to_str())
+            .map(|e| e.to_ascii_lowercase())
+            .as_deref(),
+        Some("tif" | "tiff")
+    )
+}
+
+fn reader(path: &Path, limits: &ImageLimits) -> Result<ImageReader<std::io::BufReader<std::fs::File>>, InputError> {
+    let meta = std::fs::metadata(path).map_err(InputError::Io)?;
+    if meta.len() == 0 {
+        return Err(InputError::Empty);
+    }
+    if meta.len() > limits.max_file_bytes {
+        return Err(InputError::TooLarge {
+            size: meta.len(),
+            limit: limits.max_file_bytes,
+        });
+    }
+    let mut r = ImageReader::open(path)
+        .map_err(InputError::Io)?
+        .with_guessed_format()
+        .map_err(InputError::Io)?;
+    if r.format().is_none() {
+        return Err(InputError::Unsupported(
+            "the content is not a JPEG, PNG or TIFF image".into(),
+        ));
+    }
+    let side = limits.max_pixels.min(u32::MAX as u64) as u32;
+    let mut l = image::Limits::default();
+    l.max_image_width = Some(side);
+    l.max_image_height = Some(side);
+    l.max_alloc = Some(limits.max_pixels.saturating_mul(8));
+    r.limits(l);
+    Ok(r)
+}
+
+/// Width and height without decoding the pixels (for progress and tile planning).
+pub fn dimensions(path: &Path, limits: &ImageLimits) -> Result<(u32, u32), InputError> {
+    let (w, h) = reader(path, limits)?
+        .into_dimensions()
+        .map_err(|e| InputError::Decode(e.to_string()))?;
+    check_pixels(w, h, limits)?;
+    Ok((w, h))
+}
+
+fn check_pixels(w: u32, h: u32, limits: &ImageLimits) -> Result<(), InputError> {
+    if w == 0 || h == 0 {
+        return Err(InputError::Decode(format!("image has size {w}x{h}")));
+    }
+    if w as u64 * h as u64 > limits.max_pixels {
+        return Err(InputError::TooManyPixels {
+            width: w,
+            height: h,
+            limit: limits.max_pixels,
+        });
+    }
+    Ok(())
+}
+
+/// Decodes an image file into an 8-bit RGB raster.
+pub fn decode(path: &Path, limits: &ImageLimits) -> Result<Raster, InputError> {
+    let r = reader(path, limits)?;
+    let (w, h) = r
+        .into_dimensions()
+        .map_err(|e| InputError::Decode(e.to_string()))?;
+    check_pixels(w, h, limits)?;
+    let img = reader(path, limits)?.decode().map_err(|e| match e {
+        image::ImageError::Limits(l) => InputError::Decode(format!(
+            "the image needs more memory than allowed ({l}); it may be a decompression bomb"
+        )),
+        other => InputError::Decode(other.to_string()),
+    })?;
+    let mut notes = Vec::new();
+    let georef = if is_tiff(path) {
+        match read_georef(path) {
+            Ok(g) => g,
+            Err(e) => {
+                notes.push(format!("GeoTIFF tags unreadable ({e}); no georeferencing"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let nodata = georef.as_ref().and_then(|g| g.nodata);
+    let (rgb, valid) = to_rgb8(img, nodata, &mut notes)?;
+    if let Some(g) = &georef {
+        if let Some(p) = &g.crs_problem {
+            notes.push(format!(
+                "{p}: tiles are classified but have no map position"
+            ));
+        }
+    }
+    Ok(Raster {
+        rgb,
+        valid,
+        georef,
+        notes,
+    })
+}
+
+/// Converts any decoded image to 8-bit RGB plus a validity mask.
+fn to_rgb8(
+    img: DynamicImage,
+    nodata: Option<f64>,
+    notes: &mut Vec<String>,
+) -> Result<(RgbImage, Option<Vec<bool>>), InputError> {
+    let (w, h) = (img.width(), img.height());
+    let n = (w as usize) * (h as usize);
+    let nodata_mask = |get: &dyn Fn(usize) -> Vec<f64>| -> Option<Vec<bool>> {
+        let nd = nodata?;
+        Some((0..n).map(|i| !get(i).iter().all(|&v| v == nd)).collect())
+    };
+    match img {
+        DynamicImage::ImageRgb8(rgb) => {
+            let raw = rgb.as_raw();
+            let valid = nodata_mask(&|i| raw[i * 3..i * 3 + 3].iter().map(|&v| v as f64).collect());
+            Ok((rgb, valid))
+        }
+        DynamicImage::ImageRgba8(rgba) => {
+            let raw = rgba.as_raw();
+            let valid: Vec<bool> = (0..n).map(|i| raw[i * 4 + 3] > 0).collect();
+            Ok((DynamicImage::ImageRgba8(rgba).to_rgb8(), Some(valid)))
+        }
+        DynamicImage::ImageLuma8(g) => {
+            let raw = g.as_raw();
+            let valid = nodata_mask(&|i| vec![raw[i] as f64]);
+            notes.push("single-band image: the band is used as grey for all three channels".into());
+            Ok((DynamicImage::ImageLuma8(g).to_rgb8(), valid))
+        }
+        DynamicImage::ImageLumaA8(g) => {
+            let raw = g.as_raw();
+            let valid: Vec<bool> = (0..n).map(|i| raw[i * 2 + 1] > 0).collect();
+            Ok((DynamicImage::ImageLumaA8(g).to_rgb8(), Some(valid)))
+        }
+        DynamicImage::ImageRgb16(_)
+        | DynamicImage::ImageRgba16(_)
+        | DynamicImage::ImageLuma16(_)
+        | DynamicImage::ImageLumaA16(_) => {
+            let has_alpha = img.color().has_alpha();
+            let channels = img.color().channel_count() as usize;
+            let color_channels = if has_alpha { channels - 1 } else { channels };
+            let data: Vec<u16> = match &img {
+                DynamicImage::ImageRgb16(i) => i.as_raw().clone(),
+                DynamicImage::ImageRgba16(i) => i.as_raw().clone(),
+                DynamicImage::ImageLuma16(i) => i.as_raw().clone(),
+                DynamicImage::ImageLumaA16(i) => i.as_raw().clone(),
+                _ => unreachable!("matched 16-bit variants above"),
+            };
+            let mut valid: Vec<bool> = (0..n)
+                .map(|i| !has_alpha || data[i * channels + channels - 1] > 0)
+                .collect();
+            if let Some(nd) = nodata {
+                for (i, v) in valid.iter_mut().enumerate() {
+                    let px = &data[i * channels..i * channels + color_channels];
+                    if px.iter().all(|&p| p as f64 == nd) {
+                        *v = false;
+                    }
+                }
+            }
+            // Linear stretch: the 99.5th percentile of valid pixel values maps to 255, so a
+            // few bright outliers do not leave the scene black.
+            let mut values: Vec<u16> = (0..n)
+                .filter(|&i| valid[i])
+                .flat_map(|i| data[i * channels..i * channels + color_channels].iter().copied())
+                .collect();
+            let hi = if values.is_empty() {
+                1
+            } else {
+                let k = ((values.len() - 1) as f64 * 0.995) as usize;
+                *values.select_nth_unstable(k).1
+            }
+            .max(1) as f32;
+            notes.push(format!(
+                "16-bit image scaled to 8 bits (value {hi} and above -> 255)"
+            ));
+            let mut rgb = RgbImage::new(w, h);
+            for (i, px) in rgb.pixels_mut().enumerate() {
+                let base = i * channels;
+                for c in 0..3 {
+                    let src = if color_channels == 1 { 0 } else { c };
+                    let v = data[base + src] as f32 * 255.0 / hi;
+                    px.0[c] = v.round().clamp(0.0, 255.0) as u8;
+                }
+            }
+            let all_valid = valid.iter().all(|&v| v);
+            Ok((rgb, if all_valid { None } else { Some(valid) }))
+        }
+        other => Err(InputError::Unsupported(format!(
+            "pixel format {:?} (floating-point rasters are not supported; convert to 8 or 16 bits)",
+            other.color()
+        ))),
+    }
+}
+
+/// A rectangle of pixels in a raster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TileBox {
+    /// Left column.
+    pub x: u32,
+    /// Top row.
+    pub y: u32,
+    /// Width.
+    pub w: u32,
+    /// Height.
+    pub h: u32,
+}
+
+/// Positions along one axis: a stride of `tile - overlap`, the last tile pushed back to end
+/// at the edge so every pixel is covered without padding.
+fn positions(len: u32, tile: u32, overlap: u32) -> Vec<u32> {
+    if len <= tile {
+        return vec![0];
+    }
+    let stride = tile.saturating_sub(overlap).max(1);
+    let mut out: Vec<u32> = (0..)
+        .map(|k| k * stride)
+        .take_while(|&p| p + tile < len)
+        .collect();
+    out.push(len - tile);
+    out.dedup();
+    out
+}
+
+/// Cuts a `width` x `height` raster into `tile`-sized boxes overlapping by `overlap` pixels.
+/// A raster smaller than a tile along an axis gives one box of its own size on that axis.
+pub fn plan_tiles(width: u32, height: u32, tile: u32, overlap: u32) -> Vec<TileBox> {
+    let tile = tile.max(1);
+    let overlap = overlap.min(tile - 1);
+    let mut out = Vec::new();
+    for &y in &positions(height, tile, overlap) {
+        for &x in &positions(width, tile, overlap) {
+            out.push(TileBox {
+                x,
+                y,
+                w: tile.min(width),
+                h: tile.min(height),
+            });
+        }
+    }
+    out
+}
+
+/// Fraction of valid pixels inside a box.
+pub fn valid_fraction(raster: &Raster, b: &TileBox) -> f32 {
+    let Some(valid) = &raster.valid else {
+        return 1.0;
+    };
+    let width = raster.rgb.width() as usize;
+    let mut ok = 0usize;
+    for row in b.y..b.y + b.h {
+        let start = row as usize * width + b.x as usize;
+        ok += valid[start..start + b.w as usize].iter().filter(|&&v| v).count();
+    }
+    ok as f32 / (b.w as f32 * b.h as f32)
+}
+
+/// Copies a box out of a raster.
+pub fn crop(rgb: &RgbImage, b: &TileBox) -> RgbImage {
+    image::imageops::crop_imm(rgb, b.x, b.y, b.w, b.h).to_image()
+}
+
+/// Content hash of a tile: the same pixels give the same item, whatever file they came from.
+pub fn tile_hash(tile: &RgbImage) -> String {
+    let mut h = crate::hash::Hasher::default();
+    h.update(b"outpost-tile-v1")
+        .update(&tile.width().to_le_bytes())
+        .update(&tile.height().to_le_bytes())
+        .update(tile.as_raw());
+    h.finish_hex()
+}
+
+/// Writes the backbone input for one tile (CHW, float32) into `out`, which must hold
+/// `3 * height * width` values. Resizes first if the tile is not the model's size.
+pub fn preprocess_into(tile: &RgbImage, spec: &ImageSpec, out: &mut [f32]) {
+    let (w, h) = (spec.width, spec.height);
+    let resized;
+    let src = if tile.width() == w && tile.height() == h {
+        tile
+    } else {
+        let filter = match spec.resize {
+            ResizeRule::Bilinear => image::imageops::FilterType::Triangle,
+            ResizeRule::Nearest => image::imageops::FilterType::Nearest,
+        };
+        resized = image::imageops::resize(tile, w, h, filter);
+        &resized
+    };
+    let plane = (w * h) as usize;
+    debug_assert_eq!(out.len(), 3 * plane);
+    let order: [usize; 3] = match spec.channel_order {
+        ChannelOrder::Rgb => [0, 1, 2],
+        ChannelOrder::Bgr => [2, 1, 0],
+    };
+    let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * spec.std[c]));
+    let shift: [f32; 3] = std::array::from_fn(|c| spec.mean[c] / spec.std[c]);
+    for (i, px) in src.as_raw().chunks_exact(3).enumerate() {
+        for (c, &from) in order.iter().enumerate() {
+            out[c * plane + i] = px[from] as f32 * scale[c] - shift[c];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles_cover_the_raster_and_stay_inside() {
+        for (w, h, t, o) in [(791, 718, 64, 0), (64, 64, 64, 0), (100, 50, 64, 16), (30, 200, 64, 8)] {
+            let tiles = plan_tiles(w, h, t, o);
+            let mut covered = vec![false; (w * h) as usize];
+            for b in &tiles {
+                assert!(b.x + b.w <= w && b.y + b.h <= h, "{b:?} outside {w}x{h}");
+                for y in b.y..b.y + b.h {
+                    for x in b.x..b.x + b.w {
+                        covered[(y * w + x) as usize] = true;
+                    }
+                }
+            }
+            assert!(covered.iter().all(|&c| c), "{w}x{h} not covered");
+        }
+        assert_eq!(plan_tiles(128, 128, 64, 0).len(), 4);
+        assert_eq!(plan_tiles(128, 128, 64, 32).len(), 9);
+    }
+
+    #[test]
+    fn preprocessing_matches_the_formula() {
+        let spec = ImageSpec {
+            input: "image".into(),
+            height: 2,
+            width: 2,
+            channel_order: ChannelOrder::Rgb,
+            mean: [0.5, 0.25, 0.0],
+            std: [0.5, 0.25, 1.0],
+            resize: ResizeRule::Bilinear,
+        };
+        let tile = RgbImage::from_raw(2, 2, vec![255, 0, 51, 0, 255, 102, 10, 20, 30, 40, 50, 60]).unwrap();
+        let mut out = vec![0.0; 12];
+        preprocess_into(&tile, &spec, &mut out);
+        let expect = |p: f32, c: usize| (p / 255.0 - spec.mean[c]) / spec.std[c];
+        assert!((out[0] - expect(255.0, 0)).abs() < 1e-6);
+        assert!((out[4 + 1] - expect(255.0, 1)).abs() < 1e-6);
+        assert!((out[8 + 3] - expect(60.0, 2)).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,99 @@
+//! The inference pipelines.
+//!
+//! - [`image`]: decode JPEG/PNG/TIFF, plan tiles, crop, preprocess to tensors.
+//! - [`geotiff`]: GeoTIFF georeferencing and reprojection of tile footprints to WGS84.
+//! - [`text`]: read reports from text, Markdown, CSV and JSON Lines; tokenize; batch.
+//! - [`golden`]: run a bundle's golden inputs and compare with the expected outputs.
+//!
+//! Errors about one input file are [`InputError`]s: recorded per file, and the run goes on.
+
+pub mod geotiff;
+pub mod golden;
+pub mod image;
+pub mod text;
+
+/// Why one input (a file, a row, a line) could not be analysed. The message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    /// Zero bytes.
+    #[error("the file is empty")]
+    Empty,
+    /// Over the file size limit.
+    #[error("the file is {size} bytes, over the limit of {limit} bytes; split it or raise the limit in the config")]
+    TooLarge {
+        /// Size found.
+        size: u64,
+        /// Limit.
+        limit: u64,
+    },
+    /// Not a format the agent reads.
+    #[error("unsupported input: {0}")]
+    Unsupported(String),
+    /// Over the pixel limit (decompression bomb protection).
+    #[error("the image is {width}x{height} pixels, over the limit of {limit} pixels; cut the scene into smaller files or raise limits.max_image_pixels")]
+    TooManyPixels {
+        /// Width.
+        width: u32,
+        /// Height.
+        height: u32,
+        /// Limit in pixels.
+        limit: u64,
+    },
+    /// Could not be decoded.
+    #[error("cannot decode: {0} (the file is corrupt, truncated, or not what its name says)")]
+    Decode(String),
+    /// Text that is not UTF-8.
+    #[error("the text is not valid UTF-8 (first bad byte at offset {offset}); save the report as UTF-8")]
+    NotUtf8 {
+        /// Byte offset of the first invalid byte.
+        offset: usize,
+    },
+    /// A report with no text.
+    #[error("the report is empty")]
+    EmptyText,
+    /// A report over the length limit.
+    #[error("the report is {size} bytes, over the limit of {limit} bytes; is this really one report?")]
+    TextTooLong {
+        /// Size found.
+        size: usize,
+        /// Limit.
+        limit: usize,
+    },
+    /// No column or field holds the text.
+    #[error("no text column: looked for {wanted:?}, found {found:?}; name the column with --text-field")]
+    NoTextField {
+        /// Names looked for.
+        wanted: Vec<String>,
+        /// Names present.
+        found: Vec<String>,
+    },
+    /// No model for this kind of input.
+    #[error("no {0} model is installed; add a bundle to the models folder")]
+    NoModel(&'static str),
+    /// Reading failed.
+    #[error("cannot read: {0}")]
+    Io(#[source] std::io::Error),
+    /// The model failed on this input.
+    #[error("inference failed: {0}")]
+    Model(String),
+}
+
+impl InputError {
+    /// A short stable code for summaries and the database.
+    pub fn code(&self) -> &'static str {
+        match self {
+            InputError::Empty => "empty",
+            InputError::TooLarge { .. } => "too-large",
+            InputError::Unsupported(_) => "unsupported",
+            InputError::TooManyPixels { .. } => "too-many-pixels",
+            InputError::Decode(_) => "corrupt",
+            InputError::NotUtf8 { .. } => "not-utf8",
+            InputError::EmptyText => "empty",
+            InputError::TextTooLong { .. } => "too-long",
+            InputError::NoTextField { .. } => "no-text-field",
+            InputError::NoModel(_) => "no-model",
+            InputError::Io(_) => "io",
+            InputError::Model(_) => "model",
+        }
+    }
+}

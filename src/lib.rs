@@ -1,0 +1,24 @@
+//! Outpost: machine learning for humanitarian field teams who work where the network
+//! comes and goes.
+//!
+//! The library holds all the logic; the two binaries (`outpost`, the field agent, and
+//! `outpost-server`, the central training server) only parse their command lines and call
+//! in here. A newcomer can read it in this order:
+//!
+//! - [`config`]: the agent's TOML configuration and where its data lives.
+//! - [`model`]: model bundles (manifest, hash verification), loading ONNX Runtime, and
+//!   the pool of ONNX sessions that concurrent callers share.
+//! - [`infer`]: the image and text pipelines (decode, tile, georeference, tokenize, batch).
+//! - [`store`]: the agent's SQLite database (items, predictions, runs, failures).
+//! - [`analyze`]: the `outpost analyze` job that ties the pipelines to the store.
+//! - [`export`]: JSON, CSV and GeoJSON output of stored results.
+//! - [`bench`]: the end-to-end benchmark against raw ONNX Runtime.
+
+pub mod analyze;
+
+pub mod config;
+pub mod export;
+pub mod hash;
+pub mod infer;
+pub mod model;
+pub mod store;

@@ -1,0 +1,52 @@
+//! Model bundles and the ONNX Runtime side of the agent.
+//!
+//! - [`manifest`]: the `manifest.json` format (documented for users in `models/README.md`).
+//! - [`bundle`]: finding bundles on disk and verifying every file against its sha256.
+//! - [`runtime`]: locating and loading the ONNX Runtime shared library, with clear errors.
+//! - [`pool`]: a small pool of ONNX sessions so concurrent callers do not queue on one.
+//! - [`loaded`]: a verified bundle with its sessions and tokenizer, ready to embed and score.
+//! - [`onnx_writer`]: a minimal ONNX protobuf writer (heads retrained in Rust, test models).
+
+pub mod bundle;
+pub mod loaded;
+pub mod manifest;
+pub mod onnx_writer;
+pub mod pool;
+pub mod runtime;
+
+pub use bundle::{Bundle, BundleError};
+pub use loaded::{LoadedModel, ModelError};
+pub use manifest::{Manifest, Task};
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Loads every bundle found directly below `models_dir`. Bundles that fail to verify or
+/// load are returned with their error instead of stopping the others.
+pub fn load_all(
+    models_dir: &Path,
+    opts: pool::SessionOptions,
+) -> (Vec<Arc<LoadedModel>>, Vec<(PathBuf, ModelError)>) {
+    let mut ok = Vec::new();
+    let mut failed = Vec::new();
+    let dirs = match bundle::discover(models_dir) {
+        Ok(d) => d,
+        Err(e) => {
+            failed.push((
+                models_dir.to_path_buf(),
+                ModelError::Bundle(BundleError::Read {
+                    path: models_dir.to_path_buf(),
+                    source: e,
+                }),
+            ));
+            return (ok, failed);
+        }
+    };
+    for dir in dirs {
+        match LoadedModel::load(&dir, opts) {
+            Ok(m) => ok.push(Arc::new(m)),
+            Err(e) => failed.push((dir, e)),
+        }
+    }
+    (ok, failed)
+}

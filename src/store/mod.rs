@@ -1,0 +1,274 @@
+//! The agent's SQLite database: items, predictions, runs and failures (and, in later
+//! migrations, the feedback outbox).
+//!
+//! Durability: WAL journal with `synchronous = FULL`, so a committed transaction survives a
+//! crash or power loss (each commit syncs the WAL). A batch of predictions is written in one
+//! transaction; a run that is killed keeps every batch committed before, and a re-run skips
+//! what is already stored.
+
+pub mod migrate;
+
+use half::f16;
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::{Path, PathBuf};
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite said no.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The database could not be opened.
+    #[error("cannot open the database {path}: {reason}")]
+    Open {
+        /// Database file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A migration failed (the database is left at the previous version).
+    #[error("database migration {name} failed: {reason}")]
+    Migration {
+        /// Migration file.
+        name: String,
+        /// SQLite's message.
+        reason: String,
+    },
+    /// The database was written by a newer agent.
+    #[error("the database is at schema version {found} but this agent knows up to {supported}; upgrade the agent (your data is untouched)")]
+    TooNew {
+        /// Version found.
+        found: u32,
+        /// Newest known.
+        supported: u32,
+    },
+}
+
+/// The current time as RFC 3339 UTC, the form every timestamp in the database uses.
+pub fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+}
+
+/// Encodes an embedding as little-endian float16 (half the size of f32; the precision
+/// lost, about 1e-3 relative, is far below what retraining a head notices).
+pub fn embedding_to_f16(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect()
+}
+
+/// Decodes a little-endian float16 embedding.
+pub fn embedding_from_f16(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(2)
+        .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+        .collect()
+}
+
+/// An item to store.
+#[derive(Debug, Clone)]
+pub struct NewItem {
+    /// Content hash.
+    pub item_id: String,
+    /// `image` or `text`.
+    pub kind: &'static str,
+    /// File it came from.
+    pub source: String,
+    /// Where in the file.
+    pub locator: Option<String>,
+    /// Tile size (images).
+    pub size: Option<(u32, u32)>,
+    /// GeoJSON geometry (WGS84).
+    pub geometry: Option<serde_json::Value>,
+    /// Image bytes or report text.
+    pub content: Vec<u8>,
+    /// MIME type of `content`.
+    pub content_type: &'static str,
+}
+
+/// A prediction to store.
+#[derive(Debug, Clone)]
+pub struct NewPrediction {
+    /// Item it is about.
+    pub item_id: String,
+    /// Model name.
+    pub model_name: String,
+    /// Model version.
+    pub model_version: String,
+    /// Labels decided.
+    pub labels: Vec<String>,
+    /// Highest-scoring label.
+    pub top_label: String,
+    /// Its score.
+    pub top_score: f32,
+    /// Every label's score.
+    pub scores: Vec<f32>,
+    /// Backbone embedding.
+    pub embedding: Vec<f32>,
+    /// Report cut at max_length.
+    pub truncated: bool,
+    /// Per-item preprocessing time.
+    pub preprocess_ms: f64,
+    /// Per-item inference time.
+    pub infer_ms: f64,
+}
+
+/// The agent's database connection.
+pub struct Store {
+    conn: Connection,
+    path: Option<PathBuf>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and applies migrations.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        }
+        let conn = Connection::open(path).map_err(|e| StoreError::Open {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Self::setup(conn, Some(path.to_path_buf()))
+    }
+
+    /// An in-memory database (tests).
+    pub fn open_in_memory() -> Result<Store, StoreError> {
+        Self::setup(Connection::open_in_memory()?, None)
+    }
+
+    fn setup(mut conn: Connection, path: Option<PathBuf>) -> Result<Store, StoreError> {
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        migrate::migrate(&mut conn)?;
+        Ok(Store { conn, path })
+    }
+
+    /// The database file, if not in memory.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The raw connection, for queries that have no method yet.
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Records the start of a run.
+    pub fn begin_run(&self, inputs: &[String]) -> Result<i64, StoreError> {
+        self.conn.execute(
+            "INSERT INTO runs (started_at, inputs) VALUES (?1, ?2)",
+            params![now(), serde_json::to_string(inputs).unwrap_or_default()],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Records the end of a run.
+    pub fn finish_run(&self, run_id: i64, items: u64, failures: u64, status: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE runs SET finished_at = ?1, items = ?2, failures = ?3, status = ?4 WHERE run_id = ?5",
+            params![now(), items as i64, failures as i64, status, run_id],
+        )?;
+        Ok(())
+    }
+
+    /// Records an input that could not be analysed.
+    pub fn record_failure(&self, run_id: i64, source: &str, locator: Option<&str>, code: &str, reason: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO failures (run_id, source, locator, code, reason, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![run_id, source, locator, code, reason, now()],
+        )?;
+        Ok(())
+    }
+
+    /// Stores items and their predictions in one transaction.
+    pub fn save_batch(&mut self, run_id: i64, items: &[NewItem], predictions: &[NewPrediction]) -> Result<(), StoreError> {
+        let ts = now();
+        let tx = self.conn.transaction()?;
+        {
+            let mut put_item = tx.prepare_cached(
+                "INSERT INTO items (item_id, kind, source, locator, width, height, geometry, content, content_type, first_seen, last_seen)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)
+                 ON CONFLICT (item_id) DO UPDATE SET source = excluded.source, locator = excluded.locator,
+                   geometry = COALESCE(excluded.geometry, items.geometry), last_seen = excluded.last_seen",
+            )?;
+            for it in items {
+                put_item.execute(params![
+                    it.item_id,
+                    it.kind,
+                    it.source,
+                    it.locator,
+                    it.size.map(|s| s.0),
+                    it.size.map(|s| s.1),
+                    it.geometry.as_ref().map(|g| g.to_string()),
+                    it.content,
+                    it.content_type,
+                    ts
+                ])?;
+            }
+            let mut put_pred = tx.prepare_cached(
+                "INSERT INTO predictions (item_id, model_name, model_version, run_id, labels, top_label, top_score, scores, embedding, truncated, preprocess_ms, infer_ms, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                 ON CONFLICT (item_id, model_name, model_version) DO UPDATE SET run_id = excluded.run_id,
+                   labels = excluded.labels, top_label = excluded.top_label, top_score = excluded.top_score,
+                   scores = excluded.scores, embedding = excluded.embedding, truncated = excluded.truncated,
+                   preprocess_ms = excluded.preprocess_ms, infer_ms = excluded.infer_ms, created_at = excluded.created_at",
+            )?;
+            for p in predictions {
+                put_pred.execute(params![
+                    p.item_id,
+                    p.model_name,
+                    p.model_version,
+                    run_id,
+                    serde_json::to_string(&p.labels).unwrap_or_default(),
+                    p.top_label,
+                    p.top_score as f64,
+                    serde_json::to_string(&p.scores).unwrap_or_default(),
+                    embedding_to_f16(&p.embedding),
+                    p.truncated,
+                    p.preprocess_ms,
+                    p.infer_ms,
+                    ts
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Whether an item already has a prediction from this model version.
+    pub fn has_prediction(&self, item_id: &str, model_name: &str, model_version: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM predictions WHERE item_id = ?1 AND model_name = ?2 AND model_version = ?3")?
+            .query_row(params![item_id, model_name, model_version], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    /// Marks existing predictions as seen by this run (re-runs that skip inference).
+    pub fn touch_predictions(&mut self, run_id: i64, keys: &[(String, String, String)]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "UPDATE predictions SET run_id = ?1 WHERE item_id = ?2 AND model_name = ?3 AND model_version = ?4",
+            )?;
+            for (item, name, version) in keys {
+                st.execute(params![run_id, item, name, version])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The most recent run, if any.
+    pub fn last_run_id(&self) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT MAX(run_id) FROM runs", [], |r| r.get(0))?)
+    }
+}
