@@ -60,7 +60,7 @@ fn is_tiff(path: &Path) -> bool {
     )
 }
 
-fn reader(path: &Path, limits: &ImageLimits) -> Result<ImageReader<std::io::BufReader<std::fs::File>>, InputError> {
+fn check_file(path: &Path, limits: &ImageLimits) -> Result<(), InputError> {
     let meta = std::fs::metadata(path).map_err(InputError::Io)?;
     if meta.len() == 0 {
         return Err(InputError::Empty);
@@ -71,6 +71,11 @@ fn reader(path: &Path, limits: &ImageLimits) -> Result<ImageReader<std::io::BufR
             limit: limits.max_file_bytes,
         });
     }
+    Ok(())
+}
+
+fn reader(path: &Path, limits: &ImageLimits) -> Result<ImageReader<std::io::BufReader<std::fs::File>>, InputError> {
+    check_file(path, limits)?;
     let mut r = ImageReader::open(path)
         .map_err(InputError::Io)?
         .with_guessed_format()
@@ -91,9 +96,17 @@ fn reader(path: &Path, limits: &ImageLimits) -> Result<ImageReader<std::io::BufR
 
 /// Width and height without decoding the pixels (for progress and tile planning).
 pub fn dimensions(path: &Path, limits: &ImageLimits) -> Result<(u32, u32), InputError> {
-    let (w, h) = reader(path, limits)?
-        .into_dimensions()
-        .map_err(|e| InputError::Decode(e.to_string()))?;
+    let (w, h) = if is_tiff(path) {
+        check_file(path, limits)?;
+        let file = std::fs::File::open(path).map_err(InputError::Io)?;
+        tiff::decoder::Decoder::new(std::io::BufReader::new(file))
+            .and_then(|mut d| d.dimensions())
+            .map_err(|e| InputError::Decode(e.to_string()))?
+    } else {
+        reader(path, limits)?
+            .into_dimensions()
+            .map_err(|e| InputError::Decode(e.to_string()))?
+    };
     check_pixels(w, h, limits)?;
     Ok((w, h))
 }
@@ -114,18 +127,18 @@ fn check_pixels(w: u32, h: u32, limits: &ImageLimits) -> Result<(), InputError> 
 
 /// Decodes an image file into an 8-bit RGB raster.
 pub fn decode(path: &Path, limits: &ImageLimits) -> Result<Raster, InputError> {
-    let r = reader(path, limits)?;
-    let (w, h) = r
-        .into_dimensions()
-        .map_err(|e| InputError::Decode(e.to_string()))?;
-    check_pixels(w, h, limits)?;
-    let img = reader(path, limits)?.decode().map_err(|e| match e {
-        image::ImageError::Limits(l) => InputError::Decode(format!(
-            "the image needs more memory than allowed ({l}); it may be a decompression bomb"
-        )),
-        other => InputError::Decode(other.to_string()),
-    })?;
+    dimensions(path, limits)?;
     let mut notes = Vec::new();
+    let img = if is_tiff(path) {
+        decode_tiff(path, limits, &mut notes)?
+    } else {
+        reader(path, limits)?.decode().map_err(|e| match e {
+            image::ImageError::Limits(l) => InputError::Decode(format!(
+                "the image needs more memory than allowed ({l}); it may be a decompression bomb"
+            )),
+            other => InputError::Decode(other.to_string()),
+        })?
+    };
     let georef = if is_tiff(path) {
         match read_georef(path) {
             Ok(g) => g,
@@ -152,6 +165,125 @@ pub fn decode(path: &Path, limits: &ImageLimits) -> Result<Raster, InputError> {
         georef,
         notes,
     })
+}
+
+/// Decodes a TIFF with the `tiff` crate directly: GeoTIFFs come in layouts the `image`
+/// crate does not map (JPEG-compressed YCbCr, planar bands, 16-bit RGBA as "multiband").
+fn decode_tiff(path: &Path, limits: &ImageLimits, notes: &mut Vec<String>) -> Result<DynamicImage, InputError> {
+    use tiff::decoder::{Decoder, DecodingResult};
+    use tiff::tags::Tag;
+    use tiff::ColorType;
+    let bad = |e: tiff::TiffError| match e {
+        tiff::TiffError::LimitsExceeded => InputError::Decode(
+            "the image needs more memory than allowed; it may be a decompression bomb".into(),
+        ),
+        other => InputError::Decode(other.to_string()),
+    };
+    let file = std::fs::File::open(path).map_err(InputError::Io)?;
+    let mut tl = tiff::decoder::Limits::default();
+    tl.decoding_buffer_size = usize::try_from(limits.max_pixels.saturating_mul(8)).unwrap_or(usize::MAX);
+    let mut dec = Decoder::new(std::io::BufReader::new(file)).map_err(bad)?.with_limits(tl);
+    let (w, h) = dec.dimensions().map_err(bad)?;
+    check_pixels(w, h, limits)?;
+    let color = dec.colortype().map_err(bad)?;
+    let planar = dec
+        .find_tag_unsigned::<u16>(Tag::PlanarConfiguration)
+        .ok()
+        .flatten()
+        == Some(2);
+    let extra_alpha = dec
+        .find_tag_unsigned_vec::<u16>(Tag::ExtraSamples)
+        .ok()
+        .flatten()
+        .is_some_and(|v| v.first().is_some_and(|&x| x == 1 || x == 2));
+    let samples = match color {
+        ColorType::Gray(_) => 1,
+        ColorType::GrayA(_) => 2,
+        ColorType::RGB(_) | ColorType::YCbCr(_) => 3,
+        ColorType::RGBA(_) => 4,
+        ColorType::Multiband { num_samples, .. } => num_samples as usize,
+        other => {
+            return Err(InputError::Unsupported(format!(
+                "TIFF colour type {other:?}; convert to RGB (for example with gdal_translate)"
+            )))
+        }
+    };
+    let n = w as usize * h as usize;
+    // Interleave planar data: [band][pixel] -> [pixel][band].
+    fn interleave<T: Copy>(v: Vec<T>, samples: usize, n: usize, planar: bool) -> Vec<T> {
+        if !planar || samples == 1 || v.len() < samples * n {
+            return v;
+        }
+        let mut out = Vec::with_capacity(samples * n);
+        for i in 0..n {
+            for s in 0..samples {
+                out.push(v[s * n + i]);
+            }
+        }
+        out
+    }
+    // Keep the bands that make an image: grey (+alpha) or RGB (+alpha); say what is dropped.
+    fn pick<T: Copy>(v: &[T], samples: usize, keep: &[usize]) -> Vec<T> {
+        v.chunks_exact(samples)
+            .flat_map(|px| keep.iter().map(move |&k| px[k]))
+            .collect()
+    }
+    let (keep, alpha): (Vec<usize>, bool) = match (samples, color) {
+        (1, _) => (vec![0], false),
+        (2, _) => (vec![0, 1], true),
+        (3, _) => (vec![0, 1, 2], false),
+        (4, ColorType::RGBA(_)) => (vec![0, 1, 2, 3], true),
+        (_, _) if extra_alpha && samples == 4 => (vec![0, 1, 2, 3], true),
+        (_, _) => {
+            notes.push(format!(
+                "{samples} bands: bands 1-3 are used as red, green, blue; the others are ignored"
+            ));
+            (vec![0, 1, 2], false)
+        }
+    };
+    let short = || InputError::Decode("the TIFF holds fewer pixels than its size says".into());
+    // read_image_to_buffer reads every plane of a planar file (read_image only the first).
+    let mut result = DecodingResult::U8(Vec::new());
+    dec.read_image_to_buffer(&mut result).map_err(bad)?;
+    let img = match result {
+        DecodingResult::U8(v) => {
+            let mut v = pick(&interleave(v, samples, n, planar), samples, &keep);
+            if matches!(color, ColorType::YCbCr(_)) {
+                ycbcr_to_rgb(&mut v);
+            }
+            match (keep.len(), alpha) {
+                (1, _) => DynamicImage::ImageLuma8(image::GrayImage::from_raw(w, h, v).ok_or_else(short)?),
+                (2, _) => DynamicImage::ImageLumaA8(image::GrayAlphaImage::from_raw(w, h, v).ok_or_else(short)?),
+                (3, _) => DynamicImage::ImageRgb8(RgbImage::from_raw(w, h, v).ok_or_else(short)?),
+                _ => DynamicImage::ImageRgba8(image::RgbaImage::from_raw(w, h, v).ok_or_else(short)?),
+            }
+        }
+        DecodingResult::U16(v) => {
+            let v = pick(&interleave(v, samples, n, planar), samples, &keep);
+            match keep.len() {
+                1 => DynamicImage::ImageLuma16(image::ImageBuffer::from_raw(w, h, v).ok_or_else(short)?),
+                2 => DynamicImage::ImageLumaA16(image::ImageBuffer::from_raw(w, h, v).ok_or_else(short)?),
+                3 => DynamicImage::ImageRgb16(image::ImageBuffer::from_raw(w, h, v).ok_or_else(short)?),
+                _ => DynamicImage::ImageRgba16(image::ImageBuffer::from_raw(w, h, v).ok_or_else(short)?),
+            }
+        }
+        _ => {
+            return Err(InputError::Unsupported(
+                "TIFF sample format (only 8- and 16-bit unsigned integers are read; convert floating-point or 32-bit rasters)".into(),
+            ))
+        }
+    };
+    Ok(img)
+}
+
+/// JPEG's YCbCr (ITU-R BT.601, full range) to RGB, in place.
+fn ycbcr_to_rgb(v: &mut [u8]) {
+    for px in v.chunks_exact_mut(3) {
+        let (y, cb, cr) = (px[0] as f32, px[1] as f32 - 128.0, px[2] as f32 - 128.0);
+        px[0] = (y + 1.402 * cr).round().clamp(0.0, 255.0) as u8;
+        px[1] = (y - 0.344_136 * cb - 0.714_136 * cr).round().clamp(0.0, 255.0) as u8;
+        px[2] = (y + 1.772 * cb).round().clamp(0.0, 255.0) as u8;
+    }
 }
 
 /// Converts any decoded image to 8-bit RGB plus a validity mask.
