@@ -202,7 +202,8 @@ fn collect_inputs(paths: &[PathBuf]) -> Inputs {
                 &p,
                 None,
                 &InputError::Unsupported(
-                    "not an image (.jpg .jpeg .png .tif .tiff) or report (.txt .md .csv .jsonl)".into(),
+                    "not an image (.jpg .jpeg .png .tif .tiff) or report (.txt .md .csv .jsonl)"
+                        .into(),
                 ),
             ));
         } else {
@@ -214,7 +215,9 @@ fn collect_inputs(paths: &[PathBuf]) -> Inputs {
             let walker = walkdir::WalkDir::new(p)
                 .sort_by_file_name()
                 .into_iter()
-                .filter_entry(|e| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.'));
+                .filter_entry(|e| {
+                    e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.')
+                });
             for entry in walker {
                 match entry {
                     Ok(e) if e.file_type().is_file() => push(e.into_path(), false, &mut out),
@@ -290,7 +293,16 @@ pub fn analyze(
                 db_path: db_path.clone(),
                 stop: stop.clone(),
             };
-            run_pipeline(store, run_id, &mut summary, &pb, tx, rx, move |tx| stage.run(tx), true)?;
+            run_pipeline(
+                store,
+                run_id,
+                &mut summary,
+                &pb,
+                tx,
+                rx,
+                move |tx| stage.run(tx),
+                true,
+            )?;
             pb.finish_and_clear();
         }
     }
@@ -312,7 +324,16 @@ pub fn analyze(
                 stop: stop.clone(),
                 pb: pb.clone(),
             };
-            run_pipeline(store, run_id, &mut summary, &pb, tx, rx, move |tx| stage.run(tx), false)?;
+            run_pipeline(
+                store,
+                run_id,
+                &mut summary,
+                &pb,
+                tx,
+                rx,
+                move |tx| stage.run(tx),
+                false,
+            )?;
             pb.finish_and_clear();
         }
     }
@@ -445,10 +466,18 @@ fn backbone_groups(models: &[Arc<LoadedModel>]) -> Vec<Vec<Arc<LoadedModel>>> {
             .map(|f| f.sha256.clone())
             .unwrap_or_default();
         if let Some(t) = &man.text {
-            key.push_str(&man.files.get(&t.tokenizer).map(|f| f.sha256.clone()).unwrap_or_default());
+            key.push_str(
+                &man.files
+                    .get(&t.tokenizer)
+                    .map(|f| f.sha256.clone())
+                    .unwrap_or_default(),
+            );
         }
         if let Some(i) = &man.image {
-            key.push_str(&format!("{:?}", (i.height, i.width, i.mean, i.std, i.channel_order, i.resize)));
+            key.push_str(&format!(
+                "{:?}",
+                (i.height, i.width, i.mean, i.std, i.channel_order, i.resize)
+            ));
         }
         match groups.iter_mut().find(|g| g.0 == key) {
             Some(g) => g.1.push(m.clone()),
@@ -525,7 +554,10 @@ impl AlreadyCheck {
         let store = self.store.as_ref()?;
         let mut out = Vec::new();
         for (name, version) in &self.keys {
-            if !store.has_prediction(item_id, name, version).unwrap_or(false) {
+            if !store
+                .has_prediction(item_id, name, version)
+                .unwrap_or(false)
+            {
                 return None;
             }
             out.push((item_id.to_string(), name.clone(), version.clone()));
@@ -537,11 +569,21 @@ impl AlreadyCheck {
 // ---------------------------------------------------------------------------------------
 // Images
 
-fn tile_plan(w: u32, h: u32, georeferenced: bool, spec_side: u32, opts: &AnalyzeOptions) -> Vec<TileBox> {
+fn tile_plan(
+    w: u32,
+    h: u32,
+    georeferenced: bool,
+    spec_side: u32,
+    opts: &AnalyzeOptions,
+) -> Vec<TileBox> {
     if !georeferenced && w.max(h) <= opts.whole_image_max {
         return vec![TileBox { x: 0, y: 0, w, h }];
     }
-    let tile = if opts.tile_size > 0 { opts.tile_size } else { spec_side };
+    let tile = if opts.tile_size > 0 {
+        opts.tile_size
+    } else {
+        spec_side
+    };
     img::plan_tiles(w, h, tile, opts.tile_overlap)
 }
 
@@ -559,11 +601,9 @@ fn count_image_items(files: &[PathBuf], models: &ModelSet, opts: &AnalyzeOptions
         .iter()
         .map(|p| match img::dimensions(p, &opts.image_limits) {
             Ok((w, h)) => {
-                let geo = p
-                    .extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| e.eq_ignore_ascii_case("tif") || e.eq_ignore_ascii_case("tiff"))
-                    && w.max(h) > opts.whole_image_max;
+                let geo = p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                    e.eq_ignore_ascii_case("tif") || e.eq_ignore_ascii_case("tiff")
+                }) && w.max(h) > opts.whole_image_max;
                 tile_plan(w, h, geo, side, opts).len() as u64
             }
             Err(_) => 1,
@@ -602,7 +642,12 @@ impl ImageStage {
         }
     }
 
-    fn produce(&self, group: &[Arc<LoadedModel>], btx: SyncSender<Option<TileBatch>>, out: &SyncSender<Event>) {
+    fn produce(
+        &self,
+        group: &[Arc<LoadedModel>],
+        btx: SyncSender<Option<TileBatch>>,
+        out: &SyncSender<Event>,
+    ) {
         let Some(spec) = group[0].manifest().image.clone() else {
             return;
         };
@@ -629,9 +674,7 @@ impl ImageStage {
                 },
             );
             if n < bs {
-                full.tensor = full
-                    .tensor
-                    .slice_move(ndarray::s![..n, .., .., ..]);
+                full.tensor = full.tensor.slice_move(ndarray::s![..n, .., .., ..]);
             }
             btx.send(Some(full)).is_ok()
         };
@@ -651,9 +694,17 @@ impl ImageStage {
                 let _ = out.send(Event::Note(format!("{}: {n}", path.display())));
             }
             let (rw, rh) = raster.rgb.dimensions();
-            let reproj: Option<Reprojector> = raster.georef.as_ref().and_then(|g| g.to_wgs84().ok());
-            let boxes = tile_plan(rw, rh, raster.georef.is_some(), spec.width.max(spec.height), &self.opts);
-            let whole = boxes.len() == 1 && boxes[0].w == rw && boxes[0].h == rh && raster.georef.is_none();
+            let reproj: Option<Reprojector> =
+                raster.georef.as_ref().and_then(|g| g.to_wgs84().ok());
+            let boxes = tile_plan(
+                rw,
+                rh,
+                raster.georef.is_some(),
+                spec.width.max(spec.height),
+                &self.opts,
+            );
+            let whole =
+                boxes.len() == 1 && boxes[0].w == rw && boxes[0].h == rh && raster.georef.is_none();
             let decode_ms = t0.elapsed().as_secs_f64() * 1000.0 / boxes.len().max(1) as f64;
             let mut nodata = 0u64;
             for b in boxes {
@@ -662,7 +713,11 @@ impl ImageStage {
                     nodata += 1;
                     continue;
                 }
-                let tile = if whole { raster.rgb.clone() } else { img::crop(&raster.rgb, &b) };
+                let tile = if whole {
+                    raster.rgb.clone()
+                } else {
+                    img::crop(&raster.rgb, &b)
+                };
                 let item_id = img::tile_hash(&tile);
                 if let Some(keys) = already.done(&item_id) {
                     let _ = out.send(Event::Already(keys));
@@ -670,7 +725,9 @@ impl ImageStage {
                 }
                 let geometry = match (&raster.georef, &reproj) {
                     (Some(g), Some(r)) => match footprint(g, r, b.x, b.y, b.w, b.h) {
-                        Ok(ring) => Some(serde_json::json!({"type": "Polygon", "coordinates": [ring]})),
+                        Ok(ring) => {
+                            Some(serde_json::json!({"type": "Polygon", "coordinates": [ring]}))
+                        }
                         Err(e) => {
                             let _ = out.send(Event::Note(format!(
                                 "{}: tile {},{}: cannot reproject ({e})",
@@ -743,7 +800,11 @@ fn tile_content(path: &Path, tile: &image::RgbImage, whole: bool) -> (Vec<u8>, &
     }
 }
 
-fn infer_images(group: &[Arc<LoadedModel>], rx: Receiver<Option<TileBatch>>, out: SyncSender<Event>) {
+fn infer_images(
+    group: &[Arc<LoadedModel>],
+    rx: Receiver<Option<TileBatch>>,
+    out: SyncSender<Event>,
+) {
     // Keep receiving until the producer says it is done, so it never blocks on a full channel.
     while let Ok(Some(batch)) = rx.recv() {
         let t = Instant::now();
@@ -875,7 +936,10 @@ impl TextStage {
                 let (ids, mask, types) = text::pad_batch(&refs, pad);
                 let prep_ms = t1.elapsed().as_secs_f64() * 1000.0 + per_item_tok * idx.len() as f64;
                 let t2 = Instant::now();
-                let item_ids: Vec<String> = idx.iter().map(|&i| pending[i].item.item_id.clone()).collect();
+                let item_ids: Vec<String> = idx
+                    .iter()
+                    .map(|&i| pending[i].item.item_id.clone())
+                    .collect();
                 let trunc: Vec<bool> = idx.iter().map(|&i| encs[i].truncated).collect();
                 let result = group[0]
                     .embed_tokens(ids.view(), mask.view(), types.view())

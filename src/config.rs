@@ -161,10 +161,11 @@ impl AgentConfig {
                     path: path.clone(),
                     source,
                 })?;
-                text.parse::<toml::Table>().map_err(|e| ConfigError::Invalid {
-                    origin: path.display().to_string(),
-                    reason: e.to_string(),
-                })?
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Invalid {
+                        origin: path.display().to_string(),
+                        reason: e.to_string(),
+                    })?
             }
             None => toml::Table::new(),
         };
@@ -262,13 +263,18 @@ mod tests {
     fn example_config_parses() {
         let text = include_str!("../config/agent.toml");
         let t: toml::Table = text.parse().expect("config/agent.toml is valid TOML");
-        let c: AgentConfig = toml::Value::Table(t).try_into().expect("config/agent.toml matches AgentConfig");
+        let c: AgentConfig = toml::Value::Table(t)
+            .try_into()
+            .expect("config/agent.toml matches AgentConfig");
         assert_eq!(c.analyze.batch_size, AnalyzeConfig::default().batch_size);
     }
 
     #[test]
     fn env_values_parse_as_toml_or_string() {
         assert_eq!(parse_env_value("64"), toml::Value::Integer(64));
-        assert_eq!(parse_env_value("/tmp/x"), toml::Value::String("/tmp/x".into()));
+        assert_eq!(
+            parse_env_value("/tmp/x"),
+            toml::Value::String("/tmp/x".into())
+        );
     }
 }

@@ -88,7 +88,19 @@ pub fn load_rows(
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (item_id, kind, source, locator, model_name, model_version, labels, top_label, top_score, scores, geometry) = row?;
+        let (
+            item_id,
+            kind,
+            source,
+            locator,
+            model_name,
+            model_version,
+            labels,
+            top_label,
+            top_score,
+            scores,
+            geometry,
+        ) = row?;
         let scores: Vec<f64> = serde_json::from_str(&scores).unwrap_or_default();
         let names = labels_of(&model_name, &model_version)
             .filter(|n| n.len() == scores.len())
@@ -142,10 +154,21 @@ pub fn write(rows: &[ExportRow], format: Format, out: &mut dyn Write) -> std::io
                     }
                 }
             }
-            let mut header: Vec<String> = ["item_id", "kind", "source", "locator", "model", "model_version", "labels", "top_label", "top_score", "wkt"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
+            let mut header: Vec<String> = [
+                "item_id",
+                "kind",
+                "source",
+                "locator",
+                "model",
+                "model_version",
+                "labels",
+                "top_label",
+                "top_score",
+                "wkt",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
             header.extend(score_cols.iter().map(|c| format!("score_{c}")));
             w.write_record(&header)?;
             for r in rows {

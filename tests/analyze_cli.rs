@@ -20,7 +20,12 @@ fn setup() -> Env {
     common::make_image_bundle(&models.join("colours"), "colours", "1.0.0");
     common::make_text_bundle(&models.join("keywords"), "keywords", "1.0.0");
     std::fs::remove_file(models.join("keywords.vocab.txt")).ok();
-    Env { _tmp: tmp, root: root.clone(), models, data: root.join("data") }
+    Env {
+        _tmp: tmp,
+        root: root.clone(),
+        models,
+        data: root.join("data"),
+    }
 }
 
 fn outpost(env: &Env, args: &[&str]) -> std::process::Output {
@@ -55,7 +60,11 @@ fn write_inputs(root: &Path) -> PathBuf {
         .save(tiles.join("blue-40px.jpg"))
         .unwrap();
     // Bad inputs, each must be a failure with a reason, and the run must go on.
-    std::fs::write(tiles.join("corrupt.png"), b"\x89PNG\r\n\x1a\n this is not really a png").unwrap();
+    std::fs::write(
+        tiles.join("corrupt.png"),
+        b"\x89PNG\r\n\x1a\n this is not really a png",
+    )
+    .unwrap();
     std::fs::write(tiles.join("empty.jpg"), b"").unwrap();
     let good = std::fs::read(tiles.join("red.png")).unwrap();
     std::fs::write(tiles.join("truncated.png"), &good[..good.len() / 2]).unwrap();
@@ -75,7 +84,11 @@ fn write_inputs(root: &Path) -> PathBuf {
         "{\"text\": \"water water\"}\nnot json\n{\"other\": 1}\n",
     )
     .unwrap();
-    std::fs::write(reports.join("field-note.md"), "# Note\nThe road is out near the bridge.\n").unwrap();
+    std::fs::write(
+        reports.join("field-note.md"),
+        "# Note\nThe road is out near the bridge.\n",
+    )
+    .unwrap();
     std::fs::write(reports.join("latin1.txt"), b"caf\xe9 needs water").unwrap();
     inputs
 }
@@ -96,7 +109,9 @@ fn png_header(width: u32, height: u32) -> Vec<u8> {
     // One tiny IDAT (a stored zlib block holding a single zero byte), so decoders reach the
     // point where they would allocate the image.
     let mut idat = b"IDAT".to_vec();
-    idat.extend_from_slice(&[0x78, 0x01, 0x01, 0x01, 0x00, 0xfe, 0xff, 0x00, 0x00, 0x01, 0x00, 0x01]);
+    idat.extend_from_slice(&[
+        0x78, 0x01, 0x01, 0x01, 0x00, 0xfe, 0xff, 0x00, 0x00, 0x01, 0x00, 0x01,
+    ]);
     out.extend_from_slice(&((idat.len() - 4) as u32).to_be_bytes());
     out.extend_from_slice(&idat);
     out.extend_from_slice(&crc32(&idat).to_be_bytes());
@@ -108,7 +123,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= b as u32;
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -129,7 +148,11 @@ fn analyze_stores_everything_reports_bad_inputs_and_does_not_duplicate_on_rerun(
     let o = outpost(&env, &args);
     let stdout = String::from_utf8_lossy(&o.stdout);
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(3), "partial failure exit code\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "partial failure exit code\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
 
     // Every bad input is named with a reason.
     for (file, words) in [
@@ -139,16 +162,28 @@ fn analyze_stores_everything_reports_bad_inputs_and_does_not_duplicate_on_rerun(
         ("bomb.png", "over the limit"),
         ("latin1.txt", "UTF-8"),
     ] {
-        let line = stdout.lines().find(|l| l.contains(file)).unwrap_or_else(|| panic!("{file} not in summary:\n{stdout}"));
+        let line = stdout
+            .lines()
+            .find(|l| l.contains(file))
+            .unwrap_or_else(|| panic!("{file} not in summary:\n{stdout}"));
         assert!(line.contains(words), "{file}: {line}");
     }
-    assert!(stdout.contains("messages.csv (row 4)") && stdout.contains("the report is empty"), "{stdout}");
+    assert!(
+        stdout.contains("messages.csv (row 4)") && stdout.contains("the report is empty"),
+        "{stdout}"
+    );
     assert!(stdout.contains("sms.jsonl (line 2)"), "{stdout}");
 
     let conn = db(&env);
-    assert_eq!(count(&conn, "SELECT COUNT(*) FROM items WHERE kind = 'image'"), 3);
+    assert_eq!(
+        count(&conn, "SELECT COUNT(*) FROM items WHERE kind = 'image'"),
+        3
+    );
     // 3 CSV rows, 1 JSON line, 1 Markdown file.
-    assert_eq!(count(&conn, "SELECT COUNT(*) FROM items WHERE kind = 'text'"), 5);
+    assert_eq!(
+        count(&conn, "SELECT COUNT(*) FROM items WHERE kind = 'text'"),
+        5
+    );
     let label = |src: &str| -> String {
         conn.query_row(
             "SELECT p.top_label FROM predictions p JOIN items i USING (item_id) WHERE i.source LIKE ?1",
@@ -181,13 +216,23 @@ fn analyze_stores_everything_reports_bad_inputs_and_does_not_duplicate_on_rerun(
     for c in ["corrupt", "empty", "not-utf8", "too-many-pixels"] {
         assert!(codes.iter().any(|x| x == c), "{c} missing from {codes:?}");
     }
-    assert_eq!(count(&conn, "SELECT status = 'partial' FROM runs WHERE run_id = 1"), 1);
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT status = 'partial' FROM runs WHERE run_id = 1"
+        ),
+        1
+    );
 
     // The JSON export holds one object per prediction, with every label's score.
-    let exported: serde_json::Value = serde_json::from_slice(&std::fs::read(&out_json).unwrap()).unwrap();
+    let exported: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&out_json).unwrap()).unwrap();
     let arr = exported.as_array().unwrap();
     assert_eq!(arr.len(), 8);
-    let red = arr.iter().find(|r| r["source"].as_str().unwrap().ends_with("red.png")).unwrap();
+    let red = arr
+        .iter()
+        .find(|r| r["source"].as_str().unwrap().ends_with("red.png"))
+        .unwrap();
     assert!(red["scores"]["red"].as_f64().unwrap() > 0.99);
 
     // A second run finds everything already analysed and adds no rows.
@@ -198,7 +243,15 @@ fn analyze_stores_everything_reports_bad_inputs_and_does_not_duplicate_on_rerun(
     assert_eq!(count(&conn, "SELECT COUNT(*) FROM items"), 8);
     assert_eq!(count(&conn, "SELECT COUNT(*) FROM predictions"), 8);
     // --force analyses again, still without duplicates.
-    let o = outpost(&env, &["analyze", inputs.to_str().unwrap(), "--no-progress", "--force"]);
+    let o = outpost(
+        &env,
+        &[
+            "analyze",
+            inputs.to_str().unwrap(),
+            "--no-progress",
+            "--force",
+        ],
+    );
     assert_eq!(o.status.code(), Some(3));
     assert_eq!(count(&conn, "SELECT COUNT(*) FROM predictions"), 8);
     assert_eq!(count(&conn, "SELECT COUNT(*) FROM runs"), 3);
@@ -206,16 +259,33 @@ fn analyze_stores_everything_reports_bad_inputs_and_does_not_duplicate_on_rerun(
 
 #[test]
 fn a_georeferenced_scene_becomes_a_geojson_layer_on_the_right_spot() {
-    let Some(data) = common::shared_data() else { return };
+    let Some(data) = common::shared_data() else {
+        return;
+    };
     let env = setup();
     let scene = data.join("geotiff/RGB.byte.tif");
     let out = env.root.join("scene.geojson");
     let o = outpost(
         &env,
-        &["analyze", scene.to_str().unwrap(), "--no-progress", "--tile-size", "64", "--format", "geojson", "--out", out.to_str().unwrap()],
+        &[
+            "analyze",
+            scene.to_str().unwrap(),
+            "--no-progress",
+            "--tile-size",
+            "64",
+            "--format",
+            "geojson",
+            "--out",
+            out.to_str().unwrap(),
+        ],
     );
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(o.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let fc: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     assert_eq!(fc["type"], "FeatureCollection");
     let features = fc["features"].as_array().unwrap();
@@ -233,7 +303,10 @@ fn a_georeferenced_scene_becomes_a_geojson_layer_on_the_right_spot() {
         assert_eq!(f["geometry"]["type"], "Polygon");
         for p in f["geometry"]["coordinates"][0].as_array().unwrap() {
             let (lon, lat) = (p[0].as_f64().unwrap(), p[1].as_f64().unwrap());
-            assert!((-78.9587..=-76.5749).contains(&lon) && (23.5649..=25.5509).contains(&lat), "{lon},{lat}");
+            assert!(
+                (-78.9587..=-76.5749).contains(&lon) && (23.5649..=25.5509).contains(&lat),
+                "{lon},{lat}"
+            );
         }
         assert!(f["properties"]["top_label"].is_string());
         assert!(f["properties"]["score_red"].is_number());
@@ -242,20 +315,38 @@ fn a_georeferenced_scene_becomes_a_geojson_layer_on_the_right_spot() {
     let o = outpost(&env, &["export", "--format", "csv"]);
     let csv = String::from_utf8_lossy(&o.stdout);
     assert!(csv.lines().next().unwrap().contains("wkt"));
-    assert!(csv.contains("POLYGON ((-"), "{}", &csv[..csv.len().min(500)]);
+    assert!(
+        csv.contains("POLYGON ((-"),
+        "{}",
+        &csv[..csv.len().min(500)]
+    );
 }
 
 #[test]
 fn a_missing_runtime_library_is_a_clear_error_not_a_panic() {
     let env = setup();
     let o = Command::new(common::outpost_bin())
-        .args(["--data-dir", env.data.to_str().unwrap(), "--models-dir", env.models.to_str().unwrap()])
-        .args(["--ort-lib", "/nonexistent/libonnxruntime.so.1.31.1", "analyze", "."])
+        .args([
+            "--data-dir",
+            env.data.to_str().unwrap(),
+            "--models-dir",
+            env.models.to_str().unwrap(),
+        ])
+        .args([
+            "--ort-lib",
+            "/nonexistent/libonnxruntime.so.1.31.1",
+            "analyze",
+            ".",
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("/nonexistent/libonnxruntime.so.1.31.1") && stderr.contains("scripts/setup.sh"), "{stderr}");
+    assert!(
+        stderr.contains("/nonexistent/libonnxruntime.so.1.31.1")
+            && stderr.contains("scripts/setup.sh"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
@@ -269,5 +360,10 @@ fn a_tampered_bundle_is_skipped_with_its_reason_and_the_others_still_run() {
     let o = outpost(&env, &["analyze", tiles.to_str().unwrap(), "--no-progress"]);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(0), "{stderr}");
-    assert!(stderr.contains("keywords") && stderr.contains("head.onnx") && stderr.contains("does not match"), "{stderr}");
+    assert!(
+        stderr.contains("keywords")
+            && stderr.contains("head.onnx")
+            && stderr.contains("does not match"),
+        "{stderr}"
+    );
 }

@@ -8,7 +8,10 @@ use outpost::model::{pool::SessionOptions, Bundle, BundleError, LoadedModel};
 use std::sync::Arc;
 
 fn opts() -> SessionOptions {
-    SessionOptions { intra_threads: 1, max_sessions: 2 }
+    SessionOptions {
+        intra_threads: 1,
+        max_sessions: 2,
+    }
 }
 
 #[test]
@@ -25,7 +28,10 @@ fn tampered_or_missing_files_are_refused_with_their_name() {
     bytes[last] ^= 0x01;
     std::fs::write(&head, &bytes).unwrap();
     let err = Bundle::open(&dir).unwrap_err();
-    assert!(matches!(err, BundleError::Mismatch { ref file, .. } if file == "head.onnx"), "{err}");
+    assert!(
+        matches!(err, BundleError::Mismatch { ref file, .. } if file == "head.onnx"),
+        "{err}"
+    );
     assert!(err.to_string().contains("sha256"), "{err}");
 
     // A truncated file is caught by its size.
@@ -36,7 +42,10 @@ fn tampered_or_missing_files_are_refused_with_their_name() {
 
     std::fs::remove_file(&head).unwrap();
     let err = Bundle::open(&dir).unwrap_err();
-    assert!(matches!(err, BundleError::MissingFile { ref file, .. } if file == "head.onnx"), "{err}");
+    assert!(
+        matches!(err, BundleError::MissingFile { ref file, .. } if file == "head.onnx"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -50,18 +59,30 @@ fn inconsistent_manifests_are_refused() {
         std::fs::write(dir.join("manifest.json"), v.to_string()).unwrap();
     };
     write(&|v| v["version"] = "1.0".into());
-    assert!(Bundle::open(&dir).unwrap_err().to_string().contains("semantic version"));
+    assert!(Bundle::open(&dir)
+        .unwrap_err()
+        .to_string()
+        .contains("semantic version"));
     write(&|v| v["format"] = 99.into());
-    assert!(Bundle::open(&dir).unwrap_err().to_string().contains("format 99"));
+    assert!(Bundle::open(&dir)
+        .unwrap_err()
+        .to_string()
+        .contains("format 99"));
     write(&|v| {
         v["files"].as_object_mut().unwrap().insert(
             "../escape".into(),
             serde_json::json!({"sha256": "00", "size": 1}),
         );
     });
-    assert!(Bundle::open(&dir).unwrap_err().to_string().contains("relative path"));
+    assert!(Bundle::open(&dir)
+        .unwrap_err()
+        .to_string()
+        .contains("relative path"));
     std::fs::write(dir.join("manifest.json"), "{ not json").unwrap();
-    assert!(matches!(Bundle::open(&dir).unwrap_err(), BundleError::Parse { .. }));
+    assert!(matches!(
+        Bundle::open(&dir).unwrap_err(),
+        BundleError::Parse { .. }
+    ));
 }
 
 #[test]
@@ -74,7 +95,10 @@ fn a_manifest_naming_a_missing_output_is_a_clear_error() {
     std::fs::write(dir.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
     let err = LoadedModel::load(&dir, opts()).err().expect("refused");
     let msg = err.to_string();
-    assert!(msg.contains("\"features\"") && msg.contains("embedding"), "{msg}");
+    assert!(
+        msg.contains("\"features\"") && msg.contains("embedding"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -87,8 +111,8 @@ fn written_models_run_in_onnx_runtime_and_compute_the_formula() {
     // A batch of 2 images: channel means 0.9/0.1/0.2 and -0.5/0.3/0.7 (normalised units).
     let mut x = ndarray::Array4::<f32>::zeros((2, 3, 16, 16));
     for (b, means) in [[0.9f32, 0.1, 0.2], [-0.5, 0.3, 0.7]].iter().enumerate() {
-        for c in 0..3 {
-            x.slice_mut(ndarray::s![b, c, .., ..]).fill(means[c]);
+        for (c, &m) in means.iter().enumerate() {
+            x.slice_mut(ndarray::s![b, c, .., ..]).fill(m);
         }
     }
     let emb = model.embed_images(x.view()).unwrap();
@@ -119,15 +143,23 @@ fn text_model_pools_over_the_mask_so_padding_changes_nothing() {
     assert_eq!(a.ids, vec![2, 8, 7, 4, 3], "[CLS] we need water [SEP]");
     let pad = outpost::infer::text::pad_id(tok);
     let (ids, mask, types) = outpost::infer::text::pad_batch(&[&a, &b], pad);
-    let both = model.embed_tokens(ids.view(), mask.view(), types.view()).unwrap();
+    let both = model
+        .embed_tokens(ids.view(), mask.view(), types.view())
+        .unwrap();
     let (ids, mask, types) = outpost::infer::text::pad_batch(&[&a], pad);
-    let alone = model.embed_tokens(ids.view(), mask.view(), types.view()).unwrap();
+    let alone = model
+        .embed_tokens(ids.view(), mask.view(), types.view())
+        .unwrap();
     for c in 0..both.shape()[1] {
         assert!((both[(0, c)] - alone[(0, c)]).abs() < 1e-6);
     }
     let scores = model.score(both.view()).unwrap();
     let labels = |row: usize| -> Vec<&str> {
-        model.decide(&scores.row(row).to_vec()).into_iter().map(|i| common::TEXT_LABELS[i]).collect()
+        model
+            .decide(&scores.row(row).to_vec())
+            .into_iter()
+            .map(|i| common::TEXT_LABELS[i])
+            .collect()
     };
     assert_eq!(labels(0), vec!["water"]);
     assert_eq!(labels(1), vec!["infrastructure"]);
@@ -139,7 +171,16 @@ fn the_session_pool_serves_concurrent_callers() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("tiny");
     common::make_image_bundle(&dir, "tiny", "1.0.0");
-    let model = Arc::new(LoadedModel::load(&dir, SessionOptions { intra_threads: 1, max_sessions: 3 }).unwrap());
+    let model = Arc::new(
+        LoadedModel::load(
+            &dir,
+            SessionOptions {
+                intra_threads: 1,
+                max_sessions: 3,
+            },
+        )
+        .unwrap(),
+    );
     let handles: Vec<_> = (0..6)
         .map(|i| {
             let m = model.clone();

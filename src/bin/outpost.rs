@@ -265,7 +265,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let db = cfg.database_path();
             if !db.exists() {
-                bail!("no database at {}: run `outpost analyze` first", db.display());
+                bail!(
+                    "no database at {}: run `outpost analyze` first",
+                    db.display()
+                );
             }
             let store = Store::open(&db)?;
             let run_id = if all {
@@ -273,12 +276,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 match run {
                     Some(r) => Some(r),
-                    None => Some(store.last_run_id()?.context("no run stored yet: run `outpost analyze` first")?),
+                    None => Some(
+                        store
+                            .last_run_id()?
+                            .context("no run stored yet: run `outpost analyze` first")?,
+                    ),
                 }
             };
             // Label names come from the manifests; models need not load into ONNX Runtime.
             let manifests = read_manifests(&cfg.models_dir());
-            let filter = ExportFilter { run_id, model_name: model };
+            let filter = ExportFilter {
+                run_id,
+                model_name: model,
+            };
             let rows = export::load_rows(&store, &filter, &|n, v| {
                 manifests
                     .iter()
@@ -309,7 +319,13 @@ fn format_from_extension(p: &Path) -> Option<Format> {
     }
 }
 
-fn do_export(store: &Store, models: &[Arc<LoadedModel>], filter: &ExportFilter, format: Format, out: Option<&Path>) -> Result<()> {
+fn do_export(
+    store: &Store,
+    models: &[Arc<LoadedModel>],
+    filter: &ExportFilter,
+    format: Format,
+    out: Option<&Path>,
+) -> Result<()> {
     let rows = export::load_rows(store, filter, &|n, v| {
         models
             .iter()
@@ -325,14 +341,20 @@ fn write_rows(rows: &[export::ExportRow], format: Format, out: Option<&Path>) ->
             // Write to a temporary file and rename, so a reader never sees half a file.
             let tmp = path.with_extension("partial");
             let mut f = std::io::BufWriter::new(
-                std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?,
+                std::fs::File::create(&tmp)
+                    .with_context(|| format!("cannot create {}", tmp.display()))?,
             );
             let n = export::write(rows, format, &mut f)?;
             use std::io::Write;
             f.flush()?;
             drop(f);
-            std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-            eprintln!("exported {} predictions to {}", rows.len() - n, path.display());
+            std::fs::rename(&tmp, path)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!(
+                "exported {} predictions to {}",
+                rows.len() - n,
+                path.display()
+            );
             n
         }
         None => export::write(rows, format, &mut std::io::stdout().lock())?,
@@ -350,22 +372,38 @@ fn print_summary(s: &analyze::Summary, db: &Path) {
         s.image_items, s.text_items, s.files, s.elapsed_secs
     );
     if s.already_analysed > 0 {
-        println!("  {} items were already analysed by the same model version (use --force to redo).", s.already_analysed);
+        println!(
+            "  {} items were already analysed by the same model version (use --force to redo).",
+            s.already_analysed
+        );
     }
     if s.skipped_nodata > 0 {
-        println!("  {} scene tiles skipped: mostly nodata or transparent.", s.skipped_nodata);
+        println!(
+            "  {} scene tiles skipped: mostly nodata or transparent.",
+            s.skipped_nodata
+        );
     }
     if s.truncated_reports > 0 {
-        println!("  {} reports were longer than the model reads and were cut.", s.truncated_reports);
+        println!(
+            "  {} reports were longer than the model reads and were cut.",
+            s.truncated_reports
+        );
     }
     if s.ignored_files > 0 {
-        println!("  {} files in folders were ignored (not images or reports).", s.ignored_files);
+        println!(
+            "  {} files in folders were ignored (not images or reports).",
+            s.ignored_files
+        );
     }
     for (model, counts) in &s.labels {
         let mut v: Vec<_> = counts.iter().collect();
         v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         let shown: Vec<String> = v.iter().take(12).map(|(l, n)| format!("{l} {n}")).collect();
-        let more = if v.len() > 12 { format!(", and {} more labels", v.len() - 12) } else { String::new() };
+        let more = if v.len() > 12 {
+            format!(", and {} more labels", v.len() - 12)
+        } else {
+            String::new()
+        };
         println!("  {model}: {}{more}", shown.join(", "));
     }
     if !s.failures.is_empty() {
@@ -377,7 +415,11 @@ fn print_summary(s: &analyze::Summary, db: &Path) {
             }
         }
         if s.failures.len() > 20 {
-            println!("  ... and {} more (see the failures table of run {})", s.failures.len() - 20, s.run_id);
+            println!(
+                "  ... and {} more (see the failures table of run {})",
+                s.failures.len() - 20,
+                s.run_id
+            );
         }
     }
     if s.interrupted {
@@ -389,8 +431,12 @@ fn print_summary(s: &analyze::Summary, db: &Path) {
 fn models_command(cfg: &AgentConfig, command: ModelsCommand) -> Result<ExitCode> {
     match command {
         ModelsCommand::Hash { dir } => {
-            let files = model::bundle::hash_folder(&dir).with_context(|| format!("cannot read {}", dir.display()))?;
-            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "files": files }))?);
+            let files = model::bundle::hash_folder(&dir)
+                .with_context(|| format!("cannot read {}", dir.display()))?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({ "files": files }))?
+            );
             Ok(ExitCode::SUCCESS)
         }
         ModelsCommand::List => {
@@ -451,7 +497,11 @@ fn models_command(cfg: &AgentConfig, command: ModelsCommand) -> Result<ExitCode>
                     }
                 }
             }
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

@@ -45,7 +45,10 @@ pub fn read_georef(path: &Path) -> Result<Option<GeoRef>, String> {
     let f64s = |dec: &mut Decoder<_>, tag: Tag| -> Result<Option<Vec<f64>>, String> {
         match dec.find_tag(tag).map_err(|e| e.to_string())? {
             None => Ok(None),
-            Some(_) => dec.get_tag_f64_vec(tag).map(Some).map_err(|e| e.to_string()),
+            Some(_) => dec
+                .get_tag_f64_vec(tag)
+                .map(Some)
+                .map_err(|e| e.to_string()),
         }
     };
     let scale = f64s(&mut dec, Tag::ModelPixelScaleTag)?;
@@ -140,7 +143,10 @@ impl GeoRef {
     /// Model (CRS) coordinates of a pixel-corner position.
     pub fn pixel_to_crs(&self, col: f64, row: f64) -> (f64, f64) {
         let t = &self.transform;
-        (t[0] + col * t[1] + row * t[2], t[3] + col * t[4] + row * t[5])
+        (
+            t[0] + col * t[1] + row * t[2],
+            t[3] + col * t[4] + row * t[5],
+        )
     }
 
     /// Whether the transform has rotation or shear terms.

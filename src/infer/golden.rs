@@ -66,7 +66,11 @@ pub fn check(model: &LoadedModel) -> Result<Option<GoldenReport>, String> {
         let name = case
             .image
             .clone()
-            .or_else(|| case.text.as_ref().map(|t| format!("{:?}", t.chars().take(40).collect::<String>())))
+            .or_else(|| {
+                case.text
+                    .as_ref()
+                    .map(|t| format!("{:?}", t.chars().take(40).collect::<String>()))
+            })
             .unwrap_or_else(|| format!("case {i}"));
         let scores = match run_case(model, case) {
             Ok(s) => s,
@@ -111,7 +115,9 @@ fn run_case(model: &LoadedModel, case: &GoldenCase) -> Result<Vec<f32>, String> 
             .as_slice_mut()
             .ok_or("internal: input tensor not contiguous")?;
         preprocess_into(&rgb, spec, slice);
-        model.embed_images(input.view()).map_err(|e| e.to_string())?
+        model
+            .embed_images(input.view())
+            .map_err(|e| e.to_string())?
     } else if let (Some(text), Some(tok)) = (&case.text, &model.tokenizer) {
         let enc = encode(tok, text)?;
         if let Some(want) = &case.token_ids {

@@ -74,7 +74,10 @@ fn check_file(path: &Path, limits: &ImageLimits) -> Result<(), InputError> {
     Ok(())
 }
 
-fn reader(path: &Path, limits: &ImageLimits) -> Result<ImageReader<std::io::BufReader<std::fs::File>>, InputError> {
+fn reader(
+    path: &Path,
+    limits: &ImageLimits,
+) -> Result<ImageReader<std::io::BufReader<std::fs::File>>, InputError> {
     check_file(path, limits)?;
     let mut r = ImageReader::open(path)
         .map_err(InputError::Io)?
@@ -169,7 +172,11 @@ pub fn decode(path: &Path, limits: &ImageLimits) -> Result<Raster, InputError> {
 
 /// Decodes a TIFF with the `tiff` crate directly: GeoTIFFs come in layouts the `image`
 /// crate does not map (JPEG-compressed YCbCr, planar bands, 16-bit RGBA as "multiband").
-fn decode_tiff(path: &Path, limits: &ImageLimits, notes: &mut Vec<String>) -> Result<DynamicImage, InputError> {
+fn decode_tiff(
+    path: &Path,
+    limits: &ImageLimits,
+    notes: &mut Vec<String>,
+) -> Result<DynamicImage, InputError> {
     use tiff::decoder::{Decoder, DecodingResult};
     use tiff::tags::Tag;
     use tiff::ColorType;
@@ -181,8 +188,11 @@ fn decode_tiff(path: &Path, limits: &ImageLimits, notes: &mut Vec<String>) -> Re
     };
     let file = std::fs::File::open(path).map_err(InputError::Io)?;
     let mut tl = tiff::decoder::Limits::default();
-    tl.decoding_buffer_size = usize::try_from(limits.max_pixels.saturating_mul(8)).unwrap_or(usize::MAX);
-    let mut dec = Decoder::new(std::io::BufReader::new(file)).map_err(bad)?.with_limits(tl);
+    tl.decoding_buffer_size =
+        usize::try_from(limits.max_pixels.saturating_mul(8)).unwrap_or(usize::MAX);
+    let mut dec = Decoder::new(std::io::BufReader::new(file))
+        .map_err(bad)?
+        .with_limits(tl);
     let (w, h) = dec.dimensions().map_err(bad)?;
     check_pixels(w, h, limits)?;
     let color = dec.colortype().map_err(bad)?;
@@ -281,7 +291,9 @@ fn ycbcr_to_rgb(v: &mut [u8]) {
     for px in v.chunks_exact_mut(3) {
         let (y, cb, cr) = (px[0] as f32, px[1] as f32 - 128.0, px[2] as f32 - 128.0);
         px[0] = (y + 1.402 * cr).round().clamp(0.0, 255.0) as u8;
-        px[1] = (y - 0.344_136 * cb - 0.714_136 * cr).round().clamp(0.0, 255.0) as u8;
+        px[1] = (y - 0.344_136 * cb - 0.714_136 * cr)
+            .round()
+            .clamp(0.0, 255.0) as u8;
         px[2] = (y + 1.772 * cb).round().clamp(0.0, 255.0) as u8;
     }
 }
@@ -349,7 +361,11 @@ fn to_rgb8(
             // few bright outliers do not leave the scene black.
             let mut values: Vec<u16> = (0..n)
                 .filter(|&i| valid[i])
-                .flat_map(|i| data[i * channels..i * channels + color_channels].iter().copied())
+                .flat_map(|i| {
+                    data[i * channels..i * channels + color_channels]
+                        .iter()
+                        .copied()
+                })
                 .collect();
             let hi = if values.is_empty() {
                 1
@@ -437,7 +453,10 @@ pub fn valid_fraction(raster: &Raster, b: &TileBox) -> f32 {
     let mut ok = 0usize;
     for row in b.y..b.y + b.h {
         let start = row as usize * width + b.x as usize;
-        ok += valid[start..start + b.w as usize].iter().filter(|&&v| v).count();
+        ok += valid[start..start + b.w as usize]
+            .iter()
+            .filter(|&&v| v)
+            .count();
     }
     ok as f32 / (b.w as f32 * b.h as f32)
 }
@@ -493,7 +512,12 @@ mod tests {
 
     #[test]
     fn tiles_cover_the_raster_and_stay_inside() {
-        for (w, h, t, o) in [(791, 718, 64, 0), (64, 64, 64, 0), (100, 50, 64, 16), (30, 200, 64, 8)] {
+        for (w, h, t, o) in [
+            (791, 718, 64, 0),
+            (64, 64, 64, 0),
+            (100, 50, 64, 16),
+            (30, 200, 64, 8),
+        ] {
             let tiles = plan_tiles(w, h, t, o);
             let mut covered = vec![false; (w * h) as usize];
             for b in &tiles {
@@ -521,7 +545,8 @@ mod tests {
             std: [0.5, 0.25, 1.0],
             resize: ResizeRule::Bilinear,
         };
-        let tile = RgbImage::from_raw(2, 2, vec![255, 0, 51, 0, 255, 102, 10, 20, 30, 40, 50, 60]).unwrap();
+        let tile = RgbImage::from_raw(2, 2, vec![255, 0, 51, 0, 255, 102, 10, 20, 30, 40, 50, 60])
+            .unwrap();
         let mut out = vec![0.0; 12];
         preprocess_into(&tile, &spec, &mut out);
         let expect = |p: f32, c: usize| (p / 255.0 - spec.mean[c]) / spec.std[c];

@@ -43,7 +43,9 @@ pub enum InputError {
     #[error("cannot decode: {0} (the file is corrupt, truncated, or not what its name says)")]
     Decode(String),
     /// Text that is not UTF-8.
-    #[error("the text is not valid UTF-8 (first bad byte at offset {offset}); save the report as UTF-8")]
+    #[error(
+        "the text is not valid UTF-8 (first bad byte at offset {offset}); save the report as UTF-8"
+    )]
     NotUtf8 {
         /// Byte offset of the first invalid byte.
         offset: usize,
@@ -52,7 +54,9 @@ pub enum InputError {
     #[error("the report is empty")]
     EmptyText,
     /// A report over the length limit.
-    #[error("the report is {size} bytes, over the limit of {limit} bytes; is this really one report?")]
+    #[error(
+        "the report is {size} bytes, over the limit of {limit} bytes; is this really one report?"
+    )]
     TextTooLong {
         /// Size found.
         size: usize,
@@ -60,7 +64,9 @@ pub enum InputError {
         limit: usize,
     },
     /// No column or field holds the text.
-    #[error("no text column: looked for {wanted:?}, found {found:?}; name the column with --text-field")]
+    #[error(
+        "no text column: looked for {wanted:?}, found {found:?}; name the column with --text-field"
+    )]
     NoTextField {
         /// Names looked for.
         wanted: Vec<String>,

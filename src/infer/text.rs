@@ -9,7 +9,14 @@ use std::path::Path;
 use tokenizers::{Tokenizer, TruncationParams};
 
 /// Column or field names tried, in order, when none is configured.
-pub const DEFAULT_TEXT_FIELDS: [&str; 6] = ["message", "text", "report", "body", "content", "description"];
+pub const DEFAULT_TEXT_FIELDS: [&str; 6] = [
+    "message",
+    "text",
+    "report",
+    "body",
+    "content",
+    "description",
+];
 
 /// How reports are read.
 #[derive(Debug, Clone)]
@@ -55,7 +62,8 @@ pub fn is_text_path(path: &Path) -> bool {
 /// Content hash of a report (whitespace at the ends does not make a new item).
 pub fn report_hash(text: &str) -> String {
     let mut h = crate::hash::Hasher::default();
-    h.update(b"outpost-report-v1").update(text.trim().as_bytes());
+    h.update(b"outpost-report-v1")
+        .update(text.trim().as_bytes());
     h.finish_hex()
 }
 
@@ -115,7 +123,10 @@ pub fn read_reports(
     }
 }
 
-fn pick_field<'a>(names: impl Iterator<Item = &'a str> + Clone, opts: &TextOptions) -> Result<String, InputError> {
+fn pick_field<'a>(
+    names: impl Iterator<Item = &'a str> + Clone,
+    opts: &TextOptions,
+) -> Result<String, InputError> {
     if let Some(f) = &opts.field {
         return names
             .clone()
@@ -138,7 +149,10 @@ fn pick_field<'a>(names: impl Iterator<Item = &'a str> + Clone, opts: &TextOptio
 }
 
 #[allow(clippy::type_complexity)]
-fn read_csv(text: &str, opts: &TextOptions) -> Result<(Vec<Report>, Vec<(String, InputError)>), InputError> {
+fn read_csv(
+    text: &str,
+    opts: &TextOptions,
+) -> Result<(Vec<Report>, Vec<(String, InputError)>), InputError> {
     let mut rdr = csv::ReaderBuilder::new()
         .flexible(true)
         .from_reader(text.as_bytes());
@@ -170,7 +184,10 @@ fn read_csv(text: &str, opts: &TextOptions) -> Result<(Vec<Report>, Vec<(String,
 }
 
 #[allow(clippy::type_complexity)]
-fn read_jsonl(text: &str, opts: &TextOptions) -> Result<(Vec<Report>, Vec<(String, InputError)>), InputError> {
+fn read_jsonl(
+    text: &str,
+    opts: &TextOptions,
+) -> Result<(Vec<Report>, Vec<(String, InputError)>), InputError> {
     let mut reports = Vec::new();
     let mut failed = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -197,7 +214,10 @@ fn read_jsonl(text: &str, opts: &TextOptions) -> Result<(Vec<Report>, Vec<(Strin
             }
         };
         match obj.get(&field).and_then(|t| t.as_str()) {
-            None => failed.push((loc, InputError::Decode(format!("field {field:?} is not a string")))),
+            None => failed.push((
+                loc,
+                InputError::Decode(format!("field {field:?} is not a string")),
+            )),
             Some(t) => match check_text(t, opts) {
                 Ok(()) => reports.push(Report {
                     locator: Some(loc),
@@ -249,7 +269,10 @@ pub fn encode(tok: &Tokenizer, text: &str) -> Result<Encoded, String> {
 pub fn length_batches(encoded: &[Encoded], batch_size: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..encoded.len()).collect();
     order.sort_by_key(|&i| encoded[i].ids.len());
-    order.chunks(batch_size.max(1)).map(|c| c.to_vec()).collect()
+    order
+        .chunks(batch_size.max(1))
+        .map(|c| c.to_vec())
+        .collect()
 }
 
 /// Pads a batch to its longest member: (ids, attention mask, token type ids).

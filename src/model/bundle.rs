@@ -36,7 +36,9 @@ pub enum BundleError {
         problem: ManifestProblem,
     },
     /// A listed file is absent.
-    #[error("bundle {bundle}: file {file} is listed in the manifest but missing; reinstall the bundle")]
+    #[error(
+        "bundle {bundle}: file {file} is listed in the manifest but missing; reinstall the bundle"
+    )]
     MissingFile {
         /// The bundle folder.
         bundle: PathBuf,
@@ -109,7 +111,10 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, BundleError> {
 }
 
 /// Checks each file's size, then its sha256.
-pub fn verify_files(dir: &Path, files: &BTreeMap<String, super::manifest::FileEntry>) -> Result<(), BundleError> {
+pub fn verify_files(
+    dir: &Path,
+    files: &BTreeMap<String, super::manifest::FileEntry>,
+) -> Result<(), BundleError> {
     for (name, entry) in files {
         let path = dir.join(name);
         let meta = match std::fs::metadata(&path) {

@@ -29,7 +29,9 @@ pub enum ModelError {
         reason: String,
     },
     /// The ONNX file does not have the inputs or outputs the manifest names.
-    #[error("bundle {bundle}: {file} has no {kind} named {name:?} (it has {found:?}); fix the manifest")]
+    #[error(
+        "bundle {bundle}: {file} has no {kind} named {name:?} (it has {found:?}); fix the manifest"
+    )]
     Signature {
         /// `name@version`.
         bundle: String,
@@ -170,16 +172,24 @@ impl LoadedModel {
         }
     }
 
-    fn to_matrix(&self, shape: &[i64], data: &[f32], cols: usize, what: &str) -> Result<Array2<f32>, ModelError> {
+    fn to_matrix(
+        &self,
+        shape: &[i64],
+        data: &[f32],
+        cols: usize,
+        what: &str,
+    ) -> Result<Array2<f32>, ModelError> {
         if shape.len() != 2 || shape[1] as usize != cols {
             return Err(ModelError::Shape {
                 bundle: self.id(),
                 what: format!("{what} has shape {shape:?}, expected [batch, {cols}]"),
             });
         }
-        Array2::from_shape_vec((shape[0] as usize, cols), data.to_vec()).map_err(|e| ModelError::Shape {
-            bundle: self.id(),
-            what: e.to_string(),
+        Array2::from_shape_vec((shape[0] as usize, cols), data.to_vec()).map_err(|e| {
+            ModelError::Shape {
+                bundle: self.id(),
+                what: e.to_string(),
+            }
         })
     }
 

@@ -238,7 +238,11 @@ pub fn linear_head(
             },
         ],
         initializers: vec![
-            ("W".into(), vec![labels as i64, dim as i64], weights.to_vec()),
+            (
+                "W".into(),
+                vec![labels as i64, dim as i64],
+                weights.to_vec(),
+            ),
             ("b".into(), vec![labels as i64], bias.to_vec()),
         ],
         int_initializers: vec![],

@@ -43,12 +43,12 @@ pub fn build_session(path: &Path, opts: &SessionOptions) -> ort::Result<Session>
     let env = super::runtime::environment().ok_or_else(|| {
         ort::Error::new("ONNX Runtime is not loaded (call model::runtime::init first)")
     })?;
-    Ok(Session::builder(env)?
+    Session::builder(env)?
         .with_optimization_level(GraphOptimizationLevel::Level3)?
         .with_intra_threads(opts.intra_threads.max(1))?
         .with_inter_threads(1)?
         .with_intra_op_spinning(false)?
-        .commit_from_file(path)?)
+        .commit_from_file(path)
 }
 
 struct State {
@@ -72,7 +72,11 @@ impl SessionPool {
     /// Builds the first session at once (so a broken model fails at load, not later).
     pub fn new(path: &Path, opts: SessionOptions) -> ort::Result<SessionPool> {
         let first = build_session(path, &opts)?;
-        let input_names = first.inputs().iter().map(|i| i.name().to_string()).collect();
+        let input_names = first
+            .inputs()
+            .iter()
+            .map(|i| i.name().to_string())
+            .collect();
         let output_names = first
             .outputs()
             .iter()
@@ -116,10 +120,7 @@ impl SessionPool {
                     }
                 };
             }
-            st = self
-                .returned
-                .wait(st)
-                .unwrap_or_else(|p| p.into_inner());
+            st = self.returned.wait(st).unwrap_or_else(|p| p.into_inner());
         }
     }
 

@@ -113,7 +113,10 @@ mod tests {
     fn missing_explicit_library_is_a_clear_error() {
         let err = load(Some(Path::new("/nonexistent/libonnxruntime.so.1.31.1"))).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("/nonexistent/libonnxruntime.so.1.31.1"), "{msg}");
+        assert!(
+            msg.contains("/nonexistent/libonnxruntime.so.1.31.1"),
+            "{msg}"
+        );
         assert!(msg.contains("scripts/setup.sh"), "{msg}");
     }
 }

@@ -26,10 +26,11 @@ pub fn migrate(conn: &mut Connection) -> Result<u32, super::StoreError> {
             continue;
         }
         let tx = conn.transaction()?;
-        tx.execute_batch(sql).map_err(|e| super::StoreError::Migration {
-            name: name.to_string(),
-            reason: e.to_string(),
-        })?;
+        tx.execute_batch(sql)
+            .map_err(|e| super::StoreError::Migration {
+                name: name.to_string(),
+                reason: e.to_string(),
+            })?;
         tx.pragma_update(None, "user_version", n)?;
         tx.commit()?;
         tracing::info!(migration = name, "applied database migration");

@@ -54,7 +54,9 @@ pub fn now() -> String {
 /// Encodes an embedding as little-endian float16 (half the size of f32; the precision
 /// lost, about 1e-3 relative, is far below what retraining a head notices).
 pub fn embedding_to_f16(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect()
+    v.iter()
+        .flat_map(|&x| f16::from_f32(x).to_le_bytes())
+        .collect()
 }
 
 /// Decodes a little-endian float16 embedding.
@@ -168,7 +170,13 @@ impl Store {
     }
 
     /// Records the end of a run.
-    pub fn finish_run(&self, run_id: i64, items: u64, failures: u64, status: &str) -> Result<(), StoreError> {
+    pub fn finish_run(
+        &self,
+        run_id: i64,
+        items: u64,
+        failures: u64,
+        status: &str,
+    ) -> Result<(), StoreError> {
         self.conn.execute(
             "UPDATE runs SET finished_at = ?1, items = ?2, failures = ?3, status = ?4 WHERE run_id = ?5",
             params![now(), items as i64, failures as i64, status, run_id],
@@ -177,7 +185,14 @@ impl Store {
     }
 
     /// Records an input that could not be analysed.
-    pub fn record_failure(&self, run_id: i64, source: &str, locator: Option<&str>, code: &str, reason: &str) -> Result<(), StoreError> {
+    pub fn record_failure(
+        &self,
+        run_id: i64,
+        source: &str,
+        locator: Option<&str>,
+        code: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
         self.conn.execute(
             "INSERT INTO failures (run_id, source, locator, code, reason, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![run_id, source, locator, code, reason, now()],
@@ -186,7 +201,12 @@ impl Store {
     }
 
     /// Stores items and their predictions in one transaction.
-    pub fn save_batch(&mut self, run_id: i64, items: &[NewItem], predictions: &[NewPrediction]) -> Result<(), StoreError> {
+    pub fn save_batch(
+        &mut self,
+        run_id: i64,
+        items: &[NewItem],
+        predictions: &[NewPrediction],
+    ) -> Result<(), StoreError> {
         let ts = now();
         let tx = self.conn.transaction()?;
         {
@@ -241,7 +261,12 @@ impl Store {
     }
 
     /// Whether an item already has a prediction from this model version.
-    pub fn has_prediction(&self, item_id: &str, model_name: &str, model_version: &str) -> Result<bool, StoreError> {
+    pub fn has_prediction(
+        &self,
+        item_id: &str,
+        model_name: &str,
+        model_version: &str,
+    ) -> Result<bool, StoreError> {
         Ok(self
             .conn
             .prepare_cached("SELECT 1 FROM predictions WHERE item_id = ?1 AND model_name = ?2 AND model_version = ?3")?
@@ -251,7 +276,11 @@ impl Store {
     }
 
     /// Marks existing predictions as seen by this run (re-runs that skip inference).
-    pub fn touch_predictions(&mut self, run_id: i64, keys: &[(String, String, String)]) -> Result<(), StoreError> {
+    pub fn touch_predictions(
+        &mut self,
+        run_id: i64,
+        keys: &[(String, String, String)],
+    ) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         {
             let mut st = tx.prepare_cached(

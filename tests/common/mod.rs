@@ -4,7 +4,8 @@
 #![allow(dead_code)]
 
 use outpost::model::manifest::{
-    BackboneSpec, ChannelOrder, FileEntry, HeadSpec, ImageSpec, Manifest, ResizeRule, Task, TextSpec,
+    BackboneSpec, ChannelOrder, FileEntry, HeadSpec, ImageSpec, Manifest, ResizeRule, Task,
+    TextSpec,
 };
 use outpost::model::onnx_writer::{self, Activation, Attr, Dim, ElemType, Graph, Node};
 use std::collections::BTreeMap;
@@ -41,7 +42,10 @@ pub fn shared_data() -> Option<PathBuf> {
     if p.is_dir() {
         Some(p)
     } else {
-        eprintln!("SKIP: shared data not found at {} (set OUTPOST_SHARED_DATA)", p.display());
+        eprintln!(
+            "SKIP: shared data not found at {} (set OUTPOST_SHARED_DATA)",
+            p.display()
+        );
         None
     }
 }
@@ -65,7 +69,11 @@ pub fn tiny_image_head() -> (Vec<f32>, Vec<f32>) {
 
 fn write_manifest(dir: &Path, mut m: Manifest) -> Manifest {
     m.files = outpost::model::bundle::hash_folder(dir).expect("hash bundle");
-    std::fs::write(dir.join("manifest.json"), serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_vec_pretty(&m).unwrap(),
+    )
+    .unwrap();
     m
 }
 
@@ -86,10 +94,18 @@ pub fn make_image_bundle(dir: &Path, name: &str, version: &str) -> Manifest {
             ElemType::Float,
             vec![batch.clone(), Dim::Fixed(3), Dim::Fixed(16), Dim::Fixed(16)],
         )],
-        outputs: vec![("embedding".into(), ElemType::Float, vec![batch, Dim::Fixed(3)])],
+        outputs: vec![(
+            "embedding".into(),
+            ElemType::Float,
+            vec![batch, Dim::Fixed(3)],
+        )],
         ..Default::default()
     };
-    std::fs::write(dir.join("backbone.onnx"), onnx_writer::encode_model(&backbone, "outpost-tests")).unwrap();
+    std::fs::write(
+        dir.join("backbone.onnx"),
+        onnx_writer::encode_model(&backbone, "outpost-tests"),
+    )
+    .unwrap();
     let (w, b) = tiny_image_head();
     std::fs::write(
         dir.join("head.onnx"),
@@ -105,8 +121,16 @@ pub fn make_image_bundle(dir: &Path, name: &str, version: &str) -> Manifest {
             task: Task::ImageClassification,
             multi_label: false,
             description: "test model: brightest channel".into(),
-            backbone: BackboneSpec { file: "backbone.onnx".into(), output: "embedding".into(), embedding_dim: 3 },
-            head: HeadSpec { file: "head.onnx".into(), input: "embedding".into(), output: "scores".into() },
+            backbone: BackboneSpec {
+                file: "backbone.onnx".into(),
+                output: "embedding".into(),
+                embedding_dim: 3,
+            },
+            head: HeadSpec {
+                file: "head.onnx".into(),
+                input: "embedding".into(),
+                output: "scores".into(),
+            },
             labels: IMAGE_LABELS.iter().map(|s| s.to_string()).collect(),
             thresholds: None,
             image: Some(ImageSpec {
@@ -129,7 +153,8 @@ pub fn make_image_bundle(dir: &Path, name: &str, version: &str) -> Manifest {
 
 /// Vocabulary of the tiny text model.
 pub const TEXT_VOCAB: [&str; 16] = [
-    "[PAD]", "[UNK]", "[CLS]", "[SEP]", "water", "food", "help", "need", "we", "the", "bridge", "flood", "##s", "road", "is", "out",
+    "[PAD]", "[UNK]", "[CLS]", "[SEP]", "water", "food", "help", "need", "we", "the", "bridge",
+    "flood", "##s", "road", "is", "out",
 ];
 /// Labels of the tiny text model.
 pub const TEXT_LABELS: [&str; 3] = ["water", "food", "infrastructure"];
@@ -145,11 +170,17 @@ pub fn make_text_bundle(dir: &Path, name: &str, version: &str) -> Manifest {
     std::fs::create_dir_all(dir).unwrap();
     let vocab_file = dir.with_extension("vocab.txt");
     std::fs::write(&vocab_file, TEXT_VOCAB.join("\n")).unwrap();
-    let wp = WordPiece::from_file(&vocab_file.to_string_lossy()).unk_token("[UNK]".into()).build().unwrap();
+    let wp = WordPiece::from_file(&vocab_file.to_string_lossy())
+        .unk_token("[UNK]".into())
+        .build()
+        .unwrap();
     let mut tok = tokenizers::Tokenizer::new(wp);
     let _ = tok.with_normalizer(Some(BertNormalizer::default()));
     let _ = tok.with_pre_tokenizer(Some(BertPreTokenizer));
-    let _ = tok.with_post_processor(Some(BertProcessing::new(("[SEP]".into(), 3), ("[CLS]".into(), 2))));
+    let _ = tok.with_post_processor(Some(BertProcessing::new(
+        ("[SEP]".into(), 3),
+        ("[CLS]".into(), 2),
+    )));
     tok.save(dir.join("tokenizer.json"), false).unwrap();
 
     let v = TEXT_VOCAB.len();
@@ -167,20 +198,44 @@ pub fn make_text_bundle(dir: &Path, name: &str, version: &str) -> Manifest {
             Node::new("Cast", &["attention_mask"], &["maskf"]).attr("to", Attr::Int(1)),
             Node::new("Unsqueeze", &["maskf", "axis2"], &["mask3"]),
             Node::new("Mul", &["emb", "mask3"], &["masked"]),
-            Node::new("ReduceSum", &["masked", "axis1"], &["summed"]).attr("keepdims", Attr::Int(0)),
+            Node::new("ReduceSum", &["masked", "axis1"], &["summed"])
+                .attr("keepdims", Attr::Int(0)),
             Node::new("ReduceSum", &["mask3", "axis1"], &["count"]).attr("keepdims", Attr::Int(0)),
             Node::new("Div", &["summed", "count"], &["embedding"]),
         ],
         initializers: vec![("table".into(), vec![v as i64, d as i64], table)],
         inputs: vec![
-            ("input_ids".into(), ElemType::Int64, vec![batch.clone(), tokens.clone()]),
-            ("attention_mask".into(), ElemType::Int64, vec![batch.clone(), tokens.clone()]),
-            ("token_type_ids".into(), ElemType::Int64, vec![batch.clone(), tokens]),
+            (
+                "input_ids".into(),
+                ElemType::Int64,
+                vec![batch.clone(), tokens.clone()],
+            ),
+            (
+                "attention_mask".into(),
+                ElemType::Int64,
+                vec![batch.clone(), tokens.clone()],
+            ),
+            (
+                "token_type_ids".into(),
+                ElemType::Int64,
+                vec![batch.clone(), tokens],
+            ),
         ],
-        outputs: vec![("embedding".into(), ElemType::Float, vec![batch, Dim::Fixed(d as i64)])],
-        int_initializers: vec![("axis1".into(), vec![1], vec![1]), ("axis2".into(), vec![1], vec![2])],
+        outputs: vec![(
+            "embedding".into(),
+            ElemType::Float,
+            vec![batch, Dim::Fixed(d as i64)],
+        )],
+        int_initializers: vec![
+            ("axis1".into(), vec![1], vec![1]),
+            ("axis2".into(), vec![1], vec![2]),
+        ],
     };
-    std::fs::write(dir.join("backbone.onnx"), onnx_writer::encode_model(&g, "outpost-tests")).unwrap();
+    std::fs::write(
+        dir.join("backbone.onnx"),
+        onnx_writer::encode_model(&g, "outpost-tests"),
+    )
+    .unwrap();
     // Head: label k fires when its words make up a good part of the report.
     let mut w = vec![0.0f32; 3 * d];
     let idx = |word: &str| TEXT_VOCAB.iter().position(|w| *w == word).unwrap();
@@ -203,8 +258,16 @@ pub fn make_text_bundle(dir: &Path, name: &str, version: &str) -> Manifest {
             task: Task::TextClassification,
             multi_label: true,
             description: "test model: keyword categories".into(),
-            backbone: BackboneSpec { file: "backbone.onnx".into(), output: "embedding".into(), embedding_dim: d },
-            head: HeadSpec { file: "head.onnx".into(), input: "embedding".into(), output: "scores".into() },
+            backbone: BackboneSpec {
+                file: "backbone.onnx".into(),
+                output: "embedding".into(),
+                embedding_dim: d,
+            },
+            head: HeadSpec {
+                file: "head.onnx".into(),
+                input: "embedding".into(),
+                output: "scores".into(),
+            },
             labels: TEXT_LABELS.iter().map(|s| s.to_string()).collect(),
             thresholds: Some(vec![0.5; 3]),
             image: None,
@@ -225,5 +288,7 @@ pub fn make_text_bundle(dir: &Path, name: &str, version: &str) -> Manifest {
 
 /// Writes a solid-colour PNG.
 pub fn solid_png(path: &Path, w: u32, h: u32, rgb: [u8; 3]) {
-    image::RgbImage::from_pixel(w, h, image::Rgb(rgb)).save(path).unwrap();
+    image::RgbImage::from_pixel(w, h, image::Rgb(rgb))
+        .save(path)
+        .unwrap();
 }
