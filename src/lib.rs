@@ -15,6 +15,7 @@
 //! - [`bench`]: the end-to-end benchmark against raw ONNX Runtime.
 
 pub mod analyze;
+pub mod bench;
 
 pub mod config;
 pub mod export;

@@ -99,6 +99,30 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         model: Option<String>,
     },
+    /// Measure end-to-end throughput against raw ONNX Runtime on the same model, side by side.
+    Bench {
+        /// Folder of image tiles (default: <shared data>/eurosat).
+        #[arg(long, value_name = "DIR")]
+        images: Option<PathBuf>,
+        /// CSV of reports (default: <shared data>/crisis_text/messages.csv).
+        #[arg(long, value_name = "FILE")]
+        reports: Option<PathBuf>,
+        /// Image tiles per round.
+        #[arg(long, default_value_t = 1024)]
+        image_count: usize,
+        /// Reports per round.
+        #[arg(long, default_value_t = 1000)]
+        report_count: usize,
+        /// Rounds (raw and end-to-end alternate; medians are reported).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Items per batch.
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect and check model bundles.
     Models {
         #[command(subcommand)]
@@ -299,6 +323,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Models { command } => models_command(&cfg, command),
+        Command::Bench {
+            images,
+            reports,
+            image_count,
+            report_count,
+            rounds,
+            batch_size,
+            json,
+        } => bench_command(
+            &cfg,
+            images,
+            reports,
+            image_count,
+            report_count,
+            rounds,
+            batch_size,
+            json,
+        ),
     }
 }
 
@@ -504,4 +546,103 @@ fn models_command(cfg: &AgentConfig, command: ModelsCommand) -> Result<ExitCode>
             })
         }
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bench_command(
+    cfg: &AgentConfig,
+    images: Option<PathBuf>,
+    reports: Option<PathBuf>,
+    image_count: usize,
+    report_count: usize,
+    rounds: usize,
+    batch_size: usize,
+    json: bool,
+) -> Result<ExitCode> {
+    use outpost::bench;
+    let shared = std::env::var_os("OUTPOST_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("../shared/data"));
+    let images = images.unwrap_or_else(|| shared.join("eurosat"));
+    let reports = reports.unwrap_or_else(|| shared.join("crisis_text/messages.csv"));
+    let models = load_models(cfg, None)?;
+    let rss_after_load = bench::proc_status_mib("VmRSS:");
+    let work = tempfile_dir()?;
+    let threads = cfg.session_options().intra_threads;
+    let mut report = bench::BenchReport {
+        threads,
+        batch_size,
+        image: None,
+        text: None,
+        rss_after_load_mib: rss_after_load,
+        peak_rss_mib: 0.0,
+    };
+    let rounds = rounds.max(1);
+    if let Some(m) = models
+        .iter()
+        .find(|m| m.task() == Task::ImageClassification)
+    {
+        let files = bench::sample_images(&images, image_count);
+        if files.is_empty() {
+            eprintln!(
+                "no images under {}: image benchmark skipped (use --images DIR)",
+                images.display()
+            );
+        } else {
+            eprintln!(
+                "images: {} tiles x {rounds} rounds with {} ...",
+                files.len(),
+                m.id()
+            );
+            report.image = Some(bench::bench_images(
+                cfg, m, &files, rounds, batch_size, &work,
+            )?);
+        }
+    }
+    if let Some(m) = models.iter().find(|m| m.task() == Task::TextClassification) {
+        if reports.is_file() {
+            let texts = bench::sample_reports(&reports, report_count)?;
+            eprintln!(
+                "reports: {} reports x {rounds} rounds with {} ...",
+                texts.len(),
+                m.id()
+            );
+            report.text = Some(bench::bench_text(
+                cfg, m, &texts, rounds, batch_size, &work,
+            )?);
+        } else {
+            eprintln!(
+                "no report CSV at {}: text benchmark skipped (use --reports FILE)",
+                reports.display()
+            );
+        }
+    }
+    report.peak_rss_mib = bench::proc_status_mib("VmHWM:");
+    let _ = std::fs::remove_dir_all(&work);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "threads per session: {threads}, batch size: {batch_size}, rounds: {rounds} (medians)"
+    );
+    for (kind, c) in [("tiles", &report.image), ("reports", &report.text)] {
+        if let Some(c) = c {
+            println!(
+                "{:<8} {:<28} raw ONNX Runtime {:>8.1}/s   end to end {:>8.1}/s   ratio {:.2}",
+                kind, c.model, c.raw_median, c.e2e_median, c.ratio_median
+            );
+        }
+    }
+    println!(
+        "memory: {:.0} MiB resident after loading models, {:.0} MiB peak",
+        report.rss_after_load_mib, report.peak_rss_mib
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tempfile_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("outpost-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
