@@ -5,11 +5,18 @@
 use rusqlite::Connection;
 
 /// (number, file name, SQL) for each migration, in order.
-pub const MIGRATIONS: &[(u32, &str, &str)] = &[(
-    1,
-    "0001_items_predictions.sql",
-    include_str!("../../migrations/0001_items_predictions.sql"),
-)];
+pub const MIGRATIONS: &[(u32, &str, &str)] = &[
+    (
+        1,
+        "0001_items_predictions.sql",
+        include_str!("../../migrations/0001_items_predictions.sql"),
+    ),
+    (
+        2,
+        "0002_feedback_outbox.sql",
+        include_str!("../../migrations/0002_feedback_outbox.sql"),
+    ),
+];
 
 /// Applies every migration newer than the database. Refuses a database from a newer agent.
 pub fn migrate(conn: &mut Connection) -> Result<u32, super::StoreError> {

@@ -6,6 +6,7 @@
 //! transaction; a run that is killed keeps every batch committed before, and a re-run skips
 //! what is already stored.
 
+pub mod feedback;
 pub mod migrate;
 
 use half::f16;

@@ -1,0 +1,441 @@
+//! Feedback and the outbox.
+//!
+//! A reviewer confirms or corrects a prediction. The decision is written to `feedback` (the
+//! history) and queued in `outbox` (what still has to reach the server) in ONE transaction,
+//! so there is never a label without its outbox row or the reverse. With WAL and
+//! `synchronous = FULL` the commit is on disk before the call returns: a kill -9 or a power
+//! cut afterwards loses nothing.
+//!
+//! A new decision on the same item and model supersedes the earlier one: if the earlier one
+//! was not sent yet it leaves the outbox (only the latest decision travels); if it was sent,
+//! the new one travels with `supersedes` naming it, and the server keeps the history.
+
+use super::{embedding_from_f16, now, Store, StoreError};
+use rusqlite::{params, OptionalExtension, Transaction};
+
+/// Why feedback was refused. Nothing is written when one of these is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedbackError {
+    /// The item id is unknown.
+    #[error("no item {0}: analyse it first")]
+    UnknownItem(String),
+    /// The item has no prediction from that model.
+    #[error("item {item} has no prediction from model {model}")]
+    NoPrediction {
+        /// Item id.
+        item: String,
+        /// Model name.
+        model: String,
+    },
+    /// A label is empty, too long or has control characters.
+    #[error("invalid label {0:?}: labels are 1 to 64 printable characters")]
+    BadLabel(String),
+    /// No labels were given.
+    #[error("give at least one label (or confirm the prediction)")]
+    NoLabels,
+    /// Several labels for a single-label model.
+    #[error("model {model} gives one label per item; {given} were given")]
+    SingleLabel {
+        /// Model name.
+        model: String,
+        /// How many were given.
+        given: usize,
+    },
+    /// The feedback id is unknown.
+    #[error("no feedback {0}")]
+    UnknownFeedback(String),
+    /// Undo of feedback the server already has.
+    #[error("feedback {0} was already sent to the server and cannot be undone; give a new label instead, which replaces it")]
+    AlreadySynced(String),
+    /// Undo of feedback that is not the latest on its item.
+    #[error("feedback {0} is not the latest decision on its item; only the latest can be undone")]
+    NotLatest(String),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<rusqlite::Error> for FeedbackError {
+    fn from(e: rusqlite::Error) -> Self {
+        FeedbackError::Store(StoreError::Sqlite(e))
+    }
+}
+
+/// A decision to record.
+#[derive(Debug, Clone)]
+pub struct NewFeedback {
+    /// The item.
+    pub item_id: String,
+    /// The model whose prediction is answered (its latest version's prediction is used).
+    pub model_name: String,
+    /// The labels given (one for single-label models).
+    pub labels: Vec<String>,
+    /// Who gave it.
+    pub annotator: String,
+    /// Whether the raw item travels with it.
+    pub include_content: bool,
+}
+
+/// What the store needs to know about the model to validate labels.
+#[derive(Debug, Clone)]
+pub struct LabelSpace {
+    /// The model's labels.
+    pub labels: Vec<String>,
+    /// Several labels per item allowed.
+    pub multi_label: bool,
+}
+
+/// A stored decision.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Feedback {
+    /// UUID.
+    pub feedback_id: String,
+    /// Item.
+    pub item_id: String,
+    /// Prediction answered.
+    pub prediction_id: Option<i64>,
+    /// Model name.
+    pub model_name: String,
+    /// Model version.
+    pub model_version: String,
+    /// `confirm` or `correct`.
+    pub action: String,
+    /// Labels given.
+    pub labels: Vec<String>,
+    /// Given labels the model does not know.
+    pub new_labels: Vec<String>,
+    /// Who.
+    pub annotator: String,
+    /// When (RFC 3339).
+    pub created_at: String,
+    /// Earlier decision replaced.
+    pub supersedes: Option<String>,
+    /// `active`, `superseded` or `undone`.
+    pub state: String,
+    /// `pending` (in the outbox), `synced` (acknowledged) or `none` (never sent, replaced).
+    pub delivery: String,
+    /// Whether the raw item travels.
+    pub include_content: bool,
+}
+
+/// Counters for the review page and `outpost status`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Counters {
+    /// Decisions made today (UTC).
+    pub reviewed_today: i64,
+    /// Outbox rows waiting for the server.
+    pub waiting_to_sync: i64,
+    /// Outbox rows the server acknowledged.
+    pub synced: i64,
+    /// When the last sync succeeded (RFC 3339), if ever.
+    pub last_sync: Option<String>,
+}
+
+fn validate_label(l: &str) -> Result<String, FeedbackError> {
+    let t = l.trim();
+    if t.is_empty() || t.chars().count() > 64 || t.chars().any(char::is_control) {
+        return Err(FeedbackError::BadLabel(l.to_string()));
+    }
+    Ok(t.to_string())
+}
+
+const FEEDBACK_COLUMNS: &str = "f.feedback_id, f.item_id, f.prediction_id, f.model_name, f.model_version, f.action, f.labels,
+    f.new_labels, f.annotator, f.created_at, f.supersedes, f.state, f.include_content,
+    CASE WHEN o.feedback_id IS NULL THEN 'none' WHEN o.acked_at IS NULL THEN 'pending' ELSE 'synced' END";
+
+fn row_to_feedback(r: &rusqlite::Row<'_>) -> rusqlite::Result<Feedback> {
+    let labels: String = r.get(6)?;
+    let new_labels: String = r.get(7)?;
+    Ok(Feedback {
+        feedback_id: r.get(0)?,
+        item_id: r.get(1)?,
+        prediction_id: r.get(2)?,
+        model_name: r.get(3)?,
+        model_version: r.get(4)?,
+        action: r.get(5)?,
+        labels: serde_json::from_str(&labels).unwrap_or_default(),
+        new_labels: serde_json::from_str(&new_labels).unwrap_or_default(),
+        annotator: r.get(8)?,
+        created_at: r.get(9)?,
+        supersedes: r.get(10)?,
+        state: r.get(11)?,
+        include_content: r.get(12)?,
+        delivery: r.get(13)?,
+    })
+}
+
+fn get_feedback(tx: &rusqlite::Connection, id: &str) -> Result<Option<Feedback>, FeedbackError> {
+    Ok(tx
+        .query_row(
+            &format!("SELECT {FEEDBACK_COLUMNS} FROM feedback f LEFT JOIN outbox o USING (feedback_id) WHERE f.feedback_id = ?1"),
+            [id],
+            row_to_feedback,
+        )
+        .optional()?)
+}
+
+fn active_feedback(
+    tx: &Transaction<'_>,
+    item: &str,
+    model: &str,
+) -> Result<Option<Feedback>, FeedbackError> {
+    Ok(tx
+        .query_row(
+            &format!(
+                "SELECT {FEEDBACK_COLUMNS} FROM feedback f LEFT JOIN outbox o USING (feedback_id)
+                 WHERE f.item_id = ?1 AND f.model_name = ?2 AND f.state = 'active'
+                 ORDER BY f.created_at DESC, f.rowid DESC LIMIT 1"
+            ),
+            params![item, model],
+            row_to_feedback,
+        )
+        .optional()?)
+}
+
+impl Store {
+    /// Records a decision and queues it, in one transaction. Returns the stored row.
+    pub fn give_feedback(
+        &mut self,
+        input: &NewFeedback,
+        space: &LabelSpace,
+    ) -> Result<Feedback, FeedbackError> {
+        let mut labels = Vec::new();
+        for l in &input.labels {
+            let l = validate_label(l)?;
+            if !labels.contains(&l) {
+                labels.push(l);
+            }
+        }
+        if labels.is_empty() {
+            return Err(FeedbackError::NoLabels);
+        }
+        if !space.multi_label && labels.len() != 1 {
+            return Err(FeedbackError::SingleLabel {
+                model: input.model_name.clone(),
+                given: labels.len(),
+            });
+        }
+        let annotator = validate_label(&input.annotator).unwrap_or_else(|_| "unknown".into());
+        let tx = self.conn.transaction()?;
+        let exists: bool = tx
+            .query_row(
+                "SELECT 1 FROM items WHERE item_id = ?1",
+                [&input.item_id],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if !exists {
+            return Err(FeedbackError::UnknownItem(input.item_id.clone()));
+        }
+        // The newest prediction of this model for the item.
+        let pred: Option<(i64, String, String, Vec<u8>)> = tx
+            .query_row(
+                "SELECT prediction_id, model_version, labels, embedding FROM predictions
+                 WHERE item_id = ?1 AND model_name = ?2 ORDER BY created_at DESC, prediction_id DESC LIMIT 1",
+                params![input.item_id, input.model_name],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        let Some((prediction_id, version, predicted, embedding)) = pred else {
+            return Err(FeedbackError::NoPrediction {
+                item: input.item_id.clone(),
+                model: input.model_name.clone(),
+            });
+        };
+        let predicted: Vec<String> = serde_json::from_str(&predicted).unwrap_or_default();
+        let same = {
+            let mut a = labels.clone();
+            let mut b = predicted.clone();
+            a.sort();
+            b.sort();
+            a == b
+        };
+        let action = if same { "confirm" } else { "correct" };
+        let new_labels: Vec<String> = labels
+            .iter()
+            .filter(|l| !space.labels.contains(l))
+            .cloned()
+            .collect();
+        let previous = active_feedback(&tx, &input.item_id, &input.model_name)?;
+        if let Some(p) = &previous {
+            tx.execute(
+                "UPDATE feedback SET state = 'superseded' WHERE feedback_id = ?1",
+                [&p.feedback_id],
+            )?;
+            // Not sent yet: only the newest decision needs to travel.
+            tx.execute(
+                "DELETE FROM outbox WHERE feedback_id = ?1 AND acked_at IS NULL",
+                [&p.feedback_id],
+            )?;
+        }
+        // The server only needs to hear about a replaced decision if it has seen it.
+        let supersedes = previous.as_ref().and_then(|p| {
+            if p.delivery == "synced" {
+                Some(p.feedback_id.clone())
+            } else {
+                p.supersedes.clone()
+            }
+        });
+        let id = uuid::Uuid::new_v4().to_string();
+        let ts = now();
+        tx.execute(
+            "INSERT INTO feedback (feedback_id, item_id, prediction_id, model_name, model_version, action, labels, new_labels,
+                                   annotator, created_at, embedding, include_content, supersedes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            params![
+                id,
+                input.item_id,
+                prediction_id,
+                input.model_name,
+                version,
+                action,
+                serde_json::to_string(&labels).unwrap_or_default(),
+                serde_json::to_string(&new_labels).unwrap_or_default(),
+                annotator,
+                ts,
+                embedding,
+                input.include_content,
+                supersedes
+            ],
+        )?;
+        tx.execute(
+            "INSERT INTO outbox (feedback_id, enqueued_at) VALUES (?1, ?2)",
+            params![id, ts],
+        )?;
+        let fb =
+            get_feedback(&tx, &id)?.ok_or_else(|| FeedbackError::UnknownFeedback(id.clone()))?;
+        tx.commit()?;
+        Ok(fb)
+    }
+
+    /// Takes back the latest decision on an item while it is still in the outbox. The
+    /// decision it replaced, if any, becomes active again (and is queued again if it was
+    /// never sent).
+    pub fn undo_feedback(&mut self, feedback_id: &str) -> Result<Option<Feedback>, FeedbackError> {
+        let tx = self.conn.transaction()?;
+        let fb = get_feedback(&tx, feedback_id)?
+            .ok_or_else(|| FeedbackError::UnknownFeedback(feedback_id.into()))?;
+        if fb.state != "active" {
+            return Err(FeedbackError::NotLatest(feedback_id.into()));
+        }
+        if fb.delivery == "synced" {
+            return Err(FeedbackError::AlreadySynced(feedback_id.into()));
+        }
+        tx.execute(
+            "UPDATE feedback SET state = 'undone' WHERE feedback_id = ?1",
+            [feedback_id],
+        )?;
+        tx.execute("DELETE FROM outbox WHERE feedback_id = ?1", [feedback_id])?;
+        // The decision before it (the newest superseded one on the same item and model).
+        let prev_id: Option<String> = tx
+            .query_row(
+                "SELECT feedback_id FROM feedback WHERE item_id = ?1 AND model_name = ?2 AND state = 'superseded'
+                 AND created_at <= ?3 AND feedback_id != ?4 ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                params![fb.item_id, fb.model_name, fb.created_at, feedback_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let mut restored = None;
+        if let Some(p) = prev_id {
+            tx.execute(
+                "UPDATE feedback SET state = 'active' WHERE feedback_id = ?1",
+                [&p],
+            )?;
+            tx.execute(
+                "INSERT OR IGNORE INTO outbox (feedback_id, enqueued_at) VALUES (?1, ?2)",
+                params![p, now()],
+            )?;
+            restored = get_feedback(&tx, &p)?;
+        }
+        tx.commit()?;
+        Ok(restored)
+    }
+
+    /// One decision by id.
+    pub fn feedback(&self, feedback_id: &str) -> Result<Option<Feedback>, FeedbackError> {
+        get_feedback(&self.conn, feedback_id)
+    }
+
+    /// Decisions, newest first. `pending_only`: only those waiting in the outbox.
+    pub fn list_feedback(
+        &self,
+        pending_only: bool,
+        limit: usize,
+    ) -> Result<Vec<Feedback>, FeedbackError> {
+        let sql = format!(
+            "SELECT {FEEDBACK_COLUMNS} FROM feedback f LEFT JOIN outbox o USING (feedback_id)
+             WHERE (?1 = 0 OR (o.feedback_id IS NOT NULL AND o.acked_at IS NULL))
+             ORDER BY f.created_at DESC, f.rowid DESC LIMIT ?2"
+        );
+        let mut st = self.conn.prepare(&sql)?;
+        let rows = st.query_map(params![pending_only, limit as i64], row_to_feedback)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The embedding stored with a decision.
+    pub fn feedback_embedding(&self, feedback_id: &str) -> Result<Vec<f32>, FeedbackError> {
+        let b: Vec<u8> = self
+            .conn
+            .query_row(
+                "SELECT embedding FROM feedback WHERE feedback_id = ?1",
+                [feedback_id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| FeedbackError::UnknownFeedback(feedback_id.into()))?;
+        Ok(embedding_from_f16(&b))
+    }
+
+    /// Marks outbox rows as acknowledged by the server.
+    pub fn ack_outbox(&mut self, feedback_ids: &[String]) -> Result<usize, FeedbackError> {
+        let tx = self.conn.transaction()?;
+        let mut n = 0;
+        {
+            let mut st = tx.prepare_cached(
+                "UPDATE outbox SET acked_at = ?1 WHERE feedback_id = ?2 AND acked_at IS NULL",
+            )?;
+            let ts = now();
+            for id in feedback_ids {
+                n += st.execute(params![ts, id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Counters for the review page.
+    pub fn counters(&self) -> Result<Counters, FeedbackError> {
+        let today = &now()[..10];
+        let q = |sql: &str| -> rusqlite::Result<i64> { self.conn.query_row(sql, [], |r| r.get(0)) };
+        Ok(Counters {
+            reviewed_today: self.conn.query_row(
+                "SELECT COUNT(*) FROM feedback WHERE substr(created_at, 1, 10) = ?1 AND state != 'undone'",
+                [today],
+                |r| r.get(0),
+            )?,
+            waiting_to_sync: q("SELECT COUNT(*) FROM outbox WHERE acked_at IS NULL")?,
+            synced: q("SELECT COUNT(*) FROM outbox WHERE acked_at IS NOT NULL")?,
+            last_sync: self.state("last_sync")?,
+        })
+    }
+
+    /// Reads an `agent_state` value.
+    pub fn state(&self, key: &str) -> Result<Option<String>, FeedbackError> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM agent_state WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// Writes an `agent_state` value.
+    pub fn set_state(&self, key: &str, value: &str) -> Result<(), FeedbackError> {
+        self.conn.execute(
+            "INSERT INTO agent_state (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+}
