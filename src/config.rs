@@ -97,6 +97,48 @@ impl Default for LimitsConfig {
     }
 }
 
+/// Feedback settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeedbackConfig {
+    /// Name recorded with each decision; empty: the login name.
+    pub annotator: String,
+    /// Whether image tiles travel with their feedback (heads retrain from embeddings alone).
+    pub send_images: bool,
+    /// Whether report text travels with its feedback. Off by default: reports name people.
+    pub send_reports: bool,
+}
+
+impl Default for FeedbackConfig {
+    fn default() -> Self {
+        FeedbackConfig {
+            annotator: String::new(),
+            send_images: true,
+            send_reports: false,
+        }
+    }
+}
+
+impl FeedbackConfig {
+    /// The annotator name to record.
+    pub fn annotator(&self) -> String {
+        if !self.annotator.trim().is_empty() {
+            return self.annotator.trim().to_string();
+        }
+        std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| "field-staff".into())
+    }
+
+    /// Whether an item of this kind (`image` or `text`) travels with its feedback.
+    pub fn include_content(&self, kind: &str) -> bool {
+        match kind {
+            "image" => self.send_images,
+            _ => self.send_reports,
+        }
+    }
+}
+
 /// The whole agent configuration.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -112,6 +154,8 @@ pub struct AgentConfig {
     pub analyze: AnalyzeConfig,
     /// Limits.
     pub limits: LimitsConfig,
+    /// Feedback.
+    pub feedback: FeedbackConfig,
 }
 
 fn default_config_file() -> Option<PathBuf> {

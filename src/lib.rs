@@ -11,6 +11,7 @@
 //! - [`infer`]: the image and text pipelines (decode, tile, georeference, tokenize, batch).
 //! - [`store`]: the agent's SQLite database (items, predictions, runs, failures).
 //! - [`analyze`]: the `outpost analyze` job that ties the pipelines to the store.
+//! - [`protocol`]: wire types shared by agent and server (feedback records).
 //! - [`export`]: JSON, CSV and GeoJSON output of stored results.
 //! - [`bench`]: the end-to-end benchmark against raw ONNX Runtime.
 
@@ -22,4 +23,5 @@ pub mod export;
 pub mod hash;
 pub mod infer;
 pub mod model;
+pub mod protocol;
 pub mod store;

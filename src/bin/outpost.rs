@@ -123,10 +123,68 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Confirm or correct predictions from the command line, and manage the feedback outbox.
+    Feedback {
+        #[command(subcommand)]
+        command: FeedbackCommand,
+    },
     /// Inspect and check model bundles.
     Models {
         #[command(subcommand)]
         command: ModelsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum FeedbackCommand {
+    /// List decisions, newest first.
+    List {
+        /// Only those waiting to be sent.
+        #[arg(long)]
+        pending: bool,
+        /// Most rows to show.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one decision.
+    Show {
+        /// Feedback id (UUID).
+        id: String,
+    },
+    /// Give labels to an item (by item id, or by its source file and --locator).
+    Give {
+        /// Item id, or the file the item came from.
+        item: String,
+        /// The label, or several for a multi-label model.
+        #[arg(required = true)]
+        labels: Vec<String>,
+        /// Where in the file: "tile x,y,w,h" or "row N".
+        #[arg(long)]
+        locator: Option<String>,
+        /// The model answered (default: the item's newest).
+        #[arg(long)]
+        model: Option<String>,
+    },
+    /// Take back a decision that has not been sent yet.
+    Undo {
+        /// Feedback id (UUID).
+        id: String,
+    },
+    /// Import labels in bulk from a CSV: columns item_id (or source and locator), label (or
+    /// labels, separated by ';'), and optionally model.
+    Import {
+        /// The CSV file.
+        file: PathBuf,
+    },
+    /// Write every pending decision to one checksummed file for a USB stick (when there is
+    /// no network at all). The decisions stay pending until the agent syncs; the server
+    /// imports each decision once, however often it arrives.
+    Export {
+        /// The file to write.
+        file: PathBuf,
     },
 }
 
@@ -323,6 +381,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Models { command } => models_command(&cfg, command),
+        Command::Feedback { command } => feedback_command(&cfg, command),
         Command::Bench {
             images,
             reports,
@@ -645,4 +704,240 @@ fn tempfile_dir() -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("outpost-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+fn label_space(
+    manifests: &[model::Manifest],
+    name: &str,
+) -> Result<outpost::store::feedback::LabelSpace> {
+    let m = manifests
+        .iter()
+        .filter(|m| m.name == name)
+        .max_by_key(|m| model::manifest::parse_version(&m.version))
+        .with_context(|| {
+            format!("model {name:?} is not installed, so its labels cannot be checked")
+        })?;
+    Ok(outpost::store::feedback::LabelSpace {
+        labels: m.labels.clone(),
+        multi_label: m.multi_label,
+    })
+}
+
+fn open_existing_store(cfg: &AgentConfig) -> Result<Store> {
+    let db = cfg.database_path();
+    if !db.exists() {
+        bail!(
+            "no database at {}: run `outpost analyze` first",
+            db.display()
+        );
+    }
+    Ok(Store::open(&db)?)
+}
+
+fn print_feedback(f: &outpost::store::feedback::Feedback) {
+    let new = if f.new_labels.is_empty() {
+        String::new()
+    } else {
+        format!("  new: {}", f.new_labels.join(";"))
+    };
+    println!(
+        "{}  {}  {:<7} {:<9} {}@{}  item {}  [{}]{}  by {}",
+        f.feedback_id,
+        &f.created_at[..f.created_at.len().min(19)],
+        f.action,
+        f.delivery,
+        f.model_name,
+        f.model_version,
+        &f.item_id[..12.min(f.item_id.len())],
+        f.labels.join(";"),
+        new,
+        f.annotator
+    );
+}
+
+fn resolve_item(store: &Store, item: &str, locator: Option<&str>) -> Result<String> {
+    if item.len() == 64 && item.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Ok(item.to_string());
+    }
+    store.find_item(item, locator)?.with_context(|| {
+        format!(
+            "no analysed item from {item:?}{}",
+            locator.map(|l| format!(" at {l:?}")).unwrap_or_default()
+        )
+    })
+}
+
+fn feedback_command(cfg: &AgentConfig, command: FeedbackCommand) -> Result<ExitCode> {
+    use outpost::store::feedback::NewFeedback;
+    let mut store = open_existing_store(cfg)?;
+    match command {
+        FeedbackCommand::List {
+            pending,
+            limit,
+            json,
+        } => {
+            let rows = store.list_feedback(pending, limit)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                let c = store.counters()?;
+                println!(
+                    "{} waiting to sync, {} synced, {} reviewed today; last sync: {}",
+                    c.waiting_to_sync,
+                    c.synced,
+                    c.reviewed_today,
+                    c.last_sync.as_deref().unwrap_or("never")
+                );
+                rows.iter().for_each(print_feedback);
+            }
+        }
+        FeedbackCommand::Show { id } => {
+            let f = store
+                .feedback(&id)?
+                .with_context(|| format!("no feedback {id}"))?;
+            println!("{}", serde_json::to_string_pretty(&f)?);
+        }
+        FeedbackCommand::Give {
+            item,
+            labels,
+            locator,
+            model,
+        } => {
+            let item_id = resolve_item(&store, &item, locator.as_deref())?;
+            let model = match model {
+                Some(m) => m,
+                None => store
+                    .item_models(&item_id)?
+                    .into_iter()
+                    .next()
+                    .context("the item has no prediction")?,
+            };
+            let manifests = read_manifests(&cfg.models_dir());
+            let space = label_space(&manifests, &model)?;
+            let kind: String = store.conn().query_row(
+                "SELECT kind FROM items WHERE item_id = ?1",
+                [&item_id],
+                |r| r.get(0),
+            )?;
+            let f = store.give_feedback(
+                &NewFeedback {
+                    item_id,
+                    model_name: model,
+                    labels,
+                    annotator: cfg.feedback.annotator(),
+                    include_content: cfg.feedback.include_content(&kind),
+                },
+                &space,
+            )?;
+            print_feedback(&f);
+        }
+        FeedbackCommand::Undo { id } => {
+            let restored = store.undo_feedback(&id)?;
+            println!("undone {id}");
+            if let Some(r) = restored {
+                print!("the earlier decision is active again: ");
+                print_feedback(&r);
+            }
+        }
+        FeedbackCommand::Import { file } => {
+            let manifests = read_manifests(&cfg.models_dir());
+            let mut rdr = csv::Reader::from_path(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let headers = rdr.headers()?.clone();
+            let col = |n: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(n));
+            let (c_item, c_source, c_locator, c_model) =
+                (col("item_id"), col("source"), col("locator"), col("model"));
+            let c_labels = col("labels").or_else(|| col("label"));
+            let Some(c_labels) = c_labels else {
+                bail!(
+                    "{}: no label or labels column (found {:?})",
+                    file.display(),
+                    headers.iter().collect::<Vec<_>>()
+                );
+            };
+            if c_item.is_none() && c_source.is_none() {
+                bail!(
+                    "{}: needs an item_id column, or source (and locator) columns",
+                    file.display()
+                );
+            }
+            let (mut ok, mut failed) = (0usize, 0usize);
+            for (i, rec) in rdr.records().enumerate() {
+                let row = i + 2;
+                let result = (|| -> Result<()> {
+                    let rec = rec?;
+                    let get = |c: Option<usize>| {
+                        c.and_then(|c| rec.get(c))
+                            .map(str::trim)
+                            .filter(|s| !s.is_empty())
+                    };
+                    let item_id = match get(c_item) {
+                        Some(id) => id.to_string(),
+                        None => resolve_item(
+                            &store,
+                            get(c_source).context("empty source")?,
+                            get(c_locator),
+                        )?,
+                    };
+                    let model = match get(c_model) {
+                        Some(m) => m.to_string(),
+                        None => store
+                            .item_models(&item_id)?
+                            .into_iter()
+                            .next()
+                            .context("the item has no prediction")?,
+                    };
+                    let labels: Vec<String> = get(Some(c_labels))
+                        .unwrap_or_default()
+                        .split(';')
+                        .map(str::to_string)
+                        .collect();
+                    let kind: String = store
+                        .conn()
+                        .query_row(
+                            "SELECT kind FROM items WHERE item_id = ?1",
+                            [&item_id],
+                            |r| r.get(0),
+                        )
+                        .with_context(|| format!("no item {item_id}"))?;
+                    store.give_feedback(
+                        &NewFeedback {
+                            item_id,
+                            model_name: model.clone(),
+                            labels,
+                            annotator: cfg.feedback.annotator(),
+                            include_content: cfg.feedback.include_content(&kind),
+                        },
+                        &label_space(&manifests, &model)?,
+                    )?;
+                    Ok(())
+                })();
+                match result {
+                    Ok(()) => ok += 1,
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("row {row}: {e:#}");
+                    }
+                }
+            }
+            println!(
+                "imported {ok} decisions from {}; {failed} rows refused",
+                file.display()
+            );
+            if failed > 0 {
+                return Ok(ExitCode::from(EXIT_PARTIAL));
+            }
+        }
+        FeedbackCommand::Export { file } => {
+            let records = store.pending_records(usize::MAX >> 1)?;
+            let header = outpost::store::usb::write(&file, &records)?;
+            println!(
+                "wrote {} pending decisions to {} (sha256 {}); they stay pending here until the agent syncs",
+                header.records,
+                file.display(),
+                &header.sha256[..16]
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

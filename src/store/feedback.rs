@@ -439,3 +439,73 @@ impl Store {
         Ok(())
     }
 }
+
+impl Store {
+    /// The outbox as wire records, oldest first: what sync sends and a USB export carries.
+    pub fn pending_records(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<crate::protocol::FeedbackRecord>, FeedbackError> {
+        let mut st = self.conn.prepare(
+            "SELECT f.feedback_id, f.item_id, i.kind, f.model_name, f.model_version, f.action, f.labels, f.new_labels,
+                    f.annotator, f.created_at, f.supersedes, f.embedding, f.include_content, i.content, i.content_type
+             FROM outbox o JOIN feedback f USING (feedback_id) JOIN items i ON i.item_id = f.item_id
+             WHERE o.acked_at IS NULL ORDER BY o.enqueued_at, f.rowid LIMIT ?1",
+        )?;
+        let rows = st.query_map([limit as i64], |r| {
+            let labels: String = r.get(6)?;
+            let new_labels: String = r.get(7)?;
+            let emb: Vec<u8> = r.get(11)?;
+            let include: bool = r.get(12)?;
+            let content: Option<Vec<u8>> = r.get(13)?;
+            let content_type: Option<String> = r.get(14)?;
+            Ok(crate::protocol::FeedbackRecord {
+                feedback_id: r.get(0)?,
+                item_id: r.get(1)?,
+                kind: r.get(2)?,
+                model_name: r.get(3)?,
+                model_version: r.get(4)?,
+                action: r.get(5)?,
+                labels: serde_json::from_str(&labels).unwrap_or_default(),
+                new_labels: serde_json::from_str(&new_labels).unwrap_or_default(),
+                annotator: r.get(8)?,
+                created_at: r.get(9)?,
+                supersedes: r.get(10)?,
+                embedding_f16: crate::protocol::b64(&emb),
+                content: if include {
+                    content.as_deref().map(crate::protocol::b64)
+                } else {
+                    None
+                },
+                content_type: if include { content_type } else { None },
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Finds an item by its source file (and locator, for tiles of a scene or rows of a CSV).
+    pub fn find_item(
+        &self,
+        source: &str,
+        locator: Option<&str>,
+    ) -> Result<Option<String>, FeedbackError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT item_id FROM items WHERE (source = ?1 OR source LIKE '%/' || ?1) AND (?2 IS NULL OR locator = ?2)
+                 ORDER BY last_seen DESC LIMIT 1",
+                params![source, locator],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// The models that have predictions for an item (newest first).
+    pub fn item_models(&self, item_id: &str) -> Result<Vec<String>, FeedbackError> {
+        let mut st = self.conn.prepare(
+            "SELECT model_name FROM predictions WHERE item_id = ?1 GROUP BY model_name ORDER BY MAX(created_at) DESC",
+        )?;
+        let rows = st.query_map([item_id], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}

@@ -8,6 +8,7 @@
 
 pub mod feedback;
 pub mod migrate;
+pub mod usb;
 
 use half::f16;
 use rusqlite::{params, Connection, OptionalExtension};
