@@ -13,6 +13,9 @@
 //! - [`analyze`]: the `outpost analyze` job that ties the pipelines to the store.
 //! - [`protocol`]: wire types shared by agent and server (feedback records).
 //! - [`export`]: JSON, CSV and GeoJSON output of stored results.
+//! - [`identity`]: the device's Ed25519 key and request signing.
+//! - [`sync`]: enrollment and pushing the feedback outbox to the server.
+//! - [`server`]: the central server's HTTP API and storage.
 //! - [`bench`]: the end-to-end benchmark against raw ONNX Runtime.
 
 pub mod analyze;
@@ -21,7 +24,10 @@ pub mod bench;
 pub mod config;
 pub mod export;
 pub mod hash;
+pub mod identity;
 pub mod infer;
 pub mod model;
 pub mod protocol;
+pub mod server;
 pub mod store;
+pub mod sync;

@@ -53,3 +53,92 @@ impl FeedbackRecord {
 pub fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
+
+/// Header carrying the protocol version on every request and response.
+pub const HEADER_PROTOCOL: &str = "x-outpost-protocol";
+/// Header naming the device that signed a request.
+pub const HEADER_DEVICE: &str = "x-outpost-device";
+/// Header with the request time (unix seconds, device clock corrected by the server offset).
+pub const HEADER_TIMESTAMP: &str = "x-outpost-timestamp";
+/// Header with a random nonce (hex), never reused within the replay window.
+pub const HEADER_NONCE: &str = "x-outpost-nonce";
+/// Header with the Ed25519 signature (base64) over [`signing_payload`].
+pub const HEADER_SIGNATURE: &str = "x-outpost-signature";
+/// Header on server responses with the server's clock (unix seconds), so an agent whose
+/// clock is wrong can correct its timestamps.
+pub const HEADER_SERVER_TIME: &str = "x-outpost-server-time";
+/// How far a request's timestamp may be from the server's clock, in seconds.
+pub const REPLAY_WINDOW_SECS: i64 = 300;
+
+/// The bytes a device signs: protocol tag, method, path, sha256 of the body, timestamp and
+/// nonce, one per line. Signing the body's hash binds the signature to the exact bytes.
+pub fn signing_payload(
+    method: &str,
+    path: &str,
+    body: &[u8],
+    timestamp: i64,
+    nonce: &str,
+) -> Vec<u8> {
+    format!(
+        "outpost-v{PROTOCOL_VERSION}\n{}\n{path}\n{}\n{timestamp}\n{nonce}",
+        method.to_ascii_uppercase(),
+        crate::hash::sha256_hex(body)
+    )
+    .into_bytes()
+}
+
+/// `POST /v1/enroll`: a new device registers its public key with a one-time code.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    /// The code `outpost-server devices add` printed.
+    pub code: String,
+    /// Ed25519 public key, base64.
+    pub public_key: String,
+}
+
+/// The server's answer to an enrollment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    /// The device's id, sent with every later request.
+    pub device_id: String,
+    /// The name the operator gave it.
+    pub name: String,
+    /// Its group.
+    pub group: String,
+}
+
+/// `POST /v1/feedback` body (zstd-compressed JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UploadBatch {
+    /// Protocol version of the records.
+    pub protocol: u32,
+    /// The decisions.
+    pub records: Vec<FeedbackRecord>,
+}
+
+/// A record the server would not store, and why.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Refused {
+    /// Feedback id.
+    pub feedback_id: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// The server's acknowledgement of a batch.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UploadAck {
+    /// Ids now stored on the server (new or already there): the agent may mark them synced.
+    pub acked: Vec<String>,
+    /// How many of them were already stored (a retried batch).
+    pub duplicates: usize,
+    /// Records refused for good; the agent keeps them and reports them.
+    pub refused: Vec<Refused>,
+}
+
+/// Every error response's body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong and what to do.
+    pub error: String,
+}

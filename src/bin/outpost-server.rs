@@ -1,15 +1,236 @@
-//! `outpost-server`: the central training server. Its commands arrive with the sync,
-//! training and publishing issues; for now it only says so.
+//! `outpost-server`: the central server's command line. Parses arguments and calls the library.
 
-use clap::Parser;
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use outpost::server::store::{ServerStore, SqliteServerStore, Via};
+use outpost::server::{self, AppState};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
 
 /// Outpost central server: ingests field feedback, retrains, signs and publishes models.
 #[derive(Parser)]
 #[command(version, about)]
-struct Cli {}
+struct Cli {
+    /// Where the server keeps its database and files.
+    #[arg(
+        long,
+        global = true,
+        env = "OUTPOST_SERVER_DATA_DIR",
+        default_value = "/var/lib/outpost-server"
+    )]
+    data_dir: PathBuf,
+    /// More log output.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() -> std::process::ExitCode {
-    let _ = Cli::parse();
-    eprintln!("outpost-server has no commands yet: the server arrives with the sync issue. See README.md.");
-    std::process::ExitCode::from(2)
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the agents' API.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8480")]
+        listen: String,
+    },
+    /// Enroll, list and revoke field devices.
+    Devices {
+        #[command(subcommand)]
+        command: DevicesCommand,
+    },
+    /// Import feedback carried on a USB stick (`outpost feedback export`).
+    Feedback {
+        #[command(subcommand)]
+        command: FeedbackCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DevicesCommand {
+    /// Register a device and print its one-time enrollment code.
+    Add {
+        /// A name for the device (unique).
+        #[arg(long)]
+        name: String,
+        /// Its group (rollouts target groups).
+        #[arg(long, default_value = "default")]
+        group: String,
+        /// Hours the code stays valid.
+        #[arg(long, default_value_t = 72)]
+        valid_hours: i64,
+    },
+    /// List devices.
+    List,
+    /// Revoke a device: refused from its next request.
+    Revoke {
+        /// Name or id.
+        device: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum FeedbackCommand {
+    /// Import a feedback file; each decision is stored once however often it is imported.
+    Import {
+        /// The file.
+        file: PathBuf,
+        /// The device it came from (name or id), if the file does not say.
+        #[arg(long)]
+        device: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default = if cli.verbose > 0 { "debug" } else { "info" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn open_store(cli: &Cli) -> Result<Arc<SqliteServerStore>> {
+    let path = cli.data_dir.join("server.db");
+    Ok(Arc::new(SqliteServerStore::open(&path).with_context(
+        || format!("cannot open {}", path.display()),
+    )?))
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let store = open_store(&cli)?;
+    match cli.command {
+        Command::Serve { listen } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+                tracing::info!(address = %listener.local_addr()?, data_dir = %cli.data_dir.display(), "outpost-server listening");
+                server::serve(listener, AppState { store }).await?;
+                anyhow::Ok(())
+            })?;
+        }
+        Command::Devices { command } => match command {
+            DevicesCommand::Add {
+                name,
+                group,
+                valid_hours,
+            } => {
+                let code = new_code();
+                let expires = time::OffsetDateTime::now_utc() + time::Duration::hours(valid_hours);
+                let expires = expires.format(&time::format_description::well_known::Rfc3339)?;
+                let hash = outpost::hash::sha256_hex(server::normalise_code(&code).as_bytes());
+                let d = store.add_device(&name, &group, &hash, &expires)?;
+                store.audit(
+                    "operator",
+                    "devices add",
+                    &format!("{} ({}) group {}", d.name, d.device_id, d.group),
+                )?;
+                println!(
+                    "device {} added to group {} (id {})",
+                    d.name, d.group, d.device_id
+                );
+                println!("enrollment code (valid until {expires}, usable once):\n\n    {code}\n");
+                println!("on the device: outpost enroll <this server's URL> {code}");
+            }
+            DevicesCommand::List => {
+                for d in store.devices()? {
+                    let state = if d.revoked_at.is_some() {
+                        "revoked"
+                    } else if d.enrolled_at.is_some() {
+                        "enrolled"
+                    } else {
+                        "awaiting enrollment"
+                    };
+                    println!(
+                        "{:<20} {:<12} {:<20} feedback {:>6}  last seen {}  {}",
+                        d.name,
+                        d.group,
+                        state,
+                        d.feedback,
+                        d.last_seen.as_deref().unwrap_or("never"),
+                        d.device_id
+                    );
+                }
+            }
+            DevicesCommand::Revoke { device } => {
+                let d = store.revoke(&device)?;
+                store.audit(
+                    "operator",
+                    "devices revoke",
+                    &format!("{} ({})", d.name, d.device_id),
+                )?;
+                println!(
+                    "device {} revoked; it is refused from its next request",
+                    d.name
+                );
+            }
+        },
+        Command::Feedback {
+            command: FeedbackCommand::Import { file, device },
+        } => {
+            let (header, records) = outpost::store::usb::read(&file)?;
+            let who = device
+                .or(header.device_id.clone())
+                .context("the file does not name its device: pass --device NAME")?;
+            let d = store
+                .devices()?
+                .into_iter()
+                .find(|d| d.name == who || d.device_id == who)
+                .with_context(|| format!("no device {who:?}"))?;
+            let r = store.ingest(&d.device_id, &records, Via::Usb)?;
+            store.audit(
+                "operator",
+                "feedback import",
+                &format!(
+                    "{} from {}: {} new, {} duplicates",
+                    file.display(),
+                    d.name,
+                    r.acked.len() - r.duplicates,
+                    r.duplicates
+                ),
+            )?;
+            println!(
+                "{}: {} records, {} new, {} already stored, {} refused",
+                file.display(),
+                records.len(),
+                r.acked.len() - r.duplicates,
+                r.duplicates,
+                r.refused.len()
+            );
+            for x in &r.refused {
+                println!("  refused {}: {}", x.feedback_id, x.reason);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A one-time code: 20 random characters from an alphabet without look-alikes, in groups of 4.
+fn new_code() -> String {
+    use ring::rand::SecureRandom;
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut bytes = [0u8; 20];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("system randomness");
+    let chars: Vec<char> = bytes
+        .iter()
+        .map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char)
+        .collect();
+    chars
+        .chunks(4)
+        .map(|c| c.iter().collect::<String>())
+        .collect::<Vec<_>>()
+        .join("-")
 }

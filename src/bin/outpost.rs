@@ -128,6 +128,21 @@ enum Command {
         #[command(subcommand)]
         command: FeedbackCommand,
     },
+    /// Register this agent with the central server using the operator's one-time code.
+    Enroll {
+        /// The server's URL, such as https://outpost.example.org
+        server_url: String,
+        /// The code printed by `outpost-server devices add`.
+        code: String,
+    },
+    /// Push the feedback outbox to the server once.
+    Sync,
+    /// What is waiting, when the last sync succeeded, and why the last one failed.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect and check model bundles.
     Models {
         #[command(subcommand)]
@@ -382,6 +397,71 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Models { command } => models_command(&cfg, command),
         Command::Feedback { command } => feedback_command(&cfg, command),
+        Command::Enroll { server_url, code } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            let r = rt.block_on(outpost::sync::enroll(
+                &cfg.database_path(),
+                &cfg.data_dir(),
+                &server_url,
+                &code,
+            ))?;
+            println!(
+                "enrolled as {} (group {}, device id {}) with {}",
+                r.name, r.group, r.device_id, server_url
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sync => {
+            let rt = tokio::runtime::Runtime::new()?;
+            let r = rt.block_on(outpost::sync::sync_once(
+                &cfg.database_path(),
+                &cfg.data_dir(),
+            ))?;
+            println!(
+                "sent {} decisions in {} batches ({} bytes); {} were already on the server",
+                r.acked, r.batches, r.bytes_sent, r.duplicates
+            );
+            for x in &r.refused {
+                println!("  refused {}: {}", x.feedback_id, x.reason);
+            }
+            Ok(if r.refused.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_PARTIAL)
+            })
+        }
+        Command::Status { json } => {
+            let store = Store::open(&cfg.database_path())?;
+            let c = store.counters()?;
+            let server = store.state("server_url")?;
+            let name = store.state("device_name")?;
+            let err = store.state("last_sync_error")?.filter(|e| !e.is_empty());
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "server_url": server, "device_name": name, "counters": c, "last_sync_error": err
+                    }))?
+                );
+            } else {
+                match (&server, &name) {
+                    (Some(s), Some(n)) => println!("enrolled as {n} with {s}"),
+                    _ => println!("not enrolled (outpost enroll <server-url> <code>)"),
+                }
+                println!(
+                    "feedback waiting to sync: {}; synced: {}; reviewed today: {}",
+                    c.waiting_to_sync, c.synced, c.reviewed_today
+                );
+                println!(
+                    "last successful sync: {}",
+                    c.last_sync.as_deref().unwrap_or("never")
+                );
+                if let Some(e) = err {
+                    println!("last sync failed: {e}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench {
             images,
             reports,
@@ -930,7 +1010,7 @@ fn feedback_command(cfg: &AgentConfig, command: FeedbackCommand) -> Result<ExitC
         }
         FeedbackCommand::Export { file } => {
             let records = store.pending_records(usize::MAX >> 1)?;
-            let header = outpost::store::usb::write(&file, &records)?;
+            let header = outpost::store::usb::write(&file, &records, store.state("device_id")?)?;
             println!(
                 "wrote {} pending decisions to {} (sha256 {}); they stay pending here until the agent syncs",
                 header.records,

@@ -1,5 +1,5 @@
-//! Schema migrations: the numbered SQL files in `migrations/`, embedded in the binary and
-//! applied in order at open. `PRAGMA user_version` holds the number of the last one applied,
+//! Schema migrations: the numbered SQL files in `migrations/agent/` (and, for the server's
+//! database, `migrations/server/`), embedded in the binary and applied in order at open. `PRAGMA user_version` holds the number of the last one applied,
 //! so each runs exactly once, inside a transaction with the version bump.
 
 use rusqlite::Connection;
@@ -9,26 +9,32 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
     (
         1,
         "0001_items_predictions.sql",
-        include_str!("../../migrations/0001_items_predictions.sql"),
+        include_str!("../../migrations/agent/0001_items_predictions.sql"),
     ),
     (
         2,
         "0002_feedback_outbox.sql",
-        include_str!("../../migrations/0002_feedback_outbox.sql"),
+        include_str!("../../migrations/agent/0002_feedback_outbox.sql"),
     ),
 ];
 
-/// Applies every migration newer than the database. Refuses a database from a newer agent.
+/// Applies every agent migration newer than the database.
 pub fn migrate(conn: &mut Connection) -> Result<u32, super::StoreError> {
+    migrate_with(conn, MIGRATIONS)
+}
+
+/// Applies every migration of `migrations` newer than the database. Refuses a database
+/// written by a newer program.
+pub fn migrate_with(conn: &mut Connection, migrations: &[(u32, &str, &str)]) -> Result<u32, super::StoreError> {
     let current: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    let latest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+    let latest = migrations.last().map(|m| m.0).unwrap_or(0);
     if current > latest {
         return Err(super::StoreError::TooNew {
             found: current,
             supported: latest,
         });
     }
-    for (n, name, sql) in MIGRATIONS {
+    for (n, name, sql) in migrations {
         if *n <= current {
             continue;
         }

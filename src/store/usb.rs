@@ -31,6 +31,9 @@ pub struct UsbHeader {
     pub created_at: String,
     /// Protocol version of the records.
     pub protocol: u32,
+    /// The enrolled device that wrote the file, if it is enrolled.
+    #[serde(default)]
+    pub device_id: Option<String>,
 }
 
 /// Why a USB file was refused.
@@ -58,7 +61,11 @@ pub enum UsbFileError {
 }
 
 /// Writes records to `path` (atomically: a temporary file, synced, then renamed).
-pub fn write(path: &Path, records: &[FeedbackRecord]) -> Result<UsbHeader, UsbFileError> {
+pub fn write(
+    path: &Path,
+    records: &[FeedbackRecord],
+    device_id: Option<String>,
+) -> Result<UsbHeader, UsbFileError> {
     let io = |source| UsbFileError::Io {
         path: path.display().to_string(),
         source,
@@ -73,6 +80,7 @@ pub fn write(path: &Path, records: &[FeedbackRecord]) -> Result<UsbHeader, UsbFi
         sha256: crate::hash::sha256_hex(body.as_bytes()),
         created_at: super::now(),
         protocol: crate::protocol::PROTOCOL_VERSION,
+        device_id,
     };
     let text = format!(
         "{MAGIC}\n{}\n{body}",

@@ -1,0 +1,294 @@
+//! The central server: the HTTP API agents sync with, and the operator's admin actions.
+//!
+//! - [`store`]: storage behind the [`store::ServerStore`] trait (SQLite by default).
+//! - this module: the axum router. Handlers are thin: parse, authenticate, call the store.
+//!
+//! API (protocol version 1, every response carries `x-outpost-protocol` and
+//! `x-outpost-server-time`; the OpenAPI description is `docs/openapi.yaml`):
+//!
+//! | method and path | who | what |
+//! |---|---|---|
+//! | `GET /v1/health` | anyone | liveness and protocol version |
+//! | `POST /v1/enroll` | a device with a one-time code | registers its Ed25519 public key |
+//! | `POST /v1/feedback` | a signed, enrolled, unrevoked device | a zstd-compressed [`UploadBatch`]; answers an [`UploadAck`] |
+//!
+//! Authentication of devices: every request is signed with the device key over method,
+//! path, body hash, timestamp and nonce (`protocol::signing_payload`). The server refuses
+//! a timestamp outside ±5 minutes of its clock (and says its time, so an agent with a wrong
+//! clock corrects itself and retries), a nonce seen before, an unknown or revoked device, or
+//! a bad signature. A device can only write feedback under its own id.
+
+pub mod store;
+
+use crate::protocol::{
+    self, EnrollRequest, EnrollResponse, ErrorBody, UploadAck, UploadBatch, PROTOCOL_VERSION,
+};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use std::sync::Arc;
+use store::{ServerStore, Via};
+
+/// Largest accepted request body (compressed), bytes.
+pub const MAX_BODY_BYTES: usize = 16 << 20;
+/// Largest accepted batch after decompression, bytes.
+pub const MAX_BATCH_BYTES: usize = 64 << 20;
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// Storage.
+    pub store: Arc<dyn ServerStore>,
+}
+
+/// An API error: status and a message that says what to do.
+#[derive(Debug)]
+pub struct ApiError(pub StatusCode, pub String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    tracing::error!("internal error: {e}");
+    ApiError(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal server error; the operator can see the cause in the server log".into(),
+    )
+}
+
+/// Current unix time in seconds.
+pub fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(internal)
+}
+
+/// Builds the router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/enroll", post(enroll))
+        .route("/v1/feedback", post(upload))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::map_response(stamp))
+        .with_state(state)
+}
+
+/// Adds the protocol version and server time to every response.
+async fn stamp(mut res: Response) -> Response {
+    let h = res.headers_mut();
+    h.insert(
+        protocol::HEADER_PROTOCOL,
+        HeaderValue::from(PROTOCOL_VERSION),
+    );
+    h.insert(protocol::HEADER_SERVER_TIME, HeaderValue::from(unix_now()));
+    res
+}
+
+fn check_protocol(headers: &HeaderMap) -> Result<(), ApiError> {
+    match headers.get(protocol::HEADER_PROTOCOL).and_then(|v| v.to_str().ok()) {
+        None => Ok(()),
+        Some(v) if v == PROTOCOL_VERSION.to_string() => Ok(()),
+        Some(v) => Err(ApiError(
+            StatusCode::UPGRADE_REQUIRED,
+            format!("this server speaks protocol {PROTOCOL_VERSION}, the agent speaks {v}; upgrade the older of the two"),
+        )),
+    }
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok", "protocol": PROTOCOL_VERSION }))
+}
+
+async fn enroll(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Json(req): Json<EnrollRequest>,
+) -> Result<Json<EnrollResponse>, ApiError> {
+    use base64::Engine;
+    check_protocol(&headers)?;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(&req.public_key)
+        .ok()
+        .filter(|k| k.len() == 32)
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                "public_key must be a base64 Ed25519 public key (32 bytes)".into(),
+            )
+        })?;
+    let code_hash = crate::hash::sha256_hex(normalise_code(&req.code).as_bytes());
+    let store = st.store.clone();
+    let d = blocking(move || store.enroll(&code_hash, &key))
+        .await?
+        .map_err(|e| match e {
+            store::ServerStoreError::BadCode => ApiError(StatusCode::FORBIDDEN, e.to_string()),
+            other => internal(other),
+        })?;
+    let _ = st
+        .store
+        .audit("device", "enroll", &format!("{} ({})", d.name, d.device_id));
+    tracing::info!(device = %d.name, "device enrolled");
+    Ok(Json(EnrollResponse {
+        device_id: d.device_id,
+        name: d.name,
+        group: d.group,
+    }))
+}
+
+/// Codes are shown in groups (`ABCD-EFGH-...`); dashes, spaces and case do not matter.
+pub fn normalise_code(code: &str) -> String {
+    code.chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
+}
+
+/// Checks a signed request; returns the device id.
+async fn authenticate(
+    st: &AppState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<String, ApiError> {
+    check_protocol(headers)?;
+    let h = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let unauth = |m: &str| ApiError(StatusCode::UNAUTHORIZED, m.to_string());
+    let (Some(device_id), Some(ts), Some(nonce), Some(sig)) = (
+        h(protocol::HEADER_DEVICE),
+        h(protocol::HEADER_TIMESTAMP),
+        h(protocol::HEADER_NONCE),
+        h(protocol::HEADER_SIGNATURE),
+    ) else {
+        return Err(unauth(
+            "this endpoint needs a signed request from an enrolled device (run `outpost enroll`)",
+        ));
+    };
+    let ts: i64 = ts.parse().map_err(|_| unauth("bad timestamp"))?;
+    let now = unix_now();
+    if (ts - now).abs() > protocol::REPLAY_WINDOW_SECS {
+        return Err(unauth(&format!(
+            "request time {ts} is more than {} s from the server's clock {now}; the agent corrects for this and retries",
+            protocol::REPLAY_WINDOW_SECS
+        )));
+    }
+    if nonce.len() < 16 || nonce.len() > 64 {
+        return Err(unauth("bad nonce"));
+    }
+    let store = st.store.clone();
+    let id = device_id.clone();
+    let device = blocking(move || store.device(&id))
+        .await?
+        .map_err(internal)?;
+    let Some(device) = device else {
+        return Err(unauth("unknown device; enroll it again"));
+    };
+    if device.revoked_at.is_some() {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "this device has been revoked".into(),
+        ));
+    }
+    let Some(key) = device.public_key.clone() else {
+        return Err(unauth("this device has not enrolled yet"));
+    };
+    let payload = protocol::signing_payload(method.as_str(), uri.path(), body, ts, &nonce);
+    if !crate::identity::verify(&key, &payload, &sig) {
+        return Err(unauth("bad signature"));
+    }
+    let store = st.store.clone();
+    let (id, n) = (device_id.clone(), nonce.clone());
+    let fresh =
+        blocking(move || store.use_nonce(&id, &n, now + 2 * protocol::REPLAY_WINDOW_SECS, now))
+            .await?
+            .map_err(internal)?;
+    if !fresh {
+        return Err(unauth("replayed request (nonce already used)"));
+    }
+    let store = st.store.clone();
+    let id = device_id.clone();
+    let _ = blocking(move || store.touch(&id)).await;
+    Ok(device_id)
+}
+
+async fn upload(
+    State(st): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<UploadAck>, ApiError> {
+    let device_id = authenticate(&st, &method, &uri, &headers, &body).await?;
+    let raw = decompress_limited(&body, MAX_BATCH_BYTES).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("body is not a zstd-compressed batch: {e}"),
+        )
+    })?;
+    let batch: UploadBatch = serde_json::from_slice(&raw).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("body is not a feedback batch: {e}"),
+        )
+    })?;
+    if batch.protocol != PROTOCOL_VERSION {
+        return Err(ApiError(
+            StatusCode::UPGRADE_REQUIRED,
+            format!(
+                "batch protocol {} is not {PROTOCOL_VERSION}",
+                batch.protocol
+            ),
+        ));
+    }
+    let store = st.store.clone();
+    let n = batch.records.len();
+    let id = device_id.clone();
+    let r = blocking(move || store.ingest(&id, &batch.records, Via::Http))
+        .await?
+        .map_err(internal)?;
+    tracing::info!(device = %device_id, records = n, new = r.acked.len() - r.duplicates, duplicates = r.duplicates, refused = r.refused.len(), "feedback batch");
+    Ok(Json(UploadAck {
+        acked: r.acked,
+        duplicates: r.duplicates,
+        refused: r.refused,
+    }))
+}
+
+/// zstd decompression that stops at `limit` bytes (a small body must not expand without end).
+pub fn decompress_limited(body: &[u8], limit: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let dec = zstd::stream::read::Decoder::new(body)?;
+    dec.take(limit as u64 + 1).read_to_end(&mut out)?;
+    if out.len() > limit {
+        return Err(std::io::Error::other(format!(
+            "batch larger than {limit} bytes"
+        )));
+    }
+    Ok(out)
+}
+
+/// Runs the server until Ctrl-C.
+pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+}

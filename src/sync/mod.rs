@@ -1,0 +1,313 @@
+//! The agent's side of sync: enrollment, and pushing the feedback outbox to the server.
+//!
+//! Delivery is at-least-once on the wire and exactly-once in effect: the agent sends pending
+//! outbox rows in compressed batches and marks them synced only after the server's
+//! acknowledgement names them; the server stores each feedback id once. A batch cut off
+//! anywhere (before, during or after the server commits) is simply sent again.
+
+use crate::identity::DeviceKey;
+use crate::protocol::{
+    self, EnrollRequest, EnrollResponse, ErrorBody, UploadAck, UploadBatch, PROTOCOL_VERSION,
+};
+use crate::store::Store;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+/// Records per upload batch.
+pub const BATCH_RECORDS: usize = 200;
+
+/// Why a sync did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// No enrollment yet.
+    #[error("this agent is not enrolled: ask the operator for a code and run `outpost enroll <server-url> <code>`")]
+    NotEnrolled,
+    /// The server could not be reached (no network, server down, cut connection).
+    #[error("the server at {url} is unreachable: {reason}")]
+    Unreachable {
+        /// Server URL.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The server answered with an error.
+    #[error("the server refused ({status}): {message}")]
+    Server {
+        /// HTTP status.
+        status: u16,
+        /// The server's message.
+        message: String,
+    },
+    /// The server speaks another protocol version.
+    #[error("protocol mismatch: {0}")]
+    Protocol(String),
+    /// The local database failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// Feedback store failure.
+    #[error(transparent)]
+    Feedback(#[from] crate::store::feedback::FeedbackError),
+    /// The device key failed.
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+}
+
+impl SyncError {
+    /// Whether trying again later may help (network or server trouble).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SyncError::Unreachable { .. } => true,
+            SyncError::Server { status, .. } => *status >= 500 || *status == 429 || *status == 408,
+            _ => false,
+        }
+    }
+}
+
+/// Where the agent keeps its identity.
+pub fn key_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("device.key")
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(120))
+        .user_agent(concat!("outpost/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .unwrap_or_default()
+}
+
+fn unreachable(url: &str, e: reqwest::Error) -> SyncError {
+    let mut reason = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        reason = format!("{reason}: {s}");
+        src = s.source();
+    }
+    SyncError::Unreachable {
+        url: url.to_string(),
+        reason,
+    }
+}
+
+async fn error_from(res: reqwest::Response) -> SyncError {
+    let status = res.status().as_u16();
+    let message = match res.json::<ErrorBody>().await {
+        Ok(b) => b.error,
+        Err(_) => "no details".into(),
+    };
+    if status == 426 {
+        SyncError::Protocol(message)
+    } else {
+        SyncError::Server { status, message }
+    }
+}
+
+/// Enrolls this agent with a one-time code and records the server and device id.
+pub async fn enroll(
+    store_path: &Path,
+    data_dir: &Path,
+    server_url: &str,
+    code: &str,
+) -> Result<EnrollResponse, SyncError> {
+    let key = DeviceKey::load_or_create(&key_path(data_dir))?;
+    let base = server_url.trim_end_matches('/').to_string();
+    let res = client()
+        .post(format!("{base}/v1/enroll"))
+        .header(protocol::HEADER_PROTOCOL, PROTOCOL_VERSION)
+        .json(&EnrollRequest {
+            code: code.to_string(),
+            public_key: key.public_key_b64(),
+        })
+        .send()
+        .await
+        .map_err(|e| unreachable(&base, e))?;
+    if !res.status().is_success() {
+        return Err(error_from(res).await);
+    }
+    let r: EnrollResponse = res.json().await.map_err(|e| unreachable(&base, e))?;
+    let store = Store::open(store_path)?;
+    store.set_state("server_url", &base)?;
+    store.set_state("device_id", &r.device_id)?;
+    store.set_state("device_name", &r.name)?;
+    Ok(r)
+}
+
+/// What one push did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PushReport {
+    /// Batches sent.
+    pub batches: usize,
+    /// Records acknowledged.
+    pub acked: usize,
+    /// Of those, already on the server (retries).
+    pub duplicates: usize,
+    /// Records the server refused (kept in the outbox).
+    pub refused: Vec<protocol::Refused>,
+    /// Compressed bytes sent.
+    pub bytes_sent: usize,
+}
+
+/// A signed connection to the server.
+pub struct SyncClient {
+    http: reqwest::Client,
+    base: String,
+    device_id: String,
+    key: DeviceKey,
+    /// Server clock minus device clock, learnt from responses (a field laptop's clock is
+    /// often wrong; signatures carry the corrected time).
+    offset: AtomicI64,
+}
+
+impl SyncClient {
+    /// From the enrollment stored in the agent's database.
+    pub fn from_store(store: &Store, data_dir: &Path) -> Result<SyncClient, SyncError> {
+        let (Some(base), Some(device_id)) = (store.state("server_url")?, store.state("device_id")?)
+        else {
+            return Err(SyncError::NotEnrolled);
+        };
+        Ok(SyncClient {
+            http: client(),
+            base,
+            device_id,
+            key: DeviceKey::load_or_create(&key_path(data_dir))?,
+            offset: AtomicI64::new(0),
+        })
+    }
+
+    /// The server URL.
+    pub fn server_url(&self) -> &str {
+        &self.base
+    }
+
+    fn learn_clock(&self, res: &reqwest::Response) {
+        if let Some(t) = res
+            .headers()
+            .get(protocol::HEADER_SERVER_TIME)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i64>().ok())
+        {
+            self.offset
+                .store(t - crate::server::unix_now(), Ordering::Relaxed);
+        }
+    }
+
+    /// POSTs a signed body; on a 401 that says the clock is off, corrects and retries once.
+    async fn signed_post(&self, path: &str, body: Vec<u8>) -> Result<reqwest::Response, SyncError> {
+        for attempt in 0..2 {
+            let ts = crate::server::unix_now() + self.offset.load(Ordering::Relaxed);
+            let (ts, nonce, sig) = self.key.sign_request("POST", path, &body, ts);
+            let res = self
+                .http
+                .post(format!("{}{path}", self.base))
+                .header(protocol::HEADER_PROTOCOL, PROTOCOL_VERSION)
+                .header(protocol::HEADER_DEVICE, &self.device_id)
+                .header(protocol::HEADER_TIMESTAMP, ts)
+                .header(protocol::HEADER_NONCE, nonce)
+                .header(protocol::HEADER_SIGNATURE, sig)
+                .header(reqwest::header::CONTENT_TYPE, "application/zstd")
+                .body(body.clone())
+                .send()
+                .await
+                .map_err(|e| unreachable(&self.base, e))?;
+            let before = self.offset.load(Ordering::Relaxed);
+            self.learn_clock(&res);
+            if res.status() == reqwest::StatusCode::UNAUTHORIZED
+                && attempt == 0
+                && self.offset.load(Ordering::Relaxed) != before
+            {
+                tracing::warn!(
+                    offset_secs = self.offset.load(Ordering::Relaxed),
+                    "the device clock differs from the server's; retrying with the server's time"
+                );
+                continue;
+            }
+            return Ok(res);
+        }
+        unreachable_retry()
+    }
+
+    /// Sends the whole outbox, batch by batch, marking rows synced as they are acknowledged.
+    pub async fn push(&self, store_path: &Path) -> Result<PushReport, SyncError> {
+        let mut report = PushReport::default();
+        let mut refused_ids = std::collections::HashSet::new();
+        loop {
+            let path = store_path.to_path_buf();
+            let skip = refused_ids.len();
+            let records = tokio::task::spawn_blocking(move || -> Result<_, SyncError> {
+                let store = Store::open(&path)?;
+                Ok(store.pending_records(BATCH_RECORDS + skip)?)
+            })
+            .await
+            .map_err(|e| SyncError::Protocol(e.to_string()))??;
+            let records: Vec<_> = records
+                .into_iter()
+                .filter(|r| !refused_ids.contains(&r.feedback_id))
+                .take(BATCH_RECORDS)
+                .collect();
+            if records.is_empty() {
+                break;
+            }
+            let json = serde_json::to_vec(&UploadBatch {
+                protocol: PROTOCOL_VERSION,
+                records,
+            })
+            .map_err(|e| SyncError::Protocol(e.to_string()))?;
+            let body =
+                zstd::bulk::compress(&json, 9).map_err(|e| SyncError::Protocol(e.to_string()))?;
+            report.bytes_sent += body.len();
+            let res = self.signed_post("/v1/feedback", body).await?;
+            if !res.status().is_success() {
+                return Err(error_from(res).await);
+            }
+            let ack: UploadAck = res.json().await.map_err(|e| unreachable(&self.base, e))?;
+            report.batches += 1;
+            report.duplicates += ack.duplicates;
+            report.acked += ack.acked.len();
+            for r in &ack.refused {
+                refused_ids.insert(r.feedback_id.clone());
+            }
+            report.refused.extend(ack.refused.clone());
+            let path = store_path.to_path_buf();
+            tokio::task::spawn_blocking(move || -> Result<(), SyncError> {
+                let mut store = Store::open(&path)?;
+                store.ack_outbox(&ack.acked)?;
+                Ok(())
+            })
+            .await
+            .map_err(|e| SyncError::Protocol(e.to_string()))??;
+        }
+        Ok(report)
+    }
+}
+
+fn unreachable_retry<T>() -> Result<T, SyncError> {
+    Err(SyncError::Server {
+        status: 401,
+        message: "the server refused the request even after correcting for the clock".into(),
+    })
+}
+
+/// One sync: push the outbox; record the outcome for `outpost status` and the review page.
+pub async fn sync_once(store_path: &Path, data_dir: &Path) -> Result<PushReport, SyncError> {
+    let client = {
+        let store = Store::open(store_path)?;
+        SyncClient::from_store(&store, data_dir)?
+    };
+    let result = client.push(store_path).await;
+    let store = Store::open(store_path)?;
+    match &result {
+        Ok(_) => {
+            store.set_state("last_sync", &crate::store::now())?;
+            store.set_state("last_sync_error", "")?;
+        }
+        Err(e) => {
+            store.set_state(
+                "last_sync_error",
+                &format!("{} at {}", e, crate::store::now()),
+            )?;
+        }
+    }
+    result
+}

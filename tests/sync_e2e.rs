@@ -1,0 +1,320 @@
+//! Sync between real processes: `outpost-server serve` on loopback, the `outpost` agent
+//! enrolling with a one-time code and pushing its outbox; exactly-once under re-delivery;
+//! signed requests (replay, tampering, clock skew, revocation); the USB import path.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+
+struct Server {
+    child: Child,
+    url: String,
+    data: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn server_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_outpost-server"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_server(data: &Path) -> Server {
+    let port = free_port();
+    let child = Command::new(server_bin())
+        .args([
+            "--data-dir",
+            data.to_str().unwrap(),
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Server {
+                child,
+                url,
+                data: data.to_path_buf(),
+            };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("server did not start");
+}
+
+fn server_cmd(data: &Path, args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(server_bin())
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into(),
+        String::from_utf8_lossy(&o.stderr).into(),
+    )
+}
+
+fn agent(root: &Path, args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(common::outpost_bin())
+        .arg("--data-dir")
+        .arg(root.join("data"))
+        .arg("--models-dir")
+        .arg(root.join("models"))
+        .arg("--ort-lib")
+        .arg(common::ort_lib())
+        .args(args)
+        .env_remove("OUTPOST_CONFIG")
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into(),
+        String::from_utf8_lossy(&o.stderr).into(),
+    )
+}
+
+fn server_count(data: &Path) -> i64 {
+    let c = rusqlite::Connection::open(data.join("server.db")).unwrap();
+    c.query_row("SELECT COUNT(*) FROM feedback", [], |r| r.get(0))
+        .unwrap()
+}
+
+fn add_device(data: &Path, name: &str) -> String {
+    let (code, out, err) = server_cmd(
+        data,
+        &["devices", "add", "--name", name, "--group", "north"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    out.lines()
+        .map(str::trim)
+        .find(|l| l.len() == 24 && l.matches('-').count() == 4)
+        .unwrap_or_else(|| panic!("no code in {out}"))
+        .to_string()
+}
+
+/// An agent with 6 analysed tiles and feedback on each.
+fn agent_with_feedback(root: &Path) {
+    common::make_image_bundle(&root.join("models/colours"), "colours", "1.0.0");
+    let tiles = root.join("tiles");
+    std::fs::create_dir_all(&tiles).unwrap();
+    let mut csv = String::from("source,label\n");
+    for i in 0..6u8 {
+        common::solid_png(&tiles.join(format!("t{i}.png")), 16, 16, [40 * i, 200, 10]);
+        csv.push_str(&format!(
+            "t{i}.png,{}\n",
+            if i % 2 == 0 { "green" } else { "flooded" }
+        ));
+    }
+    assert_eq!(
+        agent(root, &["analyze", tiles.to_str().unwrap(), "--no-progress"]).0,
+        0
+    );
+    std::fs::write(root.join("labels.csv"), csv).unwrap();
+    let (code, out, err) = agent(
+        root,
+        &[
+            "feedback",
+            "import",
+            root.join("labels.csv").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
+fn enroll_push_exactly_once_and_revoke() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let server = start_server(&root.join("server"));
+    let code = add_device(&server.data, "field-1");
+    agent_with_feedback(&root.join("a"));
+    let a = root.join("a");
+
+    // Not enrolled yet: a clear error, nothing lost.
+    let (c, _, err) = agent(&a, &["sync"]);
+    assert_eq!(c, 1);
+    assert!(err.contains("not enrolled"), "{err}");
+
+    // A wrong code is refused; the right one works once.
+    let (c, _, err) = agent(&a, &["enroll", &server.url, "AAAA-BBBB-CCCC-DDDD-EEEE"]);
+    assert_eq!(c, 1);
+    assert!(err.contains("enrollment code"), "{err}");
+    let (c, out, err) = agent(&a, &["enroll", &server.url, &code.to_lowercase()]);
+    assert_eq!(c, 0, "{out}{err}");
+    assert!(out.contains("enrolled as field-1"), "{out}");
+    let key = a.join("data/device.key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let (c, _, _) = agent(&root.join("other"), &["enroll", &server.url, &code]);
+    assert_eq!(c, 1, "a code works once");
+
+    let (c, out, err) = agent(&a, &["sync"]);
+    assert_eq!(c, 0, "{out}{err}");
+    assert!(out.contains("sent 6 decisions"), "{out}");
+    assert_eq!(server_count(&server.data), 6);
+    let (_, out, _) = agent(&a, &["status"]);
+    assert!(out.contains("waiting to sync: 0; synced: 6"), "{out}");
+
+    // The acknowledgement got lost: the agent sends everything again; the server keeps one copy.
+    rusqlite::Connection::open(a.join("data/agent.db"))
+        .unwrap()
+        .execute("UPDATE outbox SET acked_at = NULL", [])
+        .unwrap();
+    let (c, out, _) = agent(&a, &["sync"]);
+    assert_eq!(c, 0);
+    assert!(out.contains("6 were already on the server"), "{out}");
+    assert_eq!(server_count(&server.data), 6);
+
+    // A correction after sync travels and names what it replaces.
+    let (c, out, err) = agent(&a, &["feedback", "give", "t0.png", "red"]);
+    assert_eq!(c, 0, "{out}{err}");
+    assert_eq!(agent(&a, &["sync"]).0, 0);
+    let conn = rusqlite::Connection::open(server.data.join("server.db")).unwrap();
+    let sup: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM feedback WHERE supersedes IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(sup, 1);
+
+    // Revoked: refused from the next request; the outbox keeps its rows.
+    let (c, _, _) = server_cmd(&server.data, &["devices", "revoke", "field-1"]);
+    assert_eq!(c, 0);
+    let (_, _, _) = agent(&a, &["feedback", "give", "t1.png", "blue"]);
+    let (c, _, err) = agent(&a, &["sync"]);
+    assert_eq!(c, 1);
+    assert!(err.contains("revoked"), "{err}");
+    let (_, out, _) = agent(&a, &["status"]);
+    assert!(
+        out.contains("waiting to sync: 1") && out.contains("last sync failed"),
+        "{out}"
+    );
+}
+
+#[test]
+fn signed_requests_refuse_replay_tampering_skew_and_old_protocols() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let server = start_server(&root.join("server"));
+    let code = add_device(&server.data, "field-2");
+    let a = root.join("a");
+    std::fs::create_dir_all(a.join("models")).unwrap();
+    assert_eq!(agent(&a, &["enroll", &server.url, &code]).0, 0);
+    let store = outpost::store::Store::open(&a.join("data/agent.db")).unwrap();
+    let device_id = store.state("device_id").unwrap().unwrap();
+    let key = outpost::identity::DeviceKey::load_or_create(&a.join("data/device.key")).unwrap();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let body = zstd::bulk::compress(br#"{"protocol":1,"records":[]}"#, 3).unwrap();
+        let send = |ts: i64, nonce: String, sig: String, body: Vec<u8>, proto: &'static str| {
+            http.post(format!("{}/v1/feedback", server.url))
+                .header("x-outpost-protocol", proto)
+                .header("x-outpost-device", device_id.clone())
+                .header("x-outpost-timestamp", ts.to_string())
+                .header("x-outpost-nonce", nonce)
+                .header("x-outpost-signature", sig)
+                .body(body)
+                .send()
+        };
+        let now = outpost::server::unix_now();
+        let (ts, nonce, sig) = key.sign_request("POST", "/v1/feedback", &body, now);
+        let ts: i64 = ts.parse().unwrap();
+        let r = send(ts, nonce.clone(), sig.clone(), body.clone(), "1")
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        // The same request again: a replay.
+        let r = send(ts, nonce.clone(), sig.clone(), body.clone(), "1")
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        assert!(r.text().await.unwrap().contains("replayed"));
+        // A different body under the old signature.
+        let other = zstd::bulk::compress(br#"{"protocol":1,"records":[ ]}"#, 3).unwrap();
+        let (ts2, nonce2, sig2) = key.sign_request("POST", "/v1/feedback", &body, now);
+        let r = send(ts2.parse().unwrap(), nonce2, sig2, other, "1")
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        assert!(r.text().await.unwrap().contains("bad signature"));
+        // A clock an hour off: refused, and the server says its time.
+        let (ts3, nonce3, sig3) = key.sign_request("POST", "/v1/feedback", &body, now - 3600);
+        let r = send(ts3.parse().unwrap(), nonce3, sig3, body.clone(), "1")
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        let server_time: i64 = r.headers()["x-outpost-server-time"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((server_time - now).abs() < 60);
+        // Another protocol version: a clear 426.
+        let (ts4, nonce4, sig4) = key.sign_request("POST", "/v1/feedback", &body, now);
+        let r = send(ts4.parse().unwrap(), nonce4, sig4, body.clone(), "2")
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 426);
+        assert!(r.text().await.unwrap().contains("protocol"));
+        // No signature at all.
+        let r = http
+            .post(format!("{}/v1/feedback", server.url))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    });
+}
+
+#[test]
+fn a_usb_file_is_imported_once_however_often_it_is_carried() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let server_data = root.join("server");
+    let code = add_device(&server_data, "field-3");
+    let server = start_server(&server_data);
+    let a = root.join("a");
+    agent_with_feedback(&a);
+    assert_eq!(agent(&a, &["enroll", &server.url, &code]).0, 0);
+    drop(server); // the site has no network from here on
+    let usb = root.join("outbox.feedback");
+    let (c, out, err) = agent(&a, &["feedback", "export", usb.to_str().unwrap()]);
+    assert_eq!(c, 0, "{out}{err}");
+    let (c, out, err) = server_cmd(&server_data, &["feedback", "import", usb.to_str().unwrap()]);
+    assert_eq!(c, 0, "{out}{err}");
+    assert!(out.contains("6 records, 6 new, 0 already stored"), "{out}");
+    let (c, out, _) = server_cmd(&server_data, &["feedback", "import", usb.to_str().unwrap()]);
+    assert_eq!(c, 0);
+    assert!(out.contains("0 new, 6 already stored"), "{out}");
+    assert_eq!(server_count(&server_data), 6);
+}
