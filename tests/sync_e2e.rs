@@ -256,7 +256,7 @@ fn signed_requests_refuse_replay_tampering_skew_and_old_protocols() {
         let r = send(ts, nonce.clone(), sig.clone(), body.clone(), "1")
             .await
             .unwrap();
-        assert_eq!(r.status(), 401);
+        assert_eq!(r.status(), 409);
         assert!(r.text().await.unwrap().contains("replayed"));
         // A different body under the old signature.
         let other = zstd::bulk::compress(br#"{"protocol":1,"records":[ ]}"#, 3).unwrap();

@@ -219,7 +219,12 @@ async fn authenticate(
             .await?
             .map_err(internal)?;
     if !fresh {
-        return Err(unauth("replayed request (nonce already used)"));
+        // 409, not 401: the signature was good, the request was simply seen before (a
+        // repeating proxy, or an attacker). The agent retries with a fresh nonce.
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "replayed request (nonce already used); send a new request".into(),
+        ));
     }
     let store = st.store.clone();
     let id = device_id.clone();

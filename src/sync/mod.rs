@@ -14,8 +14,16 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-/// Records per upload batch.
+/// Records per upload batch (`OUTPOST_SYNC_BATCH` overrides it, for tests of many batches).
 pub const BATCH_RECORDS: usize = 200;
+
+fn batch_records() -> usize {
+    std::env::var("OUTPOST_SYNC_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(BATCH_RECORDS)
+}
 
 /// Why a sync did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +66,9 @@ impl SyncError {
     pub fn is_transient(&self) -> bool {
         match self {
             SyncError::Unreachable { .. } => true,
-            SyncError::Server { status, .. } => *status >= 500 || *status == 429 || *status == 408,
+            SyncError::Server { status, .. } => {
+                *status >= 500 || matches!(*status, 408 | 409 | 429)
+            }
             _ => false,
         }
     }
@@ -230,21 +240,31 @@ impl SyncClient {
 
     /// Sends the whole outbox, batch by batch, marking rows synced as they are acknowledged.
     pub async fn push(&self, store_path: &Path) -> Result<PushReport, SyncError> {
+        self.push_paced(store_path, None).await
+    }
+
+    /// [`Self::push`], pausing between batches to stay under `cap` bytes per second.
+    pub async fn push_paced(
+        &self,
+        store_path: &Path,
+        cap: Option<u64>,
+    ) -> Result<PushReport, SyncError> {
         let mut report = PushReport::default();
         let mut refused_ids = std::collections::HashSet::new();
         loop {
             let path = store_path.to_path_buf();
             let skip = refused_ids.len();
+            let batch = batch_records();
             let records = tokio::task::spawn_blocking(move || -> Result<_, SyncError> {
                 let store = Store::open(&path)?;
-                Ok(store.pending_records(BATCH_RECORDS + skip)?)
+                Ok(store.pending_records(batch + skip)?)
             })
             .await
             .map_err(|e| SyncError::Protocol(e.to_string()))??;
             let records: Vec<_> = records
                 .into_iter()
                 .filter(|r| !refused_ids.contains(&r.feedback_id))
-                .take(BATCH_RECORDS)
+                .take(batch)
                 .collect();
             if records.is_empty() {
                 break;
@@ -257,6 +277,8 @@ impl SyncClient {
             let body =
                 zstd::bulk::compress(&json, 9).map_err(|e| SyncError::Protocol(e.to_string()))?;
             report.bytes_sent += body.len();
+            let started = std::time::Instant::now();
+            let sent = body.len() as f64;
             let res = self.signed_post("/v1/feedback", body).await?;
             if !res.status().is_success() {
                 return Err(error_from(res).await);
@@ -277,6 +299,12 @@ impl SyncClient {
             })
             .await
             .map_err(|e| SyncError::Protocol(e.to_string()))??;
+            if let Some(cap) = cap.filter(|&c| c > 0) {
+                let due = Duration::from_secs_f64(sent / cap as f64);
+                if let Some(rest) = due.checked_sub(started.elapsed()) {
+                    tokio::time::sleep(rest).await;
+                }
+            }
         }
         Ok(report)
     }
@@ -308,6 +336,161 @@ pub async fn sync_once(store_path: &Path, data_dir: &Path) -> Result<PushReport,
                 &format!("{} at {}", e, crate::store::now()),
             )?;
         }
+    }
+    result
+}
+
+/// Settings of the background sync loop (`outpost run`).
+#[derive(Debug, Clone)]
+pub struct LoopOptions {
+    /// First wait after a failure.
+    pub min_backoff: Duration,
+    /// Longest wait between tries while the server is unreachable.
+    pub max_backoff: Duration,
+    /// How often to look at the outbox when nothing wakes the loop.
+    pub idle_check: Duration,
+    /// Upload cap in bytes per second (pauses between batches), if any.
+    pub bandwidth_bytes_per_sec: Option<u64>,
+}
+
+impl Default for LoopOptions {
+    fn default() -> Self {
+        LoopOptions {
+            min_backoff: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(600),
+            idle_check: Duration::from_secs(60),
+            bandwidth_bytes_per_sec: None,
+        }
+    }
+}
+
+/// Exponential backoff with full jitter: a random wait between 0 and
+/// `min(max, min * 2^failures)`, so a hundred agents coming back online at once do not
+/// knock on the server in step.
+pub fn backoff(opts: &LoopOptions, failures: u32) -> Duration {
+    use ring::rand::SecureRandom;
+    let cap = opts
+        .min_backoff
+        .saturating_mul(1u32 << failures.min(20))
+        .min(opts.max_backoff);
+    let mut b = [0u8; 4];
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    let frac = u32::from_le_bytes(b) as f64 / u32::MAX as f64;
+    cap.mul_f64(frac).max(Duration::from_millis(100))
+}
+
+/// The outcome of the last try, for the status line.
+#[derive(Debug, Clone, Default)]
+pub struct LoopStatus {
+    /// Consecutive failures.
+    pub failures: u32,
+    /// Last error, if the last try failed.
+    pub last_error: Option<String>,
+}
+
+/// Runs until `shutdown` resolves: waits for work (a `wake` from a local action, or the idle
+/// check), probes the server cheaply, pushes, and backs off while the server is out of reach.
+pub async fn run_loop(
+    store_path: PathBuf,
+    data_dir: PathBuf,
+    opts: LoopOptions,
+    wake: std::sync::Arc<tokio::sync::Notify>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut failures = 0u32;
+    loop {
+        let pending = {
+            let p = store_path.clone();
+            tokio::task::spawn_blocking(move || {
+                Store::open(&p)
+                    .and_then(|s| Ok(s.counters().map(|c| c.waiting_to_sync).unwrap_or(0)))
+            })
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(0)
+        };
+        let wait = if pending == 0 {
+            failures = 0;
+            opts.idle_check
+        } else {
+            match try_push(&store_path, &data_dir, &opts).await {
+                Ok(r) => {
+                    failures = 0;
+                    if r.acked > 0 {
+                        tracing::info!(
+                            sent = r.acked,
+                            duplicates = r.duplicates,
+                            bytes = r.bytes_sent,
+                            "feedback synced"
+                        );
+                    }
+                    if r.refused.is_empty() {
+                        Duration::from_millis(0)
+                    } else {
+                        opts.idle_check
+                    }
+                }
+                Err(e) if e.is_transient() => {
+                    failures += 1;
+                    let w = backoff(&opts, failures);
+                    tracing::info!(error = %e, retry_in_secs = w.as_secs_f64(), "sync failed; will retry");
+                    w
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(error = %e, "sync failed");
+                    opts.max_backoff
+                }
+            }
+        };
+        if wait.is_zero() {
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = wake.notified() => {}
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+    }
+}
+
+async fn try_push(
+    store_path: &Path,
+    data_dir: &Path,
+    opts: &LoopOptions,
+) -> Result<PushReport, SyncError> {
+    let client = {
+        let store = Store::open(store_path)?;
+        SyncClient::from_store(&store, data_dir)?
+    };
+    // A cheap probe first: no batch is built while the link is down.
+    let probe = client
+        .http
+        .get(format!("{}/v1/health", client.base))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .map_err(|e| unreachable(&client.base, e))?;
+    if !probe.status().is_success() {
+        return Err(error_from(probe).await);
+    }
+    let result = client
+        .push_paced(store_path, opts.bandwidth_bytes_per_sec)
+        .await;
+    let store = Store::open(store_path)?;
+    match &result {
+        Ok(_) => {
+            store.set_state("last_sync", &crate::store::now())?;
+            store.set_state("last_sync_error", "")?;
+        }
+        Err(e) => store.set_state(
+            "last_sync_error",
+            &format!("{} at {}", e, crate::store::now()),
+        )?,
     }
     result
 }
