@@ -4,6 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/fetch-onnxruntime.sh
+# The review page is tested in a real headless Chromium (Debian's packages).
+if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "installing chromium and chromium-driver for the browser tests..."
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null
+  else
+    echo "warning: chromium/chromedriver missing; the browser test will fail. Install: sudo apt-get install chromium chromium-driver" >&2
+  fi
+fi
 export OUTPOST_ORT_LIB="$PWD/.ort/libonnxruntime.so.1.31.1"
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings

@@ -10,6 +10,7 @@
 //!   the pool of ONNX sessions that concurrent callers share.
 //! - [`infer`]: the image and text pipelines (decode, tile, georeference, tokenize, batch).
 //! - [`store`]: the agent's SQLite database (items, predictions, runs, failures).
+//! - [`review`]: the local review page and its JSON API.
 //! - [`analyze`]: the `outpost analyze` job that ties the pipelines to the store.
 //! - [`protocol`]: wire types shared by agent and server (feedback records).
 //! - [`export`]: JSON, CSV and GeoJSON output of stored results.
@@ -28,6 +29,7 @@ pub mod identity;
 pub mod infer;
 pub mod model;
 pub mod protocol;
+pub mod review;
 pub mod server;
 pub mod store;
 pub mod sync;

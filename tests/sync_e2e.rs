@@ -34,7 +34,7 @@ fn free_port() -> u16 {
 
 fn start_server(data: &Path) -> Server {
     let port = free_port();
-    let child = Command::new(server_bin())
+    let mut child = Command::new(server_bin())
         .args([
             "--data-dir",
             data.to_str().unwrap(),
@@ -56,6 +56,8 @@ fn start_server(data: &Path) -> Server {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("server did not start");
 }
 

@@ -18,7 +18,7 @@ fn server_bin() -> PathBuf {
 }
 
 fn spawn_server(data: &Path, port: u16) -> Child {
-    let child = Command::new(server_bin())
+    let mut child = Command::new(server_bin())
         .args([
             "--data-dir",
             data.to_str().unwrap(),
@@ -35,6 +35,8 @@ fn spawn_server(data: &Path, port: u16) -> Child {
         }
         std::thread::sleep(std::time::Duration::from_millis(25));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("server did not start on {port}");
 }
 

@@ -12,14 +12,12 @@ use std::sync::Arc;
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Where the server keeps its database and files.
-    #[arg(
-        long,
-        global = true,
-        env = "OUTPOST_SERVER_DATA_DIR",
-        default_value = "/var/lib/outpost-server"
-    )]
-    data_dir: PathBuf,
+    /// Configuration file (see config/server.toml).
+    #[arg(long, global = true, env = "OUTPOST_SERVER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where the server keeps its database and files (default: /var/lib/outpost-server).
+    #[arg(long, global = true, env = "OUTPOST_SERVER_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     /// More log output.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -31,9 +29,9 @@ struct Cli {
 enum Command {
     /// Serve the agents' API.
     Serve {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:8480")]
-        listen: String,
+        /// Address to listen on (default: 127.0.0.1:8480).
+        #[arg(long)]
+        listen: Option<String>,
     },
     /// Enroll, list and revoke field devices.
     Devices {
@@ -57,9 +55,9 @@ enum DevicesCommand {
         /// Its group (rollouts target groups).
         #[arg(long, default_value = "default")]
         group: String,
-        /// Hours the code stays valid.
-        #[arg(long, default_value_t = 72)]
-        valid_hours: i64,
+        /// Hours the code stays valid (default: enrollment_valid_hours in the config, 72).
+        #[arg(long)]
+        valid_hours: Option<i64>,
     },
     /// List devices.
     List,
@@ -101,21 +99,57 @@ fn main() -> ExitCode {
     }
 }
 
-fn open_store(cli: &Cli) -> Result<Arc<SqliteServerStore>> {
-    let path = cli.data_dir.join("server.db");
+/// `config/server.toml`.
+#[derive(serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct ServerConfig {
+    data_dir: PathBuf,
+    listen: String,
+    enrollment_valid_hours: i64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            data_dir: PathBuf::from("/var/lib/outpost-server"),
+            listen: "127.0.0.1:8480".into(),
+            enrollment_valid_hours: 72,
+        }
+    }
+}
+
+fn load_config(cli: &Cli) -> Result<ServerConfig> {
+    let mut cfg = match &cli.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            toml::from_str(&text).with_context(|| format!("invalid config {}", p.display()))?
+        }
+        None => ServerConfig::default(),
+    };
+    if let Some(d) = &cli.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    Ok(cfg)
+}
+
+fn open_store(cfg: &ServerConfig) -> Result<Arc<SqliteServerStore>> {
+    let path = cfg.data_dir.join("server.db");
     Ok(Arc::new(SqliteServerStore::open(&path).with_context(
         || format!("cannot open {}", path.display()),
     )?))
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    let store = open_store(&cli)?;
+    let cfg = load_config(&cli)?;
+    let store = open_store(&cfg)?;
     match cli.command {
         Command::Serve { listen } => {
+            let listen = listen.unwrap_or(cfg.listen.clone());
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-                tracing::info!(address = %listener.local_addr()?, data_dir = %cli.data_dir.display(), "outpost-server listening");
+                tracing::info!(address = %listener.local_addr()?, data_dir = %cfg.data_dir.display(), "outpost-server listening");
                 server::serve(listener, AppState { store }).await?;
                 anyhow::Ok(())
             })?;
@@ -126,6 +160,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 group,
                 valid_hours,
             } => {
+                let valid_hours = valid_hours.unwrap_or(cfg.enrollment_valid_hours);
                 let code = new_code();
                 let expires = time::OffsetDateTime::now_utc() + time::Duration::hours(valid_hours);
                 let expires = expires.format(&time::format_description::well_known::Rfc3339)?;
@@ -233,4 +268,14 @@ fn new_code() -> String {
         .map(|c| c.iter().collect::<String>())
         .collect::<Vec<_>>()
         .join("-")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn example_config_parses() {
+        let c: super::ServerConfig =
+            toml::from_str(include_str!("../../config/server.toml")).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8480");
+    }
 }

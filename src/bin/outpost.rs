@@ -128,6 +128,39 @@ enum Command {
         #[command(subcommand)]
         command: FeedbackCommand,
     },
+    /// Review predictions in a local web page: least confident first, keyboard only, offline.
+    Review {
+        /// Address to listen on. The page has no login: keep it on 127.0.0.1 unless you
+        /// know who can reach the address.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8470")]
+        listen: std::net::SocketAddr,
+        /// Name recorded with each decision (default: feedback.annotator, else the login name).
+        #[arg(long, value_name = "NAME")]
+        annotator: Option<String>,
+        /// Send the raw tile or report text with every decision (default: the config's
+        /// feedback.send_images and feedback.send_reports).
+        #[arg(long)]
+        include_content: bool,
+    },
+    /// The long-running agent: the review page plus a background loop that syncs feedback
+    /// whenever the server is reachable (backing off while it is not).
+    Run {
+        /// Address of the review page.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8470")]
+        listen: std::net::SocketAddr,
+        /// Name recorded with each decision.
+        #[arg(long, value_name = "NAME")]
+        annotator: Option<String>,
+        /// Upload cap in kilobytes per second (default: none).
+        #[arg(long, value_name = "KB")]
+        bandwidth_kbps: Option<u64>,
+        /// Seconds between outbox checks when nothing happens.
+        #[arg(long, default_value_t = 60)]
+        idle_check_secs: u64,
+        /// Longest wait between tries while the server is unreachable, in seconds.
+        #[arg(long, default_value_t = 600)]
+        max_backoff_secs: u64,
+    },
     /// Register this agent with the central server using the operator's one-time code.
     Enroll {
         /// The server's URL, such as https://outpost.example.org
@@ -397,6 +430,58 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Models { command } => models_command(&cfg, command),
         Command::Feedback { command } => feedback_command(&cfg, command),
+        Command::Review {
+            listen,
+            annotator,
+            include_content,
+        } => {
+            let opts = review_options(&cfg, listen, annotator, include_content)?;
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(outpost::review::serve(opts))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run {
+            listen,
+            annotator,
+            bandwidth_kbps,
+            idle_check_secs,
+            max_backoff_secs,
+        } => {
+            let mut opts = review_options(&cfg, listen, annotator, false)?;
+            let wake = Arc::new(tokio::sync::Notify::new());
+            opts.on_feedback = Some(wake.clone());
+            let loop_opts = outpost::sync::LoopOptions {
+                idle_check: std::time::Duration::from_secs(idle_check_secs.max(1)),
+                max_backoff: std::time::Duration::from_secs(max_backoff_secs.max(1)),
+                bandwidth_bytes_per_sec: bandwidth_kbps.map(|k| k * 1000),
+                ..Default::default()
+            };
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async move {
+                let (tx, rx) = tokio::sync::watch::channel(false);
+                let server = outpost::review::ReviewServer::bind(opts).await?;
+                println!(
+                    "Review page: {}  (sync runs in the background; Ctrl-C to stop)",
+                    server.url()
+                );
+                let sync = tokio::spawn(outpost::sync::run_loop(
+                    cfg.database_path(),
+                    cfg.data_dir(),
+                    loop_opts,
+                    wake,
+                    rx,
+                ));
+                server
+                    .run(async move {
+                        let _ = tokio::signal::ctrl_c().await;
+                        let _ = tx.send(true);
+                    })
+                    .await?;
+                let _ = sync.await;
+                anyhow::Ok(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Enroll { server_url, code } => {
             let rt = tokio::runtime::Runtime::new()?;
             let r = rt.block_on(outpost::sync::enroll(
@@ -1020,4 +1105,29 @@ fn feedback_command(cfg: &AgentConfig, command: FeedbackCommand) -> Result<ExitC
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn review_options(
+    cfg: &AgentConfig,
+    listen: std::net::SocketAddr,
+    annotator: Option<String>,
+    include_content: bool,
+) -> Result<outpost::review::ReviewOptions> {
+    let db = cfg.database_path();
+    if !db.exists() {
+        bail!(
+            "no database at {}: run `outpost analyze` first",
+            db.display()
+        );
+    }
+    let mut opts = outpost::review::ReviewOptions::new(db, cfg.models_dir());
+    opts.listen = listen;
+    opts.annotator = annotator.unwrap_or_else(|| cfg.feedback.annotator());
+    opts.send_images = include_content || cfg.feedback.send_images;
+    opts.send_reports = include_content || cfg.feedback.send_reports;
+    opts.image_limits = outpost::infer::image::ImageLimits {
+        max_pixels: cfg.limits.max_image_pixels,
+        max_file_bytes: cfg.limits.max_file_bytes,
+    };
+    Ok(opts)
 }

@@ -8,6 +8,7 @@
 
 pub mod feedback;
 pub mod migrate;
+pub mod queue;
 pub mod usb;
 
 use half::f16;

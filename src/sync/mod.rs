@@ -402,8 +402,7 @@ pub async fn run_loop(
         let pending = {
             let p = store_path.clone();
             tokio::task::spawn_blocking(move || {
-                Store::open(&p)
-                    .and_then(|s| Ok(s.counters().map(|c| c.waiting_to_sync).unwrap_or(0)))
+                Store::open(&p).map(|s| s.counters().map(|c| c.waiting_to_sync).unwrap_or(0))
             })
             .await
             .ok()

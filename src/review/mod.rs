@@ -1,0 +1,209 @@
+//! `outpost review`: the local web page where staff confirm or correct predictions.
+//!
+//! The agent serves one page (HTML, JavaScript and CSS embedded in the binary: no CDN, no
+//! build step, nothing fetched from the network) and a small JSON API over the agent's SQLite
+//! database. The page shows the review queue least confident first (see
+//! [`crate::store::queue`]), each image tile large with its place in the source scene, each
+//! report as text, and records decisions with [`Store::give_feedback`] (one transaction:
+//! feedback row + outbox row) so they travel to the server at the next sync. Everything is
+//! driven by the keyboard; the keys are listed at the bottom of the page.
+//!
+//! Label names, the multi-label flag and thresholds come from the bundle manifests in the
+//! models folder (read with [`crate::model::bundle::read_manifest`]; ONNX Runtime is not
+//! needed to review).
+//!
+//! # Safety of a page on localhost
+//!
+//! The server listens on 127.0.0.1 by default and has no login, so it must not be usable by
+//! other web sites the reviewer happens to open:
+//!
+//! - **DNS rebinding.** A request is refused (403) unless its `Host` header names this
+//!   server by IP address or as `localhost`, with the port it listens on. A rebinding attack
+//!   needs the attacker's own host name in `Host`, which is therefore refused.
+//! - **Cross-site requests.** Every POST must be `Content-Type: application/json` (415
+//!   otherwise). A browser only sends that cross-origin after a CORS preflight, which this
+//!   server never grants, so a foreign page cannot post decisions; a POST whose `Origin` is
+//!   not this server is refused (403) as well.
+//! - Responses carry `X-Content-Type-Options: nosniff`, a strict `Content-Security-Policy`
+//!   (only this server's own scripts, styles and images; no framing) and `Cache-Control:
+//!   no-store` on the API. The page inserts data with `textContent`, never as HTML.
+//!
+//! The store is one rusqlite connection behind a mutex; database work runs in
+//! `spawn_blocking` so the async workers never wait on SQLite.
+//!
+//! # JSON API
+//!
+//! Every error is `{"error": "..."}` with a 4xx/5xx status, and nothing is written.
+//!
+//! | Method and path | What |
+//! |---|---|
+//! | `GET /` , `/app.js`, `/style.css` | the page |
+//! | `GET /api/session` | annotator, whether raw content travels with feedback, paths |
+//! | `GET /api/models` | installed bundles: name, version, task, labels, multi_label, thresholds |
+//! | `GET /api/filters` | models, labels, source folders and days present, for the filter menus |
+//! | `GET /api/queue?model=&label=&folder=&from=&to=&kind=&reviewed=1&offset=&limit=` | a page of the queue, least confident first (`from`/`to`: `YYYY-MM-DD`; `kind`: `image` or `text`; `limit` up to 1000, default 200) |
+//! | `GET /api/items/{id}` | an item: metadata, report text, every label's score per model, scene box, feedback history |
+//! | `GET /api/items/{id}/content` | the stored tile or report, with its stored content type |
+//! | `GET /api/items/{id}/scene` | PNG overview (at most 512 px) of the scene a tile was cut from, if the file is still there (404 with the reason if not) |
+//! | `GET /api/counters` | reviewed today, waiting to sync, synced, last sync |
+//! | `GET /api/feedback/undoable` | the newest decision that can still be undone (`{"feedback": null}` if none) |
+//! | `POST /api/feedback` | `{"item_id", "model_name", "labels": [...]}` or `{"item_id", "model_name", "confirm": true}`: records a decision; returns `{"feedback", "counters"}` |
+//! | `POST /api/undo` | `{"feedback_id"}`: takes back a decision still in the outbox; returns `{"undone", "item_id", "model_name", "restored", "counters"}` |
+//!
+//! Status codes: 400 malformed JSON, missing fields, invalid labels, several labels for a
+//! single-label model; 403 foreign `Host` or `Origin`; 404 unknown item, feedback, or no
+//! prediction of that model for the item; 409 undo of a decision already synced or replaced,
+//! or a model that is not installed (its labels cannot be checked); 415 POST without JSON.
+
+mod api;
+mod scene;
+
+use crate::infer::image::ImageLimits;
+use crate::store::Store;
+use anyhow::Context;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// The port `outpost review` listens on unless told otherwise.
+pub const DEFAULT_PORT: u16 = 8470;
+
+/// How the review server runs.
+#[derive(Debug, Clone)]
+pub struct ReviewOptions {
+    /// Address to listen on (default 127.0.0.1:8470; port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// The agent database.
+    pub database: PathBuf,
+    /// The folder of model bundles (for label names, multi-label flags and thresholds).
+    pub models_dir: PathBuf,
+    /// Name recorded with each decision.
+    pub annotator: String,
+    /// Whether image tiles travel with their feedback.
+    pub send_images: bool,
+    /// Whether report text travels with its feedback.
+    pub send_reports: bool,
+    /// Limits for decoding source scenes (overviews).
+    pub image_limits: ImageLimits,
+    /// Woken after each decision is stored (the sync loop of `outpost run` listens).
+    pub on_feedback: Option<Arc<tokio::sync::Notify>>,
+}
+
+impl ReviewOptions {
+    /// Options with the defaults: 127.0.0.1:8470, the login name as annotator, no raw
+    /// content sent with feedback.
+    pub fn new(database: PathBuf, models_dir: PathBuf) -> ReviewOptions {
+        ReviewOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
+            database,
+            models_dir,
+            annotator: default_annotator(),
+            send_images: false,
+            send_reports: false,
+            image_limits: ImageLimits::default(),
+            on_feedback: None,
+        }
+    }
+}
+
+/// The login name (`$USER`, `$LOGNAME`), or `reviewer`.
+pub fn default_annotator() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| "reviewer".into())
+}
+
+/// Shared by every request.
+pub(crate) struct App {
+    pub(crate) store: Mutex<Store>,
+    pub(crate) opts: ReviewOptions,
+    /// The port actually listened on (for the `Host` check).
+    pub(crate) port: u16,
+    pub(crate) scenes: scene::SceneCache,
+}
+
+/// A bound review server, not yet serving: lets the caller learn the address first.
+pub struct ReviewServer {
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+    router: axum::Router,
+}
+
+impl ReviewServer {
+    /// Opens the database and binds the listening socket.
+    pub async fn bind(opts: ReviewOptions) -> anyhow::Result<ReviewServer> {
+        let db = opts.database.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open(&db))
+            .await
+            .context("opening the database")??;
+        let listener = tokio::net::TcpListener::bind(opts.listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (is another `outpost review` running? try --listen 127.0.0.1:0)",
+                    opts.listen
+                )
+            })?;
+        let addr = listener.local_addr()?;
+        if !addr.ip().is_loopback() {
+            tracing::warn!(
+                "the review page listens on {addr}: anyone who can reach this address can read items and record decisions"
+            );
+        }
+        let app = Arc::new(App {
+            store: Mutex::new(store),
+            opts,
+            port: addr.port(),
+            scenes: scene::SceneCache::default(),
+        });
+        Ok(ReviewServer {
+            listener,
+            addr,
+            router: api::router(app),
+        })
+    }
+
+    /// The address listened on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The page's URL (`http://127.0.0.1:PORT/` when listening on every interface).
+    pub fn url(&self) -> String {
+        let ip = if self.addr.ip().is_unspecified() {
+            std::net::IpAddr::from([127, 0, 0, 1])
+        } else {
+            self.addr.ip()
+        };
+        format!("http://{}/", SocketAddr::new(ip, self.addr.port()))
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("review server failed")
+    }
+}
+
+/// Runs `outpost review`: binds, prints the page's URL on standard output, serves until
+/// Ctrl-C.
+pub async fn serve(opts: ReviewOptions) -> anyhow::Result<()> {
+    let server = ReviewServer::bind(opts).await?;
+    println!(
+        "Review page: {}  (works offline; Ctrl-C to stop)",
+        server.url()
+    );
+    server
+        .run(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+}
