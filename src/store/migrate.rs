@@ -25,7 +25,10 @@ pub fn migrate(conn: &mut Connection) -> Result<u32, super::StoreError> {
 
 /// Applies every migration of `migrations` newer than the database. Refuses a database
 /// written by a newer program.
-pub fn migrate_with(conn: &mut Connection, migrations: &[(u32, &str, &str)]) -> Result<u32, super::StoreError> {
+pub fn migrate_with(
+    conn: &mut Connection,
+    migrations: &[(u32, &str, &str)],
+) -> Result<u32, super::StoreError> {
     let current: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let latest = migrations.last().map(|m| m.0).unwrap_or(0);
     if current > latest {
