@@ -77,6 +77,7 @@ fn seed_agent(db: &std::path::Path, round: usize) {
                     labels: vec![labels[i % 35].clone(), labels[(i + 3) % 35].clone()],
                     annotator: "bench".into(),
                     include_content: false,
+                    declared_new: Vec::new(),
                 },
                 &space,
             )

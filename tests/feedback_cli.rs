@@ -45,7 +45,13 @@ fn give_list_undo_import_and_usb_export() {
     assert_eq!(code, 0, "{out}{err}");
 
     // By source file name; a label the model does not know is kept as a new label.
-    let (code, out, err) = run(root, &["feedback", "give", "a.png", "flooded"]);
+    let (code, _, err) = run(root, &["feedback", "give", "a.png", "flooded"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("not a label of model colours") && err.contains("--new"),
+        "{err}"
+    );
+    let (code, out, err) = run(root, &["feedback", "give", "a.png", "flooded", "--new"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains("correct") && out.contains("new: flooded") && out.contains("amina"),

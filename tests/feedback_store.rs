@@ -57,6 +57,11 @@ fn give(
             labels: vec![label.into()],
             annotator: "amina".into(),
             include_content: false,
+            declared_new: if label == "flooded" {
+                vec![label.into()]
+            } else {
+                Vec::new()
+            },
         },
         &space(),
     )
@@ -132,6 +137,7 @@ fn bad_feedback_writes_nothing() {
             labels: vec!["Forest".into(), "River".into()],
             annotator: "x".into(),
             include_content: false,
+            declared_new: Vec::new(),
         },
         &space(),
     );
@@ -146,6 +152,7 @@ fn bad_feedback_writes_nothing() {
             labels: vec!["water".into()],
             annotator: "x".into(),
             include_content: false,
+            declared_new: vec!["water".into()],
         },
         &space(),
     );

@@ -649,10 +649,25 @@ async fn decisions_undo_content_and_scene() {
         .post("/api/feedback", give("img-c", "colours", json!(["blue"])))
         .await;
     assert_eq!(r["feedback"]["action"], "correct");
-    let (_, r) = f
+    // An unknown label not declared as new is refused (a typo guard), and nothing is written.
+    let (s, r) = f
         .post(
             "/api/feedback",
             give("img-b", "colours", json!(["flooded"])),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{r}");
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("mark the label as new"),
+        "{r}"
+    );
+    let (_, r) = f
+        .post(
+            "/api/feedback",
+            json!({"item_id": "img-b", "model_name": "colours", "labels": ["flooded"], "new_labels": ["flooded"]}),
         )
         .await;
     assert_eq!(r["feedback"]["new_labels"], json!(["flooded"]));

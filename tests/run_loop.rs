@@ -178,7 +178,7 @@ fn run_syncs_when_the_server_returns_and_right_after_a_review_decision() {
     let status = rt.block_on(async {
         reqwest::Client::new()
             .post(format!("{url}/api/feedback"))
-            .json(&serde_json::json!({"item_id": item, "model_name": "colours", "labels": ["flooded"]}))
+            .json(&serde_json::json!({"item_id": item, "model_name": "colours", "labels": ["flooded"], "new_labels": ["flooded"]}))
             .send()
             .await
             .unwrap()

@@ -136,6 +136,7 @@ fn agent_with_feedback(root: &Path) {
         &[
             "feedback",
             "import",
+            "--allow-new-labels",
             root.join("labels.csv").to_str().unwrap(),
         ],
     );

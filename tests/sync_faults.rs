@@ -120,7 +120,12 @@ fn every_item_arrives_exactly_once_through_a_faulty_link() {
         assert_eq!(
             agent(
                 a,
-                &["feedback", "import", a.join("labels.csv").to_str().unwrap()]
+                &[
+                    "feedback",
+                    "import",
+                    "--allow-new-labels",
+                    a.join("labels.csv").to_str().unwrap()
+                ]
             )
             .0,
             0

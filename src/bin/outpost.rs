@@ -215,6 +215,10 @@ enum FeedbackCommand {
         /// The model answered (default: the item's newest).
         #[arg(long)]
         model: Option<String>,
+        /// The labels are new classes the model does not know yet (without this, an
+        /// unknown label is refused: most are typos).
+        #[arg(long)]
+        new: bool,
     },
     /// Take back a decision that has not been sent yet.
     Undo {
@@ -226,6 +230,9 @@ enum FeedbackCommand {
     Import {
         /// The CSV file.
         file: PathBuf,
+        /// Accept labels the model does not know as new classes (otherwise those rows are refused).
+        #[arg(long)]
+        allow_new_labels: bool,
     },
     /// Write every pending decision to one checksummed file for a USB stick (when there is
     /// no network at all). The decisions stay pending until the agent syncs; the server
@@ -967,6 +974,7 @@ fn feedback_command(cfg: &AgentConfig, command: FeedbackCommand) -> Result<ExitC
             labels,
             locator,
             model,
+            new,
         } => {
             let item_id = resolve_item(&store, &item, locator.as_deref())?;
             let model = match model {
@@ -988,6 +996,7 @@ fn feedback_command(cfg: &AgentConfig, command: FeedbackCommand) -> Result<ExitC
                 &NewFeedback {
                     item_id,
                     model_name: model,
+                    declared_new: if new { labels.clone() } else { Vec::new() },
                     labels,
                     annotator: cfg.feedback.annotator(),
                     include_content: cfg.feedback.include_content(&kind),
@@ -1004,7 +1013,10 @@ fn feedback_command(cfg: &AgentConfig, command: FeedbackCommand) -> Result<ExitC
                 print_feedback(&r);
             }
         }
-        FeedbackCommand::Import { file } => {
+        FeedbackCommand::Import {
+            file,
+            allow_new_labels,
+        } => {
             let manifests = read_manifests(&cfg.models_dir());
             let mut rdr = csv::Reader::from_path(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
@@ -1069,6 +1081,11 @@ fn feedback_command(cfg: &AgentConfig, command: FeedbackCommand) -> Result<ExitC
                         &NewFeedback {
                             item_id,
                             model_name: model.clone(),
+                            declared_new: if allow_new_labels {
+                                labels.clone()
+                            } else {
+                                Vec::new()
+                            },
                             labels,
                             annotator: cfg.feedback.annotator(),
                             include_content: cfg.feedback.include_content(&kind),

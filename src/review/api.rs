@@ -103,6 +103,7 @@ impl From<FeedbackError> for ApiError {
             | FeedbackError::UnknownFeedback(_) => StatusCode::NOT_FOUND,
             FeedbackError::BadLabel(_)
             | FeedbackError::NoLabels
+            | FeedbackError::UnknownLabel { .. }
             | FeedbackError::SingleLabel { .. } => StatusCode::BAD_REQUEST,
             FeedbackError::AlreadySynced(_) | FeedbackError::NotLatest(_) => StatusCode::CONFLICT,
             FeedbackError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -702,6 +703,9 @@ struct FeedbackBody {
     /// Confirm the prediction as it is (the labels the model decided).
     #[serde(default)]
     confirm: bool,
+    /// Labels in `labels` that the reviewer proposes as new classes on purpose.
+    #[serde(default)]
+    new_labels: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -788,6 +792,7 @@ async fn give(
             model_name: body.model_name,
             labels,
             annotator: app.opts.annotator.clone(),
+            declared_new: body.new_labels,
             include_content: if kind == "image" {
                 app.opts.send_images
             } else {

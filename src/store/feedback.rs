@@ -33,6 +33,16 @@ pub enum FeedbackError {
     /// No labels were given.
     #[error("give at least one label (or confirm the prediction)")]
     NoLabels,
+    /// A label the model does not know, not marked as a new class (a typo guard).
+    #[error("{label:?} is not a label of model {model} (its labels: {}); to propose a new class, mark the label as new (review page: n; command line: --new)", known.join(", "))]
+    UnknownLabel {
+        /// The label.
+        label: String,
+        /// The model.
+        model: String,
+        /// The labels it knows.
+        known: Vec<String>,
+    },
     /// Several labels for a single-label model.
     #[error("model {model} gives one label per item; {given} were given")]
     SingleLabel {
@@ -74,6 +84,9 @@ pub struct NewFeedback {
     pub annotator: String,
     /// Whether the raw item travels with it.
     pub include_content: bool,
+    /// Labels the reviewer deliberately proposes as new classes. A given label that the
+    /// model does not know and that is not listed here is refused (most are typos).
+    pub declared_new: Vec<String>,
 }
 
 /// What the store needs to know about the model to validate labels.
@@ -208,6 +221,15 @@ impl Store {
         }
         if labels.is_empty() {
             return Err(FeedbackError::NoLabels);
+        }
+        for l in &labels {
+            if !space.labels.contains(l) && !input.declared_new.iter().any(|d| d.trim() == l) {
+                return Err(FeedbackError::UnknownLabel {
+                    label: l.clone(),
+                    model: input.model_name.clone(),
+                    known: space.labels.clone(),
+                });
+            }
         }
         if !space.multi_label && labels.len() != 1 {
             return Err(FeedbackError::SingleLabel {

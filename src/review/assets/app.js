@@ -536,7 +536,7 @@ function submitNewLabel() {
   }
   closeNewLabel();
   const labels = S.pred && S.pred.multi_label ? [...S.selection, value] : [value];
-  save({ labels: [...new Set(labels)] });
+  save({ labels: [...new Set(labels)], new_labels: [value] });
 }
 
 async function undo() {
