@@ -1,5 +1,6 @@
 //! The central server: the HTTP API agents sync with, and the operator's admin actions.
 //!
+//! - [`train`]: retraining heads (softmax / one-vs-rest logistic) and their evaluation.
 //! - [`store`]: storage behind the [`store::ServerStore`] trait (SQLite by default).
 //! - this module: the axum router. Handlers are thin: parse, authenticate, call the store.
 //!
@@ -19,6 +20,7 @@
 //! a bad signature. A device can only write feedback under its own id.
 
 pub mod store;
+pub mod train;
 
 use crate::protocol::{
     self, EnrollRequest, EnrollResponse, ErrorBody, UploadAck, UploadBatch, PROTOCOL_VERSION,
