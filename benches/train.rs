@@ -7,18 +7,23 @@
 use outpost::server::train::{evaluate, train, Dataset, TrainOptions};
 use std::time::Instant;
 
-fn synthetic(n: usize, dim: usize, labels: usize, multi: bool, seed: u64) -> Dataset {
+fn rng(seed: u64) -> impl FnMut() -> f32 {
     let mut x = seed | 1;
-    let mut next = move || {
+    move || {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         (x % 20_001) as f32 / 10_000.0 - 1.0
-    };
-    // Class centres, then noisy points around them.
+    }
+}
+
+/// Points around fixed class centres (the same centres for training and held-out sets).
+fn synthetic(n: usize, dim: usize, labels: usize, multi: bool, seed: u64) -> Dataset {
+    let mut c = rng(99);
     let centres: Vec<Vec<f32>> = (0..labels)
-        .map(|_| (0..dim).map(|_| next()).collect())
+        .map(|_| (0..dim).map(|_| c()).collect())
         .collect();
+    let mut next = rng(seed);
     let mut d = Dataset {
         dim,
         ..Default::default()
