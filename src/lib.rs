@@ -17,6 +17,7 @@
 //! - [`identity`]: the device's Ed25519 key and request signing.
 //! - [`sync`]: enrollment and pushing the feedback outbox to the server.
 //! - [`server`]: the central server's HTTP API and storage.
+//! - [`trust`]: TUF-style signed update metadata (roles, thresholds, versions, expiry).
 //! - [`bench`]: the end-to-end benchmark against raw ONNX Runtime.
 
 pub mod analyze;
@@ -33,3 +34,4 @@ pub mod review;
 pub mod server;
 pub mod store;
 pub mod sync;
+pub mod trust;
