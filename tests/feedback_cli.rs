@@ -4,19 +4,10 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 
 fn run(root: &std::path::Path, args: &[&str]) -> (i32, String, String) {
-    let o = Command::new(common::outpost_bin())
-        .arg("--data-dir")
-        .arg(root.join("data"))
-        .arg("--models-dir")
-        .arg(root.join("models"))
-        .arg("--ort-lib")
-        .arg(common::ort_lib())
-        .args(args)
+    let o = common::agent_cmd(root, args)
         .env("OUTPOST__FEEDBACK__ANNOTATOR", "amina")
-        .env_remove("OUTPOST_CONFIG")
         .output()
         .unwrap();
     (

@@ -5,8 +5,8 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 struct Kill(Child);
@@ -17,32 +17,7 @@ impl Drop for Kill {
     }
 }
 
-fn server_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_outpost-server"))
-}
-
-fn agent(root: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(common::outpost_bin());
-    c.arg("--data-dir")
-        .arg(root.join("data"))
-        .arg("--models-dir")
-        .arg(root.join("models"))
-        .arg("--ort-lib")
-        .arg(common::ort_lib())
-        .args(args)
-        .env_remove("OUTPOST_CONFIG");
-    c
-}
-
-fn pending(root: &Path) -> i64 {
-    let c = rusqlite::Connection::open(root.join("data/agent.db")).unwrap();
-    c.query_row(
-        "SELECT COUNT(*) FROM outbox WHERE acked_at IS NULL",
-        [],
-        |r| r.get(0),
-    )
-    .unwrap()
-}
+use common::{add_device, agent_cmd as agent, pending, ServerProcess};
 
 fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
@@ -70,49 +45,10 @@ fn run_syncs_when_the_server_returns_and_right_after_a_review_decision() {
             .unwrap()
             .success()
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let out = Command::new(server_bin())
-        .args([
-            "--data-dir",
-            server_data.to_str().unwrap(),
-            "devices",
-            "add",
-            "--name",
-            "f",
-        ])
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&out.stdout).into_owned();
-    let code = out
-        .lines()
-        .map(str::trim)
-        .find(|l| l.len() == 24 && l.matches('-').count() == 4)
-        .unwrap()
-        .to_string();
-    let spawn_server = || {
-        Kill(
-            Command::new(server_bin())
-                .args([
-                    "--data-dir",
-                    server_data.to_str().unwrap(),
-                    "serve",
-                    "--listen",
-                    &format!("127.0.0.1:{port}"),
-                ])
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
-    };
+    let port = common::free_port();
+    let code = add_device(&server_data, "f");
     {
-        let _server = spawn_server();
-        wait_until("server", Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        let _server = ServerProcess::start(&server_data, port);
         assert!(
             agent(&a, &["enroll", &format!("http://127.0.0.1:{port}"), &code])
                 .status()
@@ -158,7 +94,7 @@ fn run_syncs_when_the_server_returns_and_right_after_a_review_decision() {
     // The server is down: the loop backs off; nothing is lost.
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(pending(&a), 2);
-    let _server = spawn_server();
+    let _server = ServerProcess::start(&server_data, port);
     wait_until(
         "the outbox to drain once the server is back",
         Duration::from_secs(15),

@@ -4,113 +4,18 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::path::Path;
 
-struct Server {
-    child: Child,
-    url: String,
-    data: PathBuf,
-}
+use common::{add_device, agent, server_cmd, ServerProcess};
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn server_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_outpost-server"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_server(data: &Path) -> Server {
-    let port = free_port();
-    let mut child = Command::new(server_bin())
-        .args([
-            "--data-dir",
-            data.to_str().unwrap(),
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Server {
-                child,
-                url,
-                data: data.to_path_buf(),
-            };
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("server did not start");
-}
-
-fn server_cmd(data: &Path, args: &[&str]) -> (i32, String, String) {
-    let o = Command::new(server_bin())
-        .arg("--data-dir")
-        .arg(data)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into(),
-        String::from_utf8_lossy(&o.stderr).into(),
-    )
-}
-
-fn agent(root: &Path, args: &[&str]) -> (i32, String, String) {
-    let o = Command::new(common::outpost_bin())
-        .arg("--data-dir")
-        .arg(root.join("data"))
-        .arg("--models-dir")
-        .arg(root.join("models"))
-        .arg("--ort-lib")
-        .arg(common::ort_lib())
-        .args(args)
-        .env_remove("OUTPOST_CONFIG")
-        .output()
-        .unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into(),
-        String::from_utf8_lossy(&o.stderr).into(),
-    )
+fn start_server(data: &Path) -> ServerProcess {
+    ServerProcess::start(data, common::free_port())
 }
 
 fn server_count(data: &Path) -> i64 {
     let c = rusqlite::Connection::open(data.join("server.db")).unwrap();
     c.query_row("SELECT COUNT(*) FROM feedback", [], |r| r.get(0))
         .unwrap()
-}
-
-fn add_device(data: &Path, name: &str) -> String {
-    let (code, out, err) = server_cmd(
-        data,
-        &["devices", "add", "--name", name, "--group", "north"],
-    );
-    assert_eq!(code, 0, "{out}{err}");
-    out.lines()
-        .map(str::trim)
-        .find(|l| l.len() == 24 && l.matches('-').count() == 4)
-        .unwrap_or_else(|| panic!("no code in {out}"))
-        .to_string()
 }
 
 /// An agent with 6 analysed tiles and feedback on each.

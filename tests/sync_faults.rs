@@ -10,67 +10,9 @@ mod common;
 mod proxy;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::sync::Arc;
 
-fn server_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_outpost-server"))
-}
-
-fn spawn_server(data: &Path, port: u16) -> Child {
-    let mut child = Command::new(server_bin())
-        .args([
-            "--data-dir",
-            data.to_str().unwrap(),
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return child;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(25));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("server did not start on {port}");
-}
-
-fn agent_cmd(root: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(common::outpost_bin());
-    c.arg("--data-dir")
-        .arg(root.join("data"))
-        .arg("--models-dir")
-        .arg(root.join("models"))
-        .arg("--ort-lib")
-        .arg(common::ort_lib())
-        .args(args)
-        .env_remove("OUTPOST_CONFIG");
-    c
-}
-
-fn agent(root: &Path, args: &[&str]) -> (i32, String, String) {
-    let o = agent_cmd(root, args).output().unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into(),
-        String::from_utf8_lossy(&o.stderr).into(),
-    )
-}
-
-fn pending(root: &Path) -> i64 {
-    let c = rusqlite::Connection::open(root.join("data/agent.db")).unwrap();
-    c.query_row(
-        "SELECT COUNT(*) FROM outbox WHERE acked_at IS NULL",
-        [],
-        |r| r.get(0),
-    )
-    .unwrap()
-}
+use common::{add_device, agent, agent_cmd, pending, ServerProcess};
 
 fn outbox_ids(root: &Path) -> Vec<String> {
     let c = rusqlite::Connection::open(root.join("data/agent.db")).unwrap();
@@ -91,7 +33,7 @@ fn every_item_arrives_exactly_once_through_a_faulty_link() {
         .local_addr()
         .unwrap()
         .port();
-    let mut server = spawn_server(&server_data, port);
+    let server = ServerProcess::start(&server_data, port);
 
     // Three agents, each enrolled, each with 30 decisions queued.
     let agents: Vec<PathBuf> = (0..3).map(|i| root.join(format!("agent{i}"))).collect();
@@ -130,31 +72,13 @@ fn every_item_arrives_exactly_once_through_a_faulty_link() {
             .0,
             0
         );
-        let o = Command::new(server_bin())
-            .args([
-                "--data-dir",
-                server_data.to_str().unwrap(),
-                "devices",
-                "add",
-                "--name",
-                &format!("field-{i}"),
-            ])
-            .output()
-            .unwrap();
-        let out = String::from_utf8_lossy(&o.stdout);
-        let code = out
-            .lines()
-            .map(str::trim)
-            .find(|l| l.len() == 24 && l.matches('-').count() == 4)
-            .unwrap()
-            .to_string();
+        let code = add_device(&server_data, &format!("field-{i}"));
         let (c, out, err) = agent(a, &["enroll", &format!("http://127.0.0.1:{port}"), &code]);
         assert_eq!(c, 0, "{out}{err}");
     }
 
     // The server goes away; syncing fails clearly and loses nothing.
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.kill();
     let (c, _, err) = agent(&agents[0], &["sync"]);
     assert_eq!(c, 1);
     assert!(err.contains("unreachable"), "{err}");
@@ -173,7 +97,7 @@ fn every_item_arrives_exactly_once_through_a_faulty_link() {
             )
             .unwrap();
     }
-    let mut server = spawn_server(&server_data, port);
+    let mut server = ServerProcess::start(&server_data, port);
     // Small batches, so there are many requests for the proxy to break.
     let mut rounds = 0;
     while agents.iter().any(|a| pending(a) > 0) {
@@ -185,9 +109,8 @@ fn every_item_arrives_exactly_once_through_a_faulty_link() {
         );
         if rounds == 3 {
             // kill -9 the server mid-run, and bring it back.
-            server.kill().unwrap();
-            server.wait().unwrap();
-            server = spawn_server(&server_data, port);
+            server.kill();
+            server = ServerProcess::start(&server_data, port);
         }
         if rounds == 4 {
             // kill -9 an agent in the middle of a sync.
@@ -206,8 +129,7 @@ fn every_item_arrives_exactly_once_through_a_faulty_link() {
                 .unwrap();
         }
     }
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.kill();
 
     let conn = rusqlite::Connection::open(server_data.join("server.db")).unwrap();
     let mut on_server: Vec<String> = conn

@@ -292,3 +292,136 @@ pub fn solid_png(path: &Path, w: u32, h: u32, rgb: [u8; 3]) {
         .save(path)
         .unwrap();
 }
+
+/// The path of the built `outpost-server` binary.
+pub fn server_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_outpost-server"))
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An `outpost-server serve` process, killed when dropped.
+pub struct ServerProcess {
+    child: std::process::Child,
+    /// Its port.
+    pub port: u16,
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    /// Its data folder.
+    pub data: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts the server on `port` and waits until it accepts connections.
+    pub fn start(data: &Path, port: u16) -> ServerProcess {
+        let mut child = std::process::Command::new(server_bin())
+            .args([
+                "--data-dir",
+                data.to_str().unwrap(),
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..400 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return ServerProcess {
+                    child,
+                    port,
+                    url: format!("http://127.0.0.1:{port}"),
+                    data: data.to_path_buf(),
+                };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("outpost-server did not start on port {port}");
+    }
+
+    /// kill -9, then wait.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs an `outpost-server` admin command: (exit code, stdout, stderr).
+pub fn server_cmd(data: &Path, args: &[&str]) -> (i32, String, String) {
+    let o = std::process::Command::new(server_bin())
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into(),
+        String::from_utf8_lossy(&o.stderr).into(),
+    )
+}
+
+/// Registers a device and returns its one-time enrollment code.
+pub fn add_device(data: &Path, name: &str) -> String {
+    let (code, out, err) = server_cmd(
+        data,
+        &["devices", "add", "--name", name, "--group", "north"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    out.lines()
+        .map(str::trim)
+        .find(|l| l.len() == 24 && l.matches('-').count() == 4)
+        .unwrap_or_else(|| panic!("no enrollment code in {out}"))
+        .to_string()
+}
+
+/// An `outpost` command for the agent living in `root` (`root/data`, `root/models`).
+pub fn agent_cmd(root: &Path, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(outpost_bin());
+    c.arg("--data-dir")
+        .arg(root.join("data"))
+        .arg("--models-dir")
+        .arg(root.join("models"))
+        .arg("--ort-lib")
+        .arg(ort_lib())
+        .args(args)
+        .env_remove("OUTPOST_CONFIG");
+    c
+}
+
+/// Runs an agent command: (exit code, stdout, stderr).
+pub fn agent(root: &Path, args: &[&str]) -> (i32, String, String) {
+    let o = agent_cmd(root, args).output().unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into(),
+        String::from_utf8_lossy(&o.stderr).into(),
+    )
+}
+
+/// Feedback waiting in an agent's outbox.
+pub fn pending(root: &Path) -> i64 {
+    let c = rusqlite::Connection::open(root.join("data/agent.db")).unwrap();
+    c.query_row(
+        "SELECT COUNT(*) FROM outbox WHERE acked_at IS NULL",
+        [],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
