@@ -114,6 +114,7 @@ fn main() {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let state = AppState {
             store: server_store.clone(),
+            repo: None,
         };
         rt.spawn(async move { axum::serve(listener, outpost::server::router(state)).await });
         let data = tmp.path().join("agent");

@@ -38,6 +38,16 @@ enum Command {
         #[command(subcommand)]
         command: DevicesCommand,
     },
+    /// Create the signing keys: root keys for offline storage, online keys for the server.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Publish model bundles as signed releases.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
     /// Import feedback carried on a USB stick (`outpost feedback export`).
     Feedback {
         #[command(subcommand)]
@@ -65,6 +75,40 @@ enum DevicesCommand {
     Revoke {
         /// Name or id.
         device: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create root keys (to keep offline) and online keys, and sign root metadata version 1.
+    Init {
+        /// Where the root keys go: removable media kept offline, not the server's disk.
+        #[arg(long, value_name = "DIR")]
+        root_keys_dir: PathBuf,
+        /// How many root keys.
+        #[arg(long, default_value_t = 3)]
+        root_keys: usize,
+        /// How many root keys must sign a new root.
+        #[arg(long, default_value_t = 2)]
+        threshold: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Publish a bundle folder as a signed release.
+    Publish {
+        /// The bundle folder.
+        bundle: PathBuf,
+        /// Channel.
+        #[arg(long, default_value = "stable")]
+        channel: String,
+        /// Device groups (repeat; none: every group).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Share of the devices in those groups, 0-100.
+        #[arg(long, default_value_t = 100)]
+        percent: u8,
     },
 }
 
@@ -150,7 +194,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
                 tracing::info!(address = %listener.local_addr()?, data_dir = %cfg.data_dir.display(), "outpost-server listening");
-                server::serve(listener, AppState { store }).await?;
+                server::serve(listener, AppState { store, repo: Some(outpost::server::publish::repo_dir(&cfg.data_dir)) }).await?;
                 anyhow::Ok(())
             })?;
         }
@@ -211,6 +255,53 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
         },
+        Command::Keys {
+            command:
+                KeysCommand::Init {
+                    root_keys_dir,
+                    root_keys,
+                    threshold,
+                },
+        } => {
+            let root =
+                server::publish::init_keys(&cfg.data_dir, &root_keys_dir, root_keys, threshold)?;
+            store.audit(
+                "operator",
+                "keys init",
+                &format!("{root_keys} root keys, threshold {threshold}"),
+            )?;
+            println!(
+                "root metadata v1 signed by {threshold} of {root_keys} root keys; root keys written to {} (move them offline now)",
+                root_keys_dir.display()
+            );
+            println!(
+                "pin this root on the agents: {}",
+                server::publish::repo_dir(&cfg.data_dir)
+                    .join("metadata/root.json")
+                    .display()
+            );
+            let _ = root;
+        }
+        Command::Models {
+            command:
+                ModelsCommand::Publish {
+                    bundle,
+                    channel,
+                    groups,
+                    percent,
+                },
+        } => {
+            let v = server::publish::publish(&cfg.data_dir, &bundle, &channel, &groups, percent)?;
+            store.audit(
+                "operator",
+                "models publish",
+                &format!("{} to {channel} {groups:?} {percent}%", bundle.display()),
+            )?;
+            println!(
+                "published {} as targets version {v} on channel {channel}",
+                bundle.display()
+            );
+        }
         Command::Feedback {
             command: FeedbackCommand::Import { file, device },
         } => {

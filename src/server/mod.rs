@@ -19,6 +19,7 @@
 //! clock corrects itself and retries), a nonce seen before, an unknown or revoked device, or
 //! a bad signature. A device can only write feedback under its own id.
 
+pub mod publish;
 pub mod store;
 pub mod train;
 
@@ -44,6 +45,8 @@ pub const MAX_BATCH_BYTES: usize = 64 << 20;
 pub struct AppState {
     /// Storage.
     pub store: Arc<dyn ServerStore>,
+    /// The signed repository (metadata and content-addressed bundle files), if any.
+    pub repo: Option<std::path::PathBuf>,
 }
 
 /// An API error: status and a message that says what to do.
@@ -81,6 +84,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/enroll", post(enroll))
         .route("/v1/feedback", post(upload))
+        .route("/v1/metadata/{name}", get(metadata))
+        .route("/v1/targets/sha256/{hash}", get(target))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::map_response(stamp))
         .with_state(state)
@@ -275,6 +280,75 @@ async fn upload(
         duplicates: r.duplicates,
         refused: r.refused,
     }))
+}
+
+async fn metadata(
+    State(st): State<AppState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    let ok = name.ends_with(".json") && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '.');
+    let Some(repo) = st.repo.filter(|_| ok) else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no metadata {name:?}"),
+        ));
+    };
+    let path = repo.join("metadata").join(&name);
+    match tokio::fs::read(&path).await {
+        Ok(b) => Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], b).into_response()),
+        Err(_) => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no metadata {name:?} (nothing published yet?)"),
+        )),
+    }
+}
+
+/// A content-addressed bundle file, with `Range: bytes=N-` so an interrupted download
+/// resumes where it stopped.
+async fn target(
+    State(st): State<AppState>,
+    axum::extract::Path(hash): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let ok = hash.len() == 64 && hash.chars().all(|c| c.is_ascii_hexdigit());
+    let Some(repo) = st.repo.filter(|_| ok) else {
+        return Err(ApiError(StatusCode::NOT_FOUND, "no such file".into()));
+    };
+    let bytes = tokio::fs::read(repo.join("targets/sha256").join(&hash))
+        .await
+        .map_err(|_| ApiError(StatusCode::NOT_FOUND, "no such file".into()))?;
+    let start = headers
+        .get(axum::http::header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes="))
+        .and_then(|v| v.strip_suffix('-'))
+        .and_then(|v| v.parse::<usize>().ok());
+    match start {
+        None => Ok((
+            [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+            bytes,
+        )
+            .into_response()),
+        Some(s) if s < bytes.len() => {
+            let range = format!("bytes {s}-{}/{}", bytes.len() - 1, bytes.len());
+            Ok((
+                StatusCode::PARTIAL_CONTENT,
+                [
+                    (axum::http::header::CONTENT_RANGE, range),
+                    (
+                        axum::http::header::CONTENT_TYPE,
+                        "application/octet-stream".into(),
+                    ),
+                ],
+                bytes[s..].to_vec(),
+            )
+                .into_response())
+        }
+        Some(_) => Err(ApiError(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "range starts past the end of the file".into(),
+        )),
+    }
 }
 
 /// zstd decompression that stops at `limit` bytes (a small body must not expand without end).
