@@ -255,6 +255,7 @@ pub fn analyze(
     stop: Arc<AtomicBool>,
 ) -> Result<Summary, AnalyzeError> {
     let started = Instant::now();
+    store.set_bulk_writes()?;
     let inputs = collect_inputs(&opts.inputs);
     let run_id = store.begin_run(
         &opts
@@ -345,6 +346,10 @@ pub fn analyze(
         summary.failures.len() as u64,
         summary.status(),
     )?;
+    store
+        .conn()
+        .pragma_update(None, "synchronous", "FULL")
+        .map_err(crate::store::StoreError::from)?;
     Ok(summary)
 }
 

@@ -49,7 +49,7 @@ pub fn migrate_with(
             })?;
         tx.pragma_update(None, "user_version", n)?;
         tx.commit()?;
-        tracing::info!(migration = name, "applied database migration");
+        tracing::debug!(migration = name, "applied database migration");
     }
     Ok(latest)
 }

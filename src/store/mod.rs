@@ -153,6 +153,15 @@ impl Store {
         Ok(Store { conn, path })
     }
 
+    /// For bulk analysis only: commits stop waiting for the disk (`synchronous = NORMAL`;
+    /// in WAL mode the database stays consistent after a crash, but the last batches before
+    /// a power cut may be lost). Predictions can be recomputed, and a re-run resumes, so
+    /// `analyze` trades that for speed; feedback never uses this connection setting.
+    pub fn set_bulk_writes(&self) -> Result<(), StoreError> {
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Ok(())
+    }
+
     /// The database file, if not in memory.
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
