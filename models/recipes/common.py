@@ -177,6 +177,7 @@ def save_base_data(path: Path, embeddings: np.ndarray, labels: np.ndarray) -> No
         },
         str(path),
     )
+    os.chmod(path, 0o644)
 
 
 # ----------------------------------------------------------------------------- onnx runtime

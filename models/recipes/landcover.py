@@ -283,6 +283,16 @@ def quantise_static(fp32_path: Path, out_path: Path, calib_x: np.ndarray, work: 
                     per_channel=variant.get("per_channel", True),
                     activation_type=QuantType.QUInt8 if variant["activations"] == "u8" else QuantType.QInt8,
                     weight_type=QuantType.QInt8, calibrate_method=method, extra_options=extra)
+    # quant_pre_process declares every ORT domain; keep only the opsets the graph uses (plain ONNX 17)
+    import onnx
+
+    m = onnx.load(str(out_path))
+    used = {n.domain for n in m.graph.node} | {""}
+    keep = [o for o in m.opset_import if o.domain in used]
+    del m.opset_import[:]
+    m.opset_import.extend(keep)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(out_path))
 
 
 # ----------------------------------------------------------------------------- main
