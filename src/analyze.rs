@@ -745,7 +745,8 @@ impl ImageStage {
                     },
                     _ => None,
                 };
-                let (content, content_type) = tile_content(path, &tile, whole);
+                let (content, content_type) =
+                    tile_content(path, raster.file_bytes.as_deref(), &tile, whole);
                 let row = cur.items.len();
                 let slice = &mut cur
                     .tensor
@@ -778,7 +779,12 @@ impl ImageStage {
 
 /// The bytes kept for the review page: the original file for a whole JPEG or PNG of
 /// reasonable size, otherwise the tile encoded as PNG.
-fn tile_content(path: &Path, tile: &image::RgbImage, whole: bool) -> (Vec<u8>, &'static str) {
+fn tile_content(
+    path: &Path,
+    file_bytes: Option<&[u8]>,
+    tile: &image::RgbImage,
+    whole: bool,
+) -> (Vec<u8>, &'static str) {
     if whole {
         let ext = path
             .extension()
@@ -790,11 +796,9 @@ fn tile_content(path: &Path, tile: &image::RgbImage, whole: bool) -> (Vec<u8>, &
             "png" => Some("image/png"),
             _ => None,
         };
-        if let Some(ct) = ct {
-            if let Ok(bytes) = std::fs::read(path) {
-                if bytes.len() <= 4 << 20 {
-                    return (bytes, ct);
-                }
+        if let (Some(ct), Some(bytes)) = (ct, file_bytes) {
+            if bytes.len() <= 4 << 20 {
+                return (bytes.to_vec(), ct);
             }
         }
     }

@@ -18,12 +18,14 @@
 //! - [`sync`]: enrollment and pushing the feedback outbox to the server.
 //! - [`server`]: the central server's HTTP API and storage.
 //! - [`trust`]: TUF-style signed update metadata (roles, thresholds, versions, expiry).
+//! - [`doctor`]: `outpost doctor`, the checks of an installation.
 //! - [`bench`]: the end-to-end benchmark against raw ONNX Runtime.
 
 pub mod analyze;
 pub mod bench;
 
 pub mod config;
+pub mod doctor;
 pub mod export;
 pub mod hash;
 pub mod identity;

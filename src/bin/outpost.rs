@@ -161,6 +161,14 @@ enum Command {
         #[arg(long, default_value_t = 600)]
         max_backoff_secs: u64,
     },
+    /// Check this installation: ONNX Runtime, models, database, disk space, server, clock.
+    ///
+    /// Prints each problem with its fix. Exit code 1 if a check failed (warnings do not count).
+    Doctor {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Register this agent with the central server using the operator's one-time code.
     Enroll {
         /// The server's URL, such as https://outpost.example.org
@@ -488,6 +496,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 anyhow::Ok(())
             })?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Doctor { json } => {
+            let report = outpost::doctor::check(&cfg);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            Ok(if report.has_failures() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Enroll { server_url, code } => {
             let rt = tokio::runtime::Runtime::new()?;

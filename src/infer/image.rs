@@ -37,6 +37,9 @@ pub struct Raster {
     pub georef: Option<GeoRef>,
     /// Things the user should know about the conversion (16-bit scaling, missing CRS...).
     pub notes: Vec<String>,
+    /// The file's bytes, for JPEG and PNG files (kept for the review page without a
+    /// second read).
+    pub file_bytes: Option<Vec<u8>>,
 }
 
 /// The image formats the agent reads, by file extension.
@@ -88,13 +91,17 @@ fn reader(
             "the content is not a JPEG, PNG or TIFF image".into(),
         ));
     }
+    r.limits(reader_limits(limits));
+    Ok(r)
+}
+
+fn reader_limits(limits: &ImageLimits) -> image::Limits {
     let side = limits.max_pixels.min(u32::MAX as u64) as u32;
     let mut l = image::Limits::default();
     l.max_image_width = Some(side);
     l.max_image_height = Some(side);
     l.max_alloc = Some(limits.max_pixels.saturating_mul(8));
-    r.limits(l);
-    Ok(r)
+    l
 }
 
 /// Width and height without decoding the pixels (for progress and tile planning).
@@ -130,17 +137,41 @@ fn check_pixels(w: u32, h: u32, limits: &ImageLimits) -> Result<(), InputError> 
 
 /// Decodes an image file into an 8-bit RGB raster.
 pub fn decode(path: &Path, limits: &ImageLimits) -> Result<Raster, InputError> {
-    dimensions(path, limits)?;
     let mut notes = Vec::new();
+    let mut file_bytes = None;
     let img = if is_tiff(path) {
+        dimensions(path, limits)?;
         decode_tiff(path, limits, &mut notes)?
     } else {
-        reader(path, limits)?.decode().map_err(|e| match e {
+        // One read of the file: the header check, the decode and the bytes kept for the
+        // review page all use it.
+        check_file(path, limits)?;
+        let bytes = std::fs::read(path).map_err(InputError::Io)?;
+        let in_memory =
+            |limits: &ImageLimits| -> Result<ImageReader<std::io::Cursor<&[u8]>>, InputError> {
+                let mut r = ImageReader::new(std::io::Cursor::new(&bytes[..]))
+                    .with_guessed_format()
+                    .map_err(InputError::Io)?;
+                if r.format().is_none() {
+                    return Err(InputError::Unsupported(
+                        "the content is not a JPEG, PNG or TIFF image".into(),
+                    ));
+                }
+                r.limits(reader_limits(limits));
+                Ok(r)
+            };
+        let (w, h) = in_memory(limits)?
+            .into_dimensions()
+            .map_err(|e| InputError::Decode(e.to_string()))?;
+        check_pixels(w, h, limits)?;
+        let img = in_memory(limits)?.decode().map_err(|e| match e {
             image::ImageError::Limits(l) => InputError::Decode(format!(
                 "the image needs more memory than allowed ({l}); it may be a decompression bomb"
             )),
             other => InputError::Decode(other.to_string()),
-        })?
+        })?;
+        file_bytes = Some(bytes);
+        img
     };
     let georef = if is_tiff(path) {
         match read_georef(path) {
@@ -167,6 +198,7 @@ pub fn decode(path: &Path, limits: &ImageLimits) -> Result<Raster, InputError> {
         valid,
         georef,
         notes,
+        file_bytes,
     })
 }
 

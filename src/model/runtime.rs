@@ -21,7 +21,7 @@ pub enum RuntimeError {
     /// No candidate file exists.
     #[error(
         "ONNX Runtime library not found. Looked for:\n{}\nFix: run `bash scripts/setup.sh` in the source tree (it fetches the onnxruntime=={ORT_VERSION} wheel and unpacks {ORT_LIB_FILE}), \
-         or set {ORT_LIB_ENV} (or `ort_library` in the config) to the full path of {ORT_LIB_FILE}",
+         or set {ORT_LIB_ENV} (or `library` in the `[runtime]` section of the config) to the full path of {ORT_LIB_FILE}",
         looked.iter().map(|p| format!("  - {}", p.display())).collect::<Vec<_>>().join("\n")
     )]
     NotFound {
