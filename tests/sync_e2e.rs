@@ -226,3 +226,38 @@ fn a_usb_file_is_imported_once_however_often_it_is_carried() {
     assert!(out.contains("0 new, 6 already stored"), "{out}");
     assert_eq!(server_count(&server_data), 6);
 }
+
+#[test]
+fn the_upload_rate_cap_is_respected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let server = start_server(&root.join("server"));
+    let code = add_device(&server.data, "field-4");
+    let a = root.join("a");
+    agent_with_feedback(&a);
+    assert_eq!(agent(&a, &["enroll", &server.url, &code]).0, 0);
+    let db = a.join("data/agent.db");
+    let cap = 1_500u64; // bytes per second
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (report, secs) = rt.block_on(async {
+        let client = {
+            let store = outpost::store::Store::open(&db).unwrap();
+            outpost::sync::SyncClient::from_store(&store, &a.join("data")).unwrap()
+        };
+        let t = std::time::Instant::now();
+        let r = client.push_paced(&db, Some(cap)).await.unwrap();
+        (r, t.elapsed().as_secs_f64())
+    });
+    assert_eq!(report.acked, 6);
+    let floor = report.bytes_sent as f64 / cap as f64;
+    assert!(
+        floor > 0.2,
+        "enough bytes to measure: {} bytes",
+        report.bytes_sent
+    );
+    assert!(
+        secs >= floor * 0.95,
+        "{} bytes at {cap} B/s took {secs:.2} s (at least {floor:.2} s expected)",
+        report.bytes_sent
+    );
+}

@@ -108,8 +108,16 @@ fn every_item_arrives_exactly_once_through_a_faulty_link() {
             agents.iter().map(|a| pending(a)).collect::<Vec<_>>()
         );
         if rounds == 3 {
-            // kill -9 the server mid-run, and bring it back.
+            // kill -9 the server while an agent is uploading (one record per batch, so an
+            // ingest is in flight), and bring it back.
+            let mut uploading = agent_cmd(&agents[2], &["sync"])
+                .env("OUTPOST_SYNC_BATCH", "1")
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(120));
             server.kill();
+            let _ = uploading.wait();
             server = ServerProcess::start(&server_data, port);
         }
         if rounds == 4 {
