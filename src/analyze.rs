@@ -36,8 +36,10 @@ use std::time::{Duration, Instant};
 pub struct AnalyzeOptions {
     /// Files and folders to analyse.
     pub inputs: Vec<PathBuf>,
-    /// Items per batch.
+    /// Image tiles per batch.
     pub batch_size: usize,
+    /// Reports per batch.
+    pub text_batch_size: usize,
     /// Scene tile size; 0: the model's input size.
     pub tile_size: u32,
     /// Tile overlap in pixels.
@@ -63,6 +65,7 @@ impl AnalyzeOptions {
         AnalyzeOptions {
             inputs,
             batch_size: a.batch_size.max(1),
+            text_batch_size: a.text_batch_size.max(1),
             tile_size: a.tile_size,
             tile_overlap: a.tile_overlap,
             whole_image_max: a.whole_image_max,
@@ -168,6 +171,7 @@ enum Event {
     Failure(FailureRecord),
     Note(String),
     SkippedNodata(u64),
+    MoreWork(u64),
     Truncated(u64),
     Ignore,
 }
@@ -284,7 +288,9 @@ pub fn analyze(
                 summary.failures.push(f);
             }
         } else {
-            let total = count_image_items(&inputs.images, models, opts);
+            // One unit per file; scenes add their tiles when they are decoded (no pre-pass
+            // over the files just to size the bar).
+            let total = inputs.images.len() as u64;
             let pb = progress_bar(opts.progress, total, "tiles");
             let (tx, rx) = sync_channel::<Event>(4);
             let stage = ImageStage {
@@ -455,6 +461,7 @@ fn handle_event(
         }
         Event::Truncated(n) => summary.truncated_reports += n,
         Event::Ignore => pb.inc(1),
+        Event::MoreWork(n) => pb.inc_length(n),
     }
     Ok(())
 }
@@ -592,30 +599,6 @@ fn tile_plan(
     img::plan_tiles(w, h, tile, opts.tile_overlap)
 }
 
-fn model_side(models: &[Arc<LoadedModel>]) -> u32 {
-    models
-        .first()
-        .and_then(|m| m.manifest().image.as_ref())
-        .map(|s| s.width.max(s.height))
-        .unwrap_or(64)
-}
-
-fn count_image_items(files: &[PathBuf], models: &ModelSet, opts: &AnalyzeOptions) -> u64 {
-    let side = model_side(&models.image);
-    files
-        .iter()
-        .map(|p| match img::dimensions(p, &opts.image_limits) {
-            Ok((w, h)) => {
-                let geo = p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-                    e.eq_ignore_ascii_case("tif") || e.eq_ignore_ascii_case("tiff")
-                }) && w.max(h) > opts.whole_image_max;
-                tile_plan(w, h, geo, side, opts).len() as u64
-            }
-            Err(_) => 1,
-        })
-        .sum()
-}
-
 struct ImageStage {
     files: Vec<PathBuf>,
     models: Vec<Arc<LoadedModel>>,
@@ -692,6 +675,7 @@ impl ImageStage {
                 Ok(r) => r,
                 Err(e) => {
                     let _ = out.send(Event::Failure(failure(path, None, &e)));
+                    let _ = out.send(Event::Ignore);
                     continue;
                 }
             };
@@ -710,6 +694,9 @@ impl ImageStage {
             );
             let whole =
                 boxes.len() == 1 && boxes[0].w == rw && boxes[0].h == rh && raster.georef.is_none();
+            if boxes.len() > 1 {
+                let _ = out.send(Event::MoreWork(boxes.len() as u64 - 1));
+            }
             let decode_ms = t0.elapsed().as_secs_f64() * 1000.0 / boxes.len().max(1) as f64;
             let mut nodata = 0u64;
             for b in boxes {
@@ -936,7 +923,7 @@ impl TextStage {
             }
             let encs: Vec<Encoded> = pending.iter().map(|p| p.enc.clone()).collect();
             let pad = text::pad_id(tok);
-            for idx in text::length_batches(&encs, self.opts.batch_size) {
+            for idx in text::length_batches(&encs, self.opts.text_batch_size) {
                 if self.stop.load(Ordering::Relaxed) {
                     return;
                 }

@@ -112,6 +112,7 @@ fn e2e_round(
     let mut store = Store::open(db)?;
     let mut opts = AnalyzeOptions::from_config(cfg, inputs);
     opts.batch_size = batch_size;
+    opts.text_batch_size = batch_size;
     opts.force = true;
     opts.progress = false;
     let t = Instant::now();

@@ -47,8 +47,13 @@ pub struct RuntimeConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AnalyzeConfig {
-    /// Items per inference batch.
+    /// Image tiles per inference batch.
     pub batch_size: usize,
+    /// Reports per inference batch. 1 by default: the int8 text backbone quantises its
+    /// activations with one scale per batch, so a report's scores would otherwise depend on
+    /// the other reports in its batch (cosine about 0.99); one at a time, every report gets
+    /// the same prediction in every run, as in the bundle's golden and reference data.
+    pub text_batch_size: usize,
     /// Tile size in pixels for scenes; 0: the model's input size.
     pub tile_size: u32,
     /// Overlap between neighbouring tiles, in pixels.
@@ -66,6 +71,7 @@ impl Default for AnalyzeConfig {
     fn default() -> Self {
         AnalyzeConfig {
             batch_size: 32,
+            text_batch_size: 1,
             tile_size: 0,
             tile_overlap: 0,
             whole_image_max: 256,

@@ -65,7 +65,7 @@ enum Command {
         /// Analyze again items already analysed by the same model version.
         #[arg(long)]
         force: bool,
-        /// Items per inference batch.
+        /// Image tiles per inference batch (reports: analyze.text_batch_size in the config).
         #[arg(long)]
         batch_size: Option<usize>,
         /// Tile size for scenes in pixels (default: the model's input size).
@@ -859,8 +859,10 @@ fn bench_command(
                 texts.len(),
                 m.id()
             );
+            let text_batch = cfg.analyze.text_batch_size.max(1);
+            eprintln!("reports use batches of {text_batch} (analyze.text_batch_size)");
             report.text = Some(bench::bench_text(
-                cfg, m, &texts, rounds, batch_size, &work,
+                cfg, m, &texts, rounds, text_batch, &work,
             )?);
         } else {
             eprintln!(
