@@ -125,6 +125,24 @@ fn e2e_round(
     Ok(n as f64 / secs)
 }
 
+/// Feeds a backbone's output through the head (the raw side of both benchmarks).
+fn run_head(
+    head: &mut ort::session::Session,
+    m: &crate::model::Manifest,
+    backbone_out: &ort::session::SessionOutputs<'_>,
+) -> anyhow::Result<()> {
+    let (shape, data) = backbone_out[m.backbone.output.as_str()].try_extract_tensor::<f32>()?;
+    let emb = ndarray::ArrayView2::from_shape((shape[0] as usize, shape[1] as usize), data)?;
+    let scores =
+        head.run(ort::inputs![m.head.input.as_str() => TensorRef::from_array_view(emb)?])?;
+    std::hint::black_box(
+        scores[m.head.output.as_str()]
+            .try_extract_tensor::<f32>()?
+            .1[0],
+    );
+    Ok(())
+}
+
 /// Image benchmark over `files` (each one tile).
 pub fn bench_images(
     cfg: &AgentConfig,
@@ -178,16 +196,7 @@ pub fn bench_images(
         for b in &batches {
             let out = backbone
                 .run(ort::inputs![spec.input.as_str() => TensorRef::from_array_view(b.view())?])?;
-            let (shape, data) = out[m.backbone.output.as_str()].try_extract_tensor::<f32>()?;
-            let emb =
-                ndarray::ArrayView2::from_shape((shape[0] as usize, shape[1] as usize), data)?;
-            let scores =
-                head.run(ort::inputs![m.head.input.as_str() => TensorRef::from_array_view(emb)?])?;
-            std::hint::black_box(
-                scores[m.head.output.as_str()]
-                    .try_extract_tensor::<f32>()?
-                    .1[0],
-            );
+            run_head(&mut head, m, &out)?;
         }
         raw.push(files.len() as f64 / t.elapsed().as_secs_f64());
         e2e.push(e2e_round(
@@ -278,16 +287,7 @@ pub fn bench_text(
                     tspec.attention_mask.as_str() => mask_t
                 ])?,
             };
-            let (shape, data) = out[m.backbone.output.as_str()].try_extract_tensor::<f32>()?;
-            let emb =
-                ndarray::ArrayView2::from_shape((shape[0] as usize, shape[1] as usize), data)?;
-            let scores =
-                head.run(ort::inputs![m.head.input.as_str() => TensorRef::from_array_view(emb)?])?;
-            std::hint::black_box(
-                scores[m.head.output.as_str()]
-                    .try_extract_tensor::<f32>()?
-                    .1[0],
-            );
+            run_head(&mut head, m, &out)?;
         }
         raw.push(reports.len() as f64 / t.elapsed().as_secs_f64());
         e2e.push(e2e_round(
