@@ -244,6 +244,7 @@ pub fn publish(
         groups: groups.to_vec(),
         percent: percent.min(100),
         files,
+        withdrawn: false,
     });
     targets.version += 1;
     targets.expires = expires_in(90);

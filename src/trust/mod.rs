@@ -176,6 +176,49 @@ pub struct Release {
     pub percent: u8,
     /// Bundle files: file name in the bundle -> target path.
     pub files: BTreeMap<String, String>,
+    /// Withdrawn by an operator: no device should install it, and devices running it move
+    /// to the newest release that still applies to them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub withdrawn: bool,
+}
+
+impl Release {
+    /// Whether this release is meant for a device: same channel, not withdrawn, the device's
+    /// group listed (or no groups listed), and the device inside the staged percentage.
+    pub fn applies_to(&self, channel: &str, group: &str, device_id: &str) -> bool {
+        !self.withdrawn
+            && self.channel == channel
+            && (self.groups.is_empty() || self.groups.iter().any(|g| g == group))
+            && rollout_bucket(&self.model, device_id) < u32::from(self.percent.min(100))
+    }
+}
+
+/// A device's stable position (0-99) in the staged rollout of `model`: the first four bytes
+/// of sha256("model/device_id"). Widening a release from 10% to 50% keeps the first 10%.
+pub fn rollout_bucket(model: &str, device_id: &str) -> u32 {
+    let h = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("{model}/{device_id}").as_bytes(),
+    );
+    let b = h.as_ref();
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]]) % 100
+}
+
+impl Targets {
+    /// The release of `model` a device should run: the newest (by semantic version) that
+    /// applies to it, or `None`.
+    pub fn release_for(
+        &self,
+        model: &str,
+        channel: &str,
+        group: &str,
+        device_id: &str,
+    ) -> Option<&Release> {
+        self.releases
+            .iter()
+            .filter(|r| r.model == model && r.applies_to(channel, group, device_id))
+            .max_by_key(|r| crate::model::manifest::parse_version(&r.version))
+    }
 }
 
 fn hundred() -> u8 {
@@ -431,4 +474,84 @@ pub fn verify_target(path: &str, entry: &TargetFile, bytes: &[u8]) -> Result<(),
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod release_tests {
+    use super::*;
+
+    fn release(version: &str, channel: &str, groups: &[&str], percent: u8) -> Release {
+        Release {
+            model: "m".into(),
+            version: version.into(),
+            channel: channel.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            percent,
+            files: BTreeMap::new(),
+            withdrawn: false,
+        }
+    }
+
+    #[test]
+    fn the_newest_applicable_release_is_chosen() {
+        let mut t = Targets {
+            type_: "targets".into(),
+            version: 1,
+            expires: String::new(),
+            targets: BTreeMap::new(),
+            releases: vec![
+                release("1.0.0", "stable", &[], 100),
+                release("1.10.0", "stable", &["north"], 100),
+                release("1.2.0", "stable", &[], 100),
+                release("2.0.0", "canary", &[], 100),
+            ],
+        };
+        let pick = |t: &Targets, g: &str| {
+            t.release_for("m", "stable", g, "dev-1")
+                .map(|r| r.version.clone())
+        };
+        assert_eq!(
+            pick(&t, "north").as_deref(),
+            Some("1.10.0"),
+            "semantic, not string order"
+        );
+        assert_eq!(pick(&t, "south").as_deref(), Some("1.2.0"), "groups filter");
+        t.releases[1].withdrawn = true;
+        assert_eq!(
+            pick(&t, "north").as_deref(),
+            Some("1.2.0"),
+            "withdrawn is skipped"
+        );
+        t.releases[2].percent = 0;
+        assert_eq!(
+            pick(&t, "north").as_deref(),
+            Some("1.0.0"),
+            "0% reaches nobody"
+        );
+        assert_eq!(
+            t.release_for("m", "canary", "x", "d").unwrap().version,
+            "2.0.0"
+        );
+    }
+
+    #[test]
+    fn rollout_buckets_are_stable_and_spread() {
+        assert_eq!(rollout_bucket("m", "a"), rollout_bucket("m", "a"));
+        let inside = (0..1000)
+            .filter(|i| rollout_bucket("m", &format!("device-{i}")) < 30)
+            .count();
+        assert!(
+            (230..370).contains(&inside),
+            "about 30% of devices: {inside}"
+        );
+        // Widening keeps the devices already in.
+        let r10 = release("1.0.0", "stable", &[], 10);
+        let r50 = release("1.0.0", "stable", &[], 50);
+        for i in 0..200 {
+            let d = format!("device-{i}");
+            if r10.applies_to("stable", "g", &d) {
+                assert!(r50.applies_to("stable", "g", &d));
+            }
+        }
+    }
 }
