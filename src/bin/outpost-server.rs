@@ -2,6 +2,8 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use outpost::server::config::ServerConfig;
+use outpost::server::store::{RunStatus, Trigger};
 use outpost::server::store::{ServerStore, SqliteServerStore, Via};
 use outpost::server::{self, AppState};
 use std::path::PathBuf;
@@ -53,6 +55,38 @@ enum Command {
         #[command(subcommand)]
         command: FeedbackCommand,
     },
+    /// Retrain a model's head on its base data plus field feedback, evaluate it against the
+    /// current model on held-out data, and publish it if it does not regress.
+    Train {
+        /// Model name (as published).
+        model: String,
+        /// Keep the candidate for an operator even if it passes the gate.
+        #[arg(long)]
+        no_publish: bool,
+        /// Override the configured tolerance (largest allowed drop, 0.02 = 2 points).
+        #[arg(long)]
+        tolerance: Option<f64>,
+        /// Override where a passing candidate goes: channel.
+        #[arg(long)]
+        channel: Option<String>,
+        /// Override: device groups (repeat).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Override: share of devices.
+        #[arg(long)]
+        percent: Option<u8>,
+    },
+    /// Training runs and their outcome.
+    Runs {
+        /// Only this model.
+        model: Option<String>,
+    },
+    /// The audit log: every operator command and automatic decision, newest first.
+    Audit {
+        /// How many records.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -92,14 +126,46 @@ enum KeysCommand {
         #[arg(long, default_value_t = 2)]
         threshold: u32,
     },
+    /// Rotate keys: new online keys for the roles named, and optionally a new set of root
+    /// keys. Needs a threshold of the current root keys (mount the offline medium).
+    Rotate {
+        /// The offline folder holding the current root keys (new root keys go there too).
+        #[arg(long, value_name = "DIR")]
+        root_keys_dir: PathBuf,
+        /// Online roles to give new keys (repeat): targets, snapshot, timestamp.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Also replace the root keys by this many new ones.
+        #[arg(long)]
+        new_root_keys: Option<usize>,
+        /// Threshold of the new root keys.
+        #[arg(long, default_value_t = 2)]
+        threshold: u32,
+    },
 }
 
 #[derive(Subcommand)]
 enum ModelsCommand {
-    /// Publish a bundle folder as a signed release.
+    /// Published releases and candidates kept by training runs.
+    List,
+    /// Show the evaluation report of a candidate (from `train`).
+    Eval {
+        /// Candidate version.
+        version: String,
+        /// Model (needed if several models have a candidate of that version).
+        #[arg(long)]
+        model: Option<String>,
+        /// Print the full report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish a bundle folder, or a candidate version kept by `train`, as a signed release.
     Publish {
-        /// The bundle folder.
-        bundle: PathBuf,
+        /// A bundle folder, or a candidate version (see `models list`).
+        bundle: String,
+        /// Model of the candidate version (needed if several models have it).
+        #[arg(long)]
+        model: Option<String>,
         /// Channel.
         #[arg(long, default_value = "stable")]
         channel: String,
@@ -109,6 +175,35 @@ enum ModelsCommand {
         /// Share of the devices in those groups, 0-100.
         #[arg(long, default_value_t = 100)]
         percent: u8,
+    },
+    /// Change who a release goes to: widen (or narrow) its percentage and groups.
+    Stage {
+        /// Model.
+        model: String,
+        /// Version.
+        version: String,
+        /// Only the release on this channel (default: every channel it is on).
+        #[arg(long)]
+        channel: Option<String>,
+        /// New device groups (repeat; none given: keep the current groups).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Go to every group.
+        #[arg(long, conflicts_with = "groups")]
+        all_groups: bool,
+        /// New share of the devices, 0-100.
+        #[arg(long)]
+        percent: u8,
+    },
+    /// Withdraw a release: devices stop installing it and move off it.
+    Withdraw {
+        /// Model.
+        model: String,
+        /// Version.
+        version: String,
+        /// Only on this channel (default: every channel).
+        #[arg(long)]
+        channel: Option<String>,
     },
 }
 
@@ -143,34 +238,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// `config/server.toml`.
-#[derive(serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct ServerConfig {
-    data_dir: PathBuf,
-    listen: String,
-    enrollment_valid_hours: i64,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            data_dir: PathBuf::from("/var/lib/outpost-server"),
-            listen: "127.0.0.1:8480".into(),
-            enrollment_valid_hours: 72,
-        }
-    }
-}
-
 fn load_config(cli: &Cli) -> Result<ServerConfig> {
-    let mut cfg = match &cli.config {
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("cannot read {}", p.display()))?;
-            toml::from_str(&text).with_context(|| format!("invalid config {}", p.display()))?
-        }
-        None => ServerConfig::default(),
-    };
+    let mut cfg = ServerConfig::load(cli.config.as_deref())?;
     if let Some(d) = &cli.data_dir {
         cfg.data_dir = d.clone();
     }
@@ -194,6 +263,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
                 tracing::info!(address = %listener.local_addr()?, data_dir = %cfg.data_dir.display(), "outpost-server listening");
+                tokio::spawn(server::background::run(store.clone(), cfg.clone()));
                 server::serve(listener, AppState { store, repo: Some(outpost::server::publish::repo_dir(&cfg.data_dir)) }).await?;
                 anyhow::Ok(())
             })?;
@@ -282,25 +352,104 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             let _ = root;
         }
-        Command::Models {
+        Command::Keys {
             command:
-                ModelsCommand::Publish {
-                    bundle,
-                    channel,
-                    groups,
-                    percent,
+                KeysCommand::Rotate {
+                    root_keys_dir,
+                    roles,
+                    new_root_keys,
+                    threshold,
                 },
         } => {
-            let v = server::publish::publish(&cfg.data_dir, &bundle, &channel, &groups, percent)?;
+            let r = server::publish::rotate_keys(
+                &cfg.data_dir,
+                &root_keys_dir,
+                &roles,
+                new_root_keys.map(|n| (n, threshold)),
+            )?;
             store.audit(
                 "operator",
-                "models publish",
-                &format!("{} to {channel} {groups:?} {percent}%", bundle.display()),
+                "keys rotate",
+                &format!(
+                    "root v{}: new keys for {:?}{}",
+                    r.root_version,
+                    r.roles,
+                    if r.new_root_key_files.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {} new root keys", r.new_root_key_files.len())
+                    }
+                ),
             )?;
             println!(
-                "published {} as targets version {v} on channel {channel}",
-                bundle.display()
+                "root metadata v{} written; online keys replaced for {:?}",
+                r.root_version, r.roles
             );
+            for f in &r.new_root_key_files {
+                println!("new root key: {} (move it offline now)", f.display());
+            }
+            println!(
+                "agents pick the new root up on their next sync, however many versions they missed"
+            );
+        }
+        Command::Models { command } => models(&cfg, store.as_ref(), command)?,
+        Command::Train {
+            model,
+            no_publish,
+            tolerance,
+            channel,
+            groups,
+            percent,
+        } => {
+            let mut settings = cfg.training.clone();
+            settings.publish &= !no_publish;
+            if let Some(t) = tolerance {
+                settings.tolerance = t;
+            }
+            if let Some(c) = channel {
+                settings.channel = c;
+            }
+            if !groups.is_empty() {
+                settings.groups = groups;
+            }
+            if let Some(p) = percent {
+                settings.percent = p;
+            }
+            outpost::model::runtime::init(cfg.ort_lib.as_deref())?;
+            store.audit("operator", "train", &model)?;
+            let o = server::training::run(
+                store.as_ref(),
+                &cfg.data_dir,
+                &model,
+                &settings,
+                Trigger::Operator,
+            )?;
+            print_report(&o.report);
+            println!("candidate bundle: {}", o.bundle_dir.display());
+            println!("{}: {}", o.status.as_str(), o.reason);
+            if o.status == RunStatus::Held {
+                return Ok(ExitCode::from(4));
+            }
+        }
+        Command::Runs { model } => {
+            for r in store.runs(model.as_deref())? {
+                println!(
+                    "#{:<4} {:<16} {} -> {:<8} {:<9} {:<8} {}  {}",
+                    r.run_id,
+                    r.model_name,
+                    r.base_version,
+                    r.candidate_version.as_deref().unwrap_or("-"),
+                    r.status.as_str(),
+                    r.trigger,
+                    r.started_at,
+                    r.reason
+                );
+            }
+        }
+        Command::Audit { limit } => {
+            for a in store.audit_log(limit)? {
+                println!("{} {:<8} {:<18} {}", a.at, a.actor, a.action, a.detail);
+            }
         }
         Command::Feedback {
             command: FeedbackCommand::Import { file, device },
@@ -342,6 +491,271 @@ fn run(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn models(cfg: &ServerConfig, store: &dyn ServerStore, command: ModelsCommand) -> Result<()> {
+    use outpost::server::publish;
+    match command {
+        ModelsCommand::List => {
+            let targets = server::training::published_targets(&cfg.data_dir);
+            println!("published releases:");
+            for r in targets.iter().flat_map(|t| t.releases.iter()) {
+                println!(
+                    "  {:<16} {:<8} {:<8} groups {:<16} {:>3}%{}",
+                    r.model,
+                    r.version,
+                    r.channel,
+                    if r.groups.is_empty() {
+                        "(all)".to_string()
+                    } else {
+                        r.groups.join(",")
+                    },
+                    r.percent,
+                    if r.withdrawn { "  WITHDRAWN" } else { "" }
+                );
+            }
+            println!("candidates:");
+            for r in store.runs(None)? {
+                if let Some(v) = &r.candidate_version {
+                    println!(
+                        "  {:<16} {:<8} {:<9} from {} (run #{})  {}",
+                        r.model_name,
+                        v,
+                        r.status.as_str(),
+                        r.base_version,
+                        r.run_id,
+                        r.reason
+                    );
+                }
+            }
+        }
+        ModelsCommand::Eval {
+            version,
+            model,
+            json,
+        } => {
+            let run = find_candidate(store, &version, model.as_deref())?;
+            let report = run.report.clone().unwrap_or_default();
+            if json {
+                println!("{report}");
+            } else {
+                let v: serde_json::Value = serde_json::from_str(&report)?;
+                print_report_value(&v);
+                println!("status: {} — {}", run.status.as_str(), run.reason);
+                println!("bundle: {}", run.bundle_dir.as_deref().unwrap_or("-"));
+            }
+        }
+        ModelsCommand::Publish {
+            bundle,
+            model,
+            channel,
+            groups,
+            percent,
+        } => {
+            let path = PathBuf::from(&bundle);
+            let (dir, candidate) = if path.is_dir() {
+                (path, None)
+            } else {
+                let run = find_candidate(store, &bundle, model.as_deref())?;
+                let dir = run
+                    .bundle_dir
+                    .clone()
+                    .with_context(|| format!("run #{} kept no bundle", run.run_id))?;
+                (PathBuf::from(dir), Some(run))
+            };
+            let v = publish::publish(&cfg.data_dir, &dir, &channel, &groups, percent)?;
+            let what = format!("{} to {channel} {groups:?} {percent}%", dir.display());
+            store.audit("operator", "models publish", &what)?;
+            if let Some(run) = candidate {
+                store.mark_published(
+                    &run.model_name,
+                    &bundle,
+                    &format!("published by an operator: {what}"),
+                )?;
+            }
+            println!(
+                "published {} as targets version {v} on channel {channel}",
+                dir.display()
+            );
+        }
+        ModelsCommand::Stage {
+            model,
+            version,
+            channel,
+            groups,
+            all_groups,
+            percent,
+        } => {
+            let new_groups = if all_groups {
+                Some(vec![])
+            } else if groups.is_empty() {
+                None
+            } else {
+                Some(groups)
+            };
+            let v = publish::restage(
+                &cfg.data_dir,
+                &model,
+                &version,
+                channel.as_deref(),
+                new_groups.as_deref(),
+                percent,
+            )?;
+            let what = format!(
+                "{model} {version}: groups {}, {percent}%",
+                match &new_groups {
+                    None => "unchanged".to_string(),
+                    Some(g) if g.is_empty() => "all".to_string(),
+                    Some(g) => g.join(","),
+                }
+            );
+            store.audit("operator", "models stage", &what)?;
+            println!("{what} (targets version {v})");
+        }
+        ModelsCommand::Withdraw {
+            model,
+            version,
+            channel,
+        } => {
+            let v = publish::withdraw(&cfg.data_dir, &model, &version, channel.as_deref())?;
+            store.audit(
+                "operator",
+                "models withdraw",
+                &format!(
+                    "{model} {version} {}",
+                    channel.as_deref().unwrap_or("(all channels)")
+                ),
+            )?;
+            println!("{model} {version} withdrawn (targets version {v}); devices running it move to the newest release that applies to them");
+        }
+    }
+    Ok(())
+}
+
+fn find_candidate(
+    store: &dyn ServerStore,
+    version: &str,
+    model: Option<&str>,
+) -> Result<outpost::server::store::TrainingRun> {
+    let runs: Vec<_> = store
+        .runs(model)?
+        .into_iter()
+        .filter(|r| r.candidate_version.as_deref() == Some(version))
+        .collect();
+    match runs.len() {
+        0 => anyhow::bail!(
+            "no candidate {version}{}; see `outpost-server models list`",
+            model.map(|m| format!(" of {m}")).unwrap_or_default()
+        ),
+        1 => Ok(runs.into_iter().next().expect("one run")),
+        _ => anyhow::bail!(
+            "several models have a candidate {version}: say which with --model ({})",
+            runs.iter()
+                .map(|r| r.model_name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+fn print_report(r: &outpost::server::training::Report) {
+    print_report_value(&serde_json::to_value(r).unwrap_or_default());
+}
+
+/// Prints an evaluation report for a person: counts, the two held-out comparisons, the gate.
+fn print_report_value(v: &serde_json::Value) {
+    let labels: Vec<String> = v["labels"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|l| l.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    println!(
+        "{} {} -> {} (new labels: {})",
+        v["model"].as_str().unwrap_or("?"),
+        v["base_version"].as_str().unwrap_or("?"),
+        v["candidate_version"].as_str().unwrap_or("?"),
+        v["new_labels"]
+            .as_array()
+            .map(|a| a
+                .iter()
+                .filter_map(|l| l.as_str())
+                .collect::<Vec<_>>()
+                .join(", "))
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "none".into())
+    );
+    let d = &v["data"];
+    println!(
+        "data: base {} train / {} held out; field {} train / {} held out / {} skipped; trained in {:.1} s",
+        d["base_train"], d["base_holdout"], d["feedback_train"], d["feedback_holdout"], d["feedback_skipped"],
+        v["train_seconds"].as_f64().unwrap_or(0.0)
+    );
+    let f = |x: &serde_json::Value| {
+        x.as_f64()
+            .map(|x| format!("{x:.3}"))
+            .unwrap_or_else(|| "-".into())
+    };
+    for (name, key) in [
+        ("held-out field feedback", "feedback_holdout"),
+        ("held-out base data", "base_holdout"),
+    ] {
+        let c = &v[key];
+        println!("{name} ({} rows):", c["candidate"]["count"]);
+        println!("  {:<24} {:>9} {:>9}", "", "current", "candidate");
+        for (m, k) in [
+            ("accuracy", "accuracy"),
+            ("macro-F1", "macro_f1"),
+            ("accuracy, known labels", "known_accuracy"),
+            ("macro-F1, known labels", "known_macro_f1"),
+        ] {
+            println!(
+                "  {:<24} {:>9} {:>9}",
+                m,
+                f(&c["current"][k]),
+                f(&c["candidate"][k])
+            );
+        }
+        for (j, l) in labels.iter().enumerate() {
+            let support = c["support"][j].as_u64().unwrap_or(0);
+            if support > 0 {
+                println!(
+                    "  recall {:<17} {:>9} {:>9}   ({support} rows)",
+                    l,
+                    f(&c["current"]["recall"][j]),
+                    f(&c["candidate"]["recall"][j])
+                );
+            }
+        }
+        if let Some(conf) = c["candidate"]["confusion"]
+            .as_array()
+            .filter(|a| !a.is_empty() && a.len() <= 16)
+        {
+            println!("  candidate confusion (rows: truth, columns: predicted, in label order):");
+            for (j, row) in conf.iter().enumerate() {
+                let cells: Vec<String> = row
+                    .as_array()
+                    .map(|r| r.iter().map(|x| format!("{x:>4}")).collect())
+                    .unwrap_or_default();
+                println!(
+                    "  {:<22}{}",
+                    labels.get(j).map(String::as_str).unwrap_or("?"),
+                    cells.join("")
+                );
+            }
+        }
+    }
+    let g = &v["gate"];
+    if g["passed"].as_bool() == Some(true) {
+        println!("gate: passed (tolerance {})", g["tolerance"]);
+    } else {
+        println!("gate: FAILED (tolerance {})", g["tolerance"]);
+        for p in g["problems"].as_array().into_iter().flatten() {
+            println!("  - {}", p.as_str().unwrap_or(""));
+        }
+    }
+}
+
 /// A one-time code: 20 random characters from an alphabet without look-alikes, in groups of 4.
 fn new_code() -> String {
     use ring::rand::SecureRandom;
@@ -359,14 +773,4 @@ fn new_code() -> String {
         .map(|c| c.iter().collect::<String>())
         .collect::<Vec<_>>()
         .join("-")
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn example_config_parses() {
-        let c: super::ServerConfig =
-            toml::from_str(include_str!("../../config/server.toml")).unwrap();
-        assert_eq!(c.listen, "127.0.0.1:8480");
-    }
 }

@@ -103,6 +103,33 @@ pub fn check(model: &LoadedModel) -> Result<Option<GoldenReport>, String> {
     Ok(Some(report))
 }
 
+/// Recomputes the expected outputs of a bundle's golden cases through this bundle (the
+/// server does this for a retrained head: same inputs, new scores). Returns the new golden
+/// file, or `Ok(None)` if the bundle has none.
+pub fn recompute(model: &LoadedModel) -> Result<Option<Vec<u8>>, String> {
+    let m = model.manifest();
+    let Some(file) = &m.golden else {
+        return Ok(None);
+    };
+    let path = model.bundle.path(file);
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let cases = doc
+        .get_mut("cases")
+        .and_then(|c| c.as_array_mut())
+        .ok_or_else(|| format!("{}: no cases", path.display()))?;
+    for case in cases.iter_mut() {
+        let parsed: GoldenCase =
+            serde_json::from_value(case.clone()).map_err(|e| format!("{}: {e}", path.display()))?;
+        let scores = run_case(model, &parsed)?;
+        case["scores"] = serde_json::json!(scores);
+    }
+    serde_json::to_vec_pretty(&doc)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
 fn run_case(model: &LoadedModel, case: &GoldenCase) -> Result<Vec<f32>, String> {
     let m = model.manifest();
     let emb = if let (Some(img_file), Some(spec)) = (&case.image, &m.image) {

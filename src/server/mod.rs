@@ -19,9 +19,12 @@
 //! clock corrects itself and retries), a nonce seen before, an unknown or revoked device, or
 //! a bad signature. A device can only write feedback under its own id.
 
+pub mod background;
+pub mod config;
 pub mod publish;
 pub mod store;
 pub mod train;
+pub mod training;
 
 use crate::protocol::{
     self, EnrollRequest, EnrollResponse, ErrorBody, UploadAck, UploadBatch, PROTOCOL_VERSION,

@@ -37,6 +37,14 @@ pub enum PublishError {
     /// The bundle was refused.
     #[error(transparent)]
     Bundle(#[from] crate::model::BundleError),
+    /// No release matched.
+    #[error("no release {model} {version} is published (see `outpost-server models list`)")]
+    NoRelease {
+        /// Model.
+        model: String,
+        /// Version.
+        version: String,
+    },
     /// A version that does not go up.
     #[error("{model} {version} is not newer than the published {published}; versions only go up")]
     NotNewer {
@@ -307,4 +315,240 @@ pub fn sign_chain(data_dir: &Path, targets: Targets) -> Result<u64, PublishError
         &serde_json::to_vec_pretty(&ts).unwrap_or_default(),
     )?;
     Ok(version)
+}
+
+fn current_targets(data_dir: &Path) -> Result<Targets, PublishError> {
+    let meta = repo_dir(data_dir).join("metadata/targets.json");
+    read_signed::<Targets>(&meta)
+        .map(|t| t.signed)
+        .ok_or_else(|| PublishError::Keys(format!("{}: nothing published yet", meta.display())))
+}
+
+/// Changes the releases of `model` `version` (on `channel`, or every channel) with `change`,
+/// and signs a new targets version. Errors if no release matched.
+fn change_releases(
+    data_dir: &Path,
+    model: &str,
+    version: &str,
+    channel: Option<&str>,
+    change: impl Fn(&mut Release),
+) -> Result<u64, PublishError> {
+    let mut targets = current_targets(data_dir)?;
+    let mut hit = 0;
+    for r in targets.releases.iter_mut().filter(|r| {
+        r.model == model && r.version == version && channel.is_none_or(|c| r.channel == c)
+    }) {
+        change(r);
+        hit += 1;
+    }
+    if hit == 0 {
+        return Err(PublishError::NoRelease {
+            model: model.into(),
+            version: version.into(),
+        });
+    }
+    targets.version += 1;
+    targets.expires = expires_in(90);
+    sign_chain(data_dir, targets)
+}
+
+/// Withdraws a release: agents stop installing it and those running it move to the newest
+/// release that still applies to them. Its files stay (agents may still roll back to them).
+pub fn withdraw(
+    data_dir: &Path,
+    model: &str,
+    version: &str,
+    channel: Option<&str>,
+) -> Result<u64, PublishError> {
+    change_releases(data_dir, model, version, channel, |r| r.withdrawn = true)
+}
+
+/// Changes who a release goes to: its groups (if given) and its percentage.
+pub fn restage(
+    data_dir: &Path,
+    model: &str,
+    version: &str,
+    channel: Option<&str>,
+    groups: Option<&[String]>,
+    percent: u8,
+) -> Result<u64, PublishError> {
+    change_releases(data_dir, model, version, channel, |r| {
+        if let Some(g) = groups {
+            r.groups = g.to_vec();
+        }
+        r.percent = percent.min(100);
+        r.withdrawn = false;
+    })
+}
+
+/// Re-signs the timestamp (same snapshot) if it expires within `margin`: the serving
+/// process calls this regularly so agents never see stale metadata from a live server.
+/// Returns the new timestamp version, or `None` if it was fresh enough.
+pub fn refresh_timestamp(
+    data_dir: &Path,
+    margin: time::Duration,
+) -> Result<Option<u64>, PublishError> {
+    let meta = repo_dir(data_dir).join("metadata");
+    let Some(ts) = read_signed::<Timestamp>(&meta.join("timestamp.json")) else {
+        return Ok(None);
+    };
+    let expires = time::OffsetDateTime::parse(
+        &ts.signed.expires,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    if expires - time::OffsetDateTime::now_utc() > margin {
+        return Ok(None);
+    }
+    let version = ts.signed.version + 1;
+    let signed = sign(
+        Timestamp {
+            version,
+            expires: expires_in(1),
+            ..ts.signed
+        },
+        &[&online_key(data_dir, "timestamp")?],
+    );
+    write_atomic(
+        &meta.join("timestamp.json"),
+        &serde_json::to_vec_pretty(&signed).unwrap_or_default(),
+    )?;
+    Ok(Some(version))
+}
+
+/// What a key rotation changed.
+#[derive(Debug, Clone)]
+pub struct Rotation {
+    /// The new root version.
+    pub root_version: u64,
+    /// Online roles given new keys.
+    pub roles: Vec<String>,
+    /// New root key files written (empty if the root keys were kept).
+    pub new_root_key_files: Vec<PathBuf>,
+}
+
+/// Rotates keys: new keys for the online `roles`, and (with `new_root`) a new set of
+/// `n` root keys with a threshold. Writes root version N+1 signed by a threshold of the
+/// current root keys (read from `root_keys_dir`) and, if they changed, of the new ones,
+/// then re-signs targets, snapshot and timestamp with the current online keys. Agents walk
+/// from their pinned root through every version, so an agent offline during several
+/// rotations still catches up.
+pub fn rotate_keys(
+    data_dir: &Path,
+    root_keys_dir: &Path,
+    roles: &[String],
+    new_root: Option<(usize, u32)>,
+) -> Result<Rotation, PublishError> {
+    let meta = repo_dir(data_dir).join("metadata");
+    let current: Signed<Root> = read_signed(&meta.join("root.json")).ok_or_else(|| {
+        PublishError::Keys(format!(
+            "{}: no root metadata; run `outpost-server keys init` first",
+            meta.join("root.json").display()
+        ))
+    })?;
+    for r in roles {
+        if !["targets", "snapshot", "timestamp"].contains(&r.as_str()) {
+            return Err(PublishError::Keys(format!(
+                "unknown role {r:?}: online roles are targets, snapshot and timestamp"
+            )));
+        }
+    }
+    // The current root keys present on the offline medium.
+    let root_role = current
+        .signed
+        .roles
+        .get("root")
+        .cloned()
+        .ok_or_else(|| PublishError::Keys("root metadata defines no root role".into()))?;
+    let mut old_keys = Vec::new();
+    let entries = std::fs::read_dir(root_keys_dir).map_err(io(root_keys_dir))?;
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.extension().and_then(|x| x.to_str()) != Some("pk8") {
+            continue;
+        }
+        if let Some(k) = std::fs::read(&p)
+            .ok()
+            .and_then(|b| SigningKey::from_pkcs8(&b))
+        {
+            if root_role.keyids.contains(&k.key_id()) {
+                old_keys.push(k);
+            }
+        }
+    }
+    if old_keys.len() < root_role.threshold as usize {
+        return Err(PublishError::Keys(format!(
+            "{} holds {} of the current root keys; {} are needed to sign a new root",
+            root_keys_dir.display(),
+            old_keys.len(),
+            root_role.threshold
+        )));
+    }
+    let mut root = current.signed.clone();
+    root.version += 1;
+    root.expires = expires_in(365);
+    // New online keys: written beside the old ones first, swapped in once root is written.
+    let mut staged = Vec::new();
+    for role in roles {
+        let k = SigningKey::generate();
+        if let Some(old) = root.roles.get(role) {
+            for id in &old.keyids {
+                root.keys.remove(id);
+            }
+        }
+        root.keys.insert(k.key_id(), k.public());
+        root.roles.insert(
+            role.clone(),
+            RoleKeys {
+                keyids: vec![k.key_id()],
+                threshold: 1,
+            },
+        );
+        staged.push((role.clone(), k));
+    }
+    let mut new_root_key_files = Vec::new();
+    let mut new_root_keys = Vec::new();
+    if let Some((n, threshold)) = new_root {
+        for id in &root_role.keyids {
+            root.keys.remove(id);
+        }
+        let keys: Vec<SigningKey> = (0..n.max(1)).map(|_| SigningKey::generate()).collect();
+        for (i, k) in keys.iter().enumerate() {
+            let p = root_keys_dir.join(format!("root-v{}-{i}.pk8", root.version));
+            write_private(&p, k.pkcs8())?;
+            new_root_key_files.push(p);
+            root.keys.insert(k.key_id(), k.public());
+        }
+        root.roles.insert(
+            "root".into(),
+            RoleKeys {
+                keyids: keys.iter().map(|k| k.key_id()).collect(),
+                threshold: threshold.clamp(1, n.max(1) as u32),
+            },
+        );
+        new_root_keys = keys;
+    }
+    let t_new = root.roles.get("root").map(|r| r.threshold).unwrap_or(1) as usize;
+    let mut signers: Vec<&SigningKey> =
+        old_keys.iter().take(root_role.threshold as usize).collect();
+    signers.extend(new_root_keys.iter().take(t_new));
+    let version = root.version;
+    let signed = sign(root, &signers);
+    let bytes = serde_json::to_vec_pretty(&signed).unwrap_or_default();
+    for (role, k) in &staged {
+        write_private(&data_dir.join(format!("keys/online/{role}.pk8")), k.pkcs8())?;
+    }
+    write_atomic(&meta.join(format!("{version}.root.json")), &bytes)?;
+    write_atomic(&meta.join("root.json"), &bytes)?;
+    // Re-sign the chain with the (new) online keys so agents find metadata they accept.
+    if let Ok(mut t) = current_targets(data_dir) {
+        t.version += 1;
+        t.expires = expires_in(90);
+        sign_chain(data_dir, t)?;
+    }
+    Ok(Rotation {
+        root_version: version,
+        roles: roles.to_vec(),
+        new_root_key_files,
+    })
 }

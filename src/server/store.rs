@@ -10,11 +10,18 @@ use std::path::Path;
 use std::sync::Mutex;
 
 /// Migrations of the server database.
-pub const SERVER_MIGRATIONS: &[(u32, &str, &str)] = &[(
-    1,
-    "server/0001_devices_feedback.sql",
-    include_str!("../../migrations/server/0001_devices_feedback.sql"),
-)];
+pub const SERVER_MIGRATIONS: &[(u32, &str, &str)] = &[
+    (
+        1,
+        "server/0001_devices_feedback.sql",
+        include_str!("../../migrations/server/0001_devices_feedback.sql"),
+    ),
+    (
+        2,
+        "server/0002_training.sql",
+        include_str!("../../migrations/server/0002_training.sql"),
+    ),
+];
 
 /// Errors of the server store.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +127,176 @@ pub trait ServerStore: Send + Sync {
     fn feedback_count(&self) -> Result<i64, ServerStoreError>;
     /// Appends to the audit log.
     fn audit(&self, actor: &str, action: &str, detail: &str) -> Result<(), ServerStoreError>;
+    /// The newest audit records, newest first.
+    fn audit_log(&self, limit: usize) -> Result<Vec<AuditRecord>, ServerStoreError>;
+
+    /// Models that have feedback.
+    fn feedback_models(&self) -> Result<Vec<String>, ServerStoreError>;
+    /// Feedback rows received for `model` (every row, superseded ones included): the
+    /// automatic trigger compares it with the last run's `feedback_seen`.
+    fn model_feedback_count(&self, model: &str) -> Result<i64, ServerStoreError>;
+    /// The decisions to train on for `model`: per device and item the latest decision,
+    /// without decisions a later one supersedes, with the split each was given (if any).
+    fn training_feedback(&self, model: &str) -> Result<Vec<TrainingRow>, ServerStoreError>;
+    /// Records splits for decisions that had none. Existing splits never change.
+    fn save_splits(&self, splits: &[(String, Split)]) -> Result<(), ServerStoreError>;
+    /// Starts a training run record; returns its id.
+    fn start_run(
+        &self,
+        model: &str,
+        base_version: &str,
+        trigger: Trigger,
+        feedback_seen: i64,
+    ) -> Result<i64, ServerStoreError>;
+    /// Completes a run record.
+    fn finish_run(&self, run_id: i64, end: &RunEnd) -> Result<(), ServerStoreError>;
+    /// Marks the run of a candidate as published (by an operator, after it was held).
+    fn mark_published(
+        &self,
+        model: &str,
+        version: &str,
+        reason: &str,
+    ) -> Result<(), ServerStoreError>;
+    /// Training runs, newest first (all models if `model` is `None`).
+    fn runs(&self, model: Option<&str>) -> Result<Vec<TrainingRun>, ServerStoreError>;
+}
+
+/// An operator action or automatic decision, as recorded.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AuditRecord {
+    /// Sequence number.
+    pub audit_id: i64,
+    /// When (server clock, RFC 3339).
+    pub at: String,
+    /// `operator`, `trainer` or a device.
+    pub actor: String,
+    /// The command or event.
+    pub action: String,
+    /// What it did.
+    pub detail: String,
+}
+
+/// Whether a decision is trained on or held out for evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    /// Used for training.
+    Train,
+    /// Kept out of training; candidate and current model are compared on it.
+    Holdout,
+}
+
+impl Split {
+    /// The SQL spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Holdout => "holdout",
+        }
+    }
+}
+
+/// A field decision as training sees it.
+#[derive(Debug, Clone)]
+pub struct TrainingRow {
+    /// Feedback id.
+    pub feedback_id: String,
+    /// The device that sent it (a stratum of the held-out split).
+    pub device_id: String,
+    /// Labels given.
+    pub labels: Vec<String>,
+    /// The item's embedding, little-endian float16.
+    pub embedding_f16: Vec<u8>,
+    /// The split given earlier, if any.
+    pub split: Option<Split>,
+}
+
+/// What started a training run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    /// `outpost-server train`.
+    Operator,
+    /// Enough new feedback arrived while serving.
+    Auto,
+}
+
+/// How a training run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// Still running (or the process died: see `finished_at`).
+    Running,
+    /// The candidate passed the gate and was published.
+    Published,
+    /// The candidate regressed (or publishing was not asked for): kept for an operator.
+    Held,
+    /// Training could not complete.
+    Failed,
+}
+
+impl RunStatus {
+    fn parse(s: &str) -> RunStatus {
+        match s {
+            "published" => RunStatus::Published,
+            "held" => RunStatus::Held,
+            "failed" => RunStatus::Failed,
+            _ => RunStatus::Running,
+        }
+    }
+    /// The SQL spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Published => "published",
+            RunStatus::Held => "held",
+            RunStatus::Failed => "failed",
+        }
+    }
+}
+
+/// The end of a run, as recorded.
+#[derive(Debug, Clone)]
+pub struct RunEnd {
+    /// Outcome.
+    pub status: RunStatus,
+    /// Why (held or failed), or what was published.
+    pub reason: String,
+    /// The candidate's version, if one was built.
+    pub candidate_version: Option<String>,
+    /// Evaluation report (JSON).
+    pub report: Option<String>,
+    /// Where the candidate bundle is.
+    pub bundle_dir: Option<String>,
+}
+
+/// A training run, as recorded.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrainingRun {
+    /// Id.
+    pub run_id: i64,
+    /// Model.
+    pub model_name: String,
+    /// The release it started from.
+    pub base_version: String,
+    /// The candidate it built.
+    pub candidate_version: Option<String>,
+    /// What started it.
+    pub trigger: String,
+    /// Outcome.
+    pub status: RunStatus,
+    /// Why.
+    pub reason: String,
+    /// Feedback rows for the model when it started.
+    pub feedback_seen: i64,
+    /// Evaluation report (JSON).
+    pub report: Option<String>,
+    /// Candidate bundle folder.
+    pub bundle_dir: Option<String>,
+    /// Start (server clock).
+    pub started_at: String,
+    /// End.
+    pub finished_at: Option<String>,
 }
 
 /// The embedded default: one SQLite file.
@@ -386,5 +563,175 @@ impl ServerStore for SqliteServerStore {
             params![now(), actor, action, detail],
         )?;
         Ok(())
+    }
+
+    fn audit_log(&self, limit: usize) -> Result<Vec<AuditRecord>, ServerStoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT audit_id, at, actor, action, detail FROM audit ORDER BY audit_id DESC LIMIT ?1",
+        )?;
+        let rows = st.query_map([limit as i64], |r| {
+            Ok(AuditRecord {
+                audit_id: r.get(0)?,
+                at: r.get(1)?,
+                actor: r.get(2)?,
+                action: r.get(3)?,
+                detail: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn feedback_models(&self) -> Result<Vec<String>, ServerStoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare("SELECT DISTINCT model_name FROM feedback ORDER BY 1")?;
+        let rows = st.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn model_feedback_count(&self, model: &str) -> Result<i64, ServerStoreError> {
+        Ok(self.conn().query_row(
+            "SELECT COUNT(*) FROM feedback WHERE model_name = ?1",
+            [model],
+            |r| r.get(0),
+        )?)
+    }
+
+    fn training_feedback(&self, model: &str) -> Result<Vec<TrainingRow>, ServerStoreError> {
+        let conn = self.conn();
+        // Latest decision per device and item (by the reviewer's time, then arrival), and
+        // never one that a later decision names in `supersedes`.
+        let mut st = conn.prepare(
+            "SELECT f.feedback_id, f.device_id, f.labels, f.embedding, s.split
+             FROM feedback f
+             LEFT JOIN feedback_split s ON s.feedback_id = f.feedback_id
+             WHERE f.model_name = ?1
+               AND NOT EXISTS (SELECT 1 FROM feedback l WHERE l.supersedes = f.feedback_id)
+               AND NOT EXISTS (SELECT 1 FROM feedback n
+                               WHERE n.model_name = f.model_name AND n.device_id = f.device_id
+                                 AND n.item_id = f.item_id
+                                 AND (n.created_at > f.created_at
+                                      OR (n.created_at = f.created_at AND n.rowid > f.rowid)))
+             ORDER BY f.rowid",
+        )?;
+        let rows = st.query_map([model], |r| {
+            let labels: String = r.get(2)?;
+            let split: Option<String> = r.get(4)?;
+            Ok(TrainingRow {
+                feedback_id: r.get(0)?,
+                device_id: r.get(1)?,
+                labels: serde_json::from_str(&labels).unwrap_or_default(),
+                embedding_f16: r.get(3)?,
+                split: split.map(|s| {
+                    if s == "holdout" {
+                        Split::Holdout
+                    } else {
+                        Split::Train
+                    }
+                }),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn save_splits(&self, splits: &[(String, Split)]) -> Result<(), ServerStoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO feedback_split (feedback_id, split, assigned_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (feedback_id) DO NOTHING",
+            )?;
+            let at = now();
+            for (id, split) in splits {
+                st.execute(params![id, split.as_str(), at])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn start_run(
+        &self,
+        model: &str,
+        base_version: &str,
+        trigger: Trigger,
+        feedback_seen: i64,
+    ) -> Result<i64, ServerStoreError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO training_runs (model_name, base_version, trigger, status, feedback_seen, started_at)
+             VALUES (?1, ?2, ?3, 'running', ?4, ?5)",
+            params![
+                model,
+                base_version,
+                match trigger {
+                    Trigger::Operator => "operator",
+                    Trigger::Auto => "auto",
+                },
+                feedback_seen,
+                now()
+            ],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    fn finish_run(&self, run_id: i64, end: &RunEnd) -> Result<(), ServerStoreError> {
+        self.conn().execute(
+            "UPDATE training_runs SET status = ?2, reason = ?3, candidate_version = ?4, report = ?5,
+                    bundle_dir = ?6, finished_at = ?7
+             WHERE run_id = ?1",
+            params![
+                run_id,
+                end.status.as_str(),
+                end.reason,
+                end.candidate_version,
+                end.report,
+                end.bundle_dir,
+                now()
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn mark_published(
+        &self,
+        model: &str,
+        version: &str,
+        reason: &str,
+    ) -> Result<(), ServerStoreError> {
+        self.conn().execute(
+            "UPDATE training_runs SET status = 'published', reason = reason || ?3
+             WHERE model_name = ?1 AND candidate_version = ?2",
+            params![model, version, format!(" | {reason}")],
+        )?;
+        Ok(())
+    }
+
+    fn runs(&self, model: Option<&str>) -> Result<Vec<TrainingRun>, ServerStoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT run_id, model_name, base_version, candidate_version, trigger, status, reason,
+                    feedback_seen, report, bundle_dir, started_at, finished_at
+             FROM training_runs WHERE ?1 IS NULL OR model_name = ?1 ORDER BY run_id DESC",
+        )?;
+        let rows = st.query_map([model], |r| {
+            let status: String = r.get(5)?;
+            Ok(TrainingRun {
+                run_id: r.get(0)?,
+                model_name: r.get(1)?,
+                base_version: r.get(2)?,
+                candidate_version: r.get(3)?,
+                trigger: r.get(4)?,
+                status: RunStatus::parse(&status),
+                reason: r.get(6)?,
+                feedback_seen: r.get(7)?,
+                report: r.get(8)?,
+                bundle_dir: r.get(9)?,
+                started_at: r.get(10)?,
+                finished_at: r.get(11)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 }

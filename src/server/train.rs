@@ -205,6 +205,11 @@ pub struct Evaluation {
     pub accuracy: f64,
     /// Mean F1 over labels that occur in the data or the predictions.
     pub macro_f1: f64,
+    /// Accuracy on the rows whose labels are all "known" (the first `known` labels: those
+    /// the current model had), `None` if there are none. The gate compares this.
+    pub known_accuracy: Option<f64>,
+    /// Macro-F1 over the known labels on those rows.
+    pub known_macro_f1: Option<f64>,
     /// Per label: recall (None where the label never occurs).
     pub recall: Vec<Option<f64>>,
     /// Per label: precision (None where the label is never predicted).
@@ -215,39 +220,107 @@ pub struct Evaluation {
 
 /// Scores a head: `thresholds` decide multi-label outputs (single-label takes the top).
 pub fn evaluate(head: &LinearHead, data: &Dataset, thresholds: Option<&[f32]>) -> Evaluation {
-    let k = head.labels;
-    let (mut tp, mut fp, mut fneg) = (vec![0u64; k], vec![0u64; k], vec![0u64; k]);
-    let mut confusion = vec![vec![0u64; k]; if head.multi_label { 0 } else { k }];
-    let mut exact = 0usize;
-    for i in 0..data.len() {
-        let s = head.scores(data.row(i));
-        let predicted: Vec<usize> = if head.multi_label {
-            (0..k)
-                .filter(|&j| s[j] >= thresholds.map(|t| t[j]).unwrap_or(0.5))
-                .collect()
-        } else {
-            vec![(0..k).max_by(|&a, &b| s[a].total_cmp(&s[b])).unwrap_or(0)]
-        };
-        let truth = &data.y[i];
-        if !head.multi_label {
-            if let (Some(&t), Some(&p)) = (truth.first(), predicted.first()) {
-                confusion[t][p] += 1;
-            }
+    let scores: Vec<Vec<f32>> = (0..data.len()).map(|i| head.scores(data.row(i))).collect();
+    evaluate_scores(
+        &scores,
+        &data.y,
+        head.labels,
+        head.multi_label,
+        thresholds,
+        head.labels,
+    )
+}
+
+#[derive(Default)]
+struct Tally {
+    tp: Vec<u64>,
+    fp: Vec<u64>,
+    fneg: Vec<u64>,
+    exact: usize,
+    rows: usize,
+}
+
+impl Tally {
+    fn new(k: usize) -> Tally {
+        Tally {
+            tp: vec![0; k],
+            fp: vec![0; k],
+            fneg: vec![0; k],
+            ..Default::default()
         }
-        let mut a = predicted.clone();
-        let mut b = truth.clone();
+    }
+    fn add(&mut self, predicted: &[usize], truth: &[usize], k: usize) {
+        self.rows += 1;
+        let mut a = predicted.to_vec();
+        let mut b = truth.to_vec();
         a.sort_unstable();
         b.sort_unstable();
         if a == b {
-            exact += 1;
+            self.exact += 1;
         }
         for j in 0..k {
             match (predicted.contains(&j), truth.contains(&j)) {
-                (true, true) => tp[j] += 1,
-                (true, false) => fp[j] += 1,
-                (false, true) => fneg[j] += 1,
+                (true, true) => self.tp[j] += 1,
+                (true, false) => self.fp[j] += 1,
+                (false, true) => self.fneg[j] += 1,
                 _ => {}
             }
+        }
+    }
+    fn accuracy(&self) -> f64 {
+        if self.rows == 0 {
+            0.0
+        } else {
+            self.exact as f64 / self.rows as f64
+        }
+    }
+    fn macro_f1(&self, k: usize) -> f64 {
+        let f1s: Vec<f64> = (0..k)
+            .filter(|&j| self.tp[j] + self.fp[j] + self.fneg[j] > 0)
+            .map(|j| 2.0 * self.tp[j] as f64 / (2 * self.tp[j] + self.fp[j] + self.fneg[j]) as f64)
+            .collect();
+        if f1s.is_empty() {
+            0.0
+        } else {
+            f1s.iter().sum::<f64>() / f1s.len() as f64
+        }
+    }
+}
+
+/// Evaluates precomputed `scores` (one row of `labels` scores per truth row). `known`: how
+/// many leading labels count as known for `known_accuracy` and `known_macro_f1`.
+pub fn evaluate_scores(
+    scores: &[Vec<f32>],
+    truth: &[Vec<usize>],
+    labels: usize,
+    multi_label: bool,
+    thresholds: Option<&[f32]>,
+    known: usize,
+) -> Evaluation {
+    let k = labels;
+    let mut all = Tally::new(k);
+    let mut known_tally = Tally::new(k);
+    let mut confusion = vec![vec![0u64; k]; if multi_label { 0 } else { k }];
+    for (s, truth) in scores.iter().zip(truth) {
+        let predicted: Vec<usize> = if multi_label {
+            (0..k.min(s.len()))
+                .filter(|&j| s[j] >= thresholds.and_then(|t| t.get(j).copied()).unwrap_or(0.5))
+                .collect()
+        } else {
+            vec![(0..k.min(s.len()))
+                .max_by(|&a, &b| s[a].total_cmp(&s[b]))
+                .unwrap_or(0)]
+        };
+        if !multi_label {
+            if let (Some(&t), Some(&p)) = (truth.first(), predicted.first()) {
+                if t < k {
+                    confusion[t][p] += 1;
+                }
+            }
+        }
+        all.add(&predicted, truth, k);
+        if truth.iter().all(|&t| t < known) {
+            known_tally.add(&predicted, truth, known.min(k));
         }
     }
     let ratio = |a: u64, b: u64| {
@@ -257,26 +330,17 @@ pub fn evaluate(head: &LinearHead, data: &Dataset, thresholds: Option<&[f32]>) -
             Some(a as f64 / b as f64)
         }
     };
-    let recall: Vec<Option<f64>> = (0..k).map(|j| ratio(tp[j], tp[j] + fneg[j])).collect();
-    let precision: Vec<Option<f64>> = (0..k).map(|j| ratio(tp[j], tp[j] + fp[j])).collect();
-    let f1s: Vec<f64> = (0..k)
-        .filter(|&j| tp[j] + fp[j] + fneg[j] > 0)
-        .map(|j| 2.0 * tp[j] as f64 / (2 * tp[j] + fp[j] + fneg[j]) as f64)
-        .collect();
+    let t = &all;
     Evaluation {
-        count: data.len(),
-        accuracy: if data.is_empty() {
-            0.0
-        } else {
-            exact as f64 / data.len() as f64
-        },
-        macro_f1: if f1s.is_empty() {
-            0.0
-        } else {
-            f1s.iter().sum::<f64>() / f1s.len() as f64
-        },
-        recall,
-        precision,
+        count: all.rows,
+        accuracy: all.accuracy(),
+        macro_f1: all.macro_f1(k),
+        known_accuracy: (known_tally.rows > 0).then(|| known_tally.accuracy()),
+        known_macro_f1: (known_tally.rows > 0).then(|| known_tally.macro_f1(known.min(k))),
+        recall: (0..k)
+            .map(|j| ratio(t.tp[j], t.tp[j] + t.fneg[j]))
+            .collect(),
+        precision: (0..k).map(|j| ratio(t.tp[j], t.tp[j] + t.fp[j])).collect(),
         confusion,
     }
 }

@@ -321,7 +321,13 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts the server on `port` and waits until it accepts connections.
     pub fn start(data: &Path, port: u16) -> ServerProcess {
+        ServerProcess::start_with(data, port, &[])
+    }
+
+    /// Starts the server with extra global arguments (`--config FILE`).
+    pub fn start_with(data: &Path, port: u16, extra: &[&str]) -> ServerProcess {
         let mut child = std::process::Command::new(server_bin())
+            .args(extra)
             .args([
                 "--data-dir",
                 data.to_str().unwrap(),

@@ -1,0 +1,83 @@
+//! Work the serving process does on its own, beside the API:
+//! - **automatic retraining**: every few seconds, each model whose feedback grew by
+//!   `training.auto_train_after` rows since its last run is retrained (one run at a time,
+//!   on a blocking thread so the API keeps answering);
+//! - **fresh timestamps**: the timestamp metadata expires after a day (so a replayed old
+//!   state goes stale quickly); it is re-signed when less than half a day is left.
+
+use super::config::ServerConfig;
+use super::store::{ServerStore, Trigger};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often the background loop looks for work.
+pub const CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// Models due for automatic retraining: feedback grew by at least `after` rows since the
+/// last run (or since the start, if it never ran).
+pub fn due_models(store: &dyn ServerStore, after: i64) -> Vec<String> {
+    if after <= 0 {
+        return vec![];
+    }
+    let Ok(models) = store.feedback_models() else {
+        return vec![];
+    };
+    models
+        .into_iter()
+        .filter(|m| {
+            let count = store.model_feedback_count(m).unwrap_or(0);
+            let last = store
+                .runs(Some(m))
+                .ok()
+                .and_then(|r| r.first().map(|r| r.feedback_seen))
+                .unwrap_or(0);
+            count - last >= after
+        })
+        .collect()
+}
+
+/// Runs until the process ends.
+pub async fn run(store: Arc<dyn ServerStore>, cfg: ServerConfig) {
+    let mut ticker = tokio::time::interval(CHECK_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let dir = cfg.data_dir.clone();
+        match super::publish::refresh_timestamp(&dir, time::Duration::hours(12)) {
+            Ok(Some(v)) => tracing::info!(version = v, "timestamp metadata re-signed"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot re-sign the timestamp metadata"),
+        }
+        let due = due_models(store.as_ref(), cfg.training.auto_train_after);
+        for model in due {
+            let (store, cfg) = (store.clone(), cfg.clone());
+            tracing::info!(model = %model, "enough new feedback: retraining");
+            let result = tokio::task::spawn_blocking(move || {
+                if let Err(e) = crate::model::runtime::init(cfg.ort_lib.as_deref()) {
+                    return Err(e.to_string());
+                }
+                super::training::run(
+                    store.as_ref(),
+                    &cfg.data_dir,
+                    &model,
+                    &cfg.training,
+                    Trigger::Auto,
+                )
+                .map(|o| (model, o))
+                .map_err(|e| e.to_string())
+            })
+            .await;
+            match result {
+                Ok(Ok((model, o))) => tracing::info!(
+                    model = %model,
+                    version = %o.report.candidate_version,
+                    status = o.status.as_str(),
+                    reason = %o.reason,
+                    "training run finished"
+                ),
+                Ok(Err(e)) => tracing::warn!(error = %e, "training run failed"),
+                Err(e) => tracing::error!(error = %e, "training task panicked"),
+            }
+        }
+    }
+}
