@@ -148,3 +148,130 @@ fn published_releases_verify_against_the_pinned_root_and_resume_by_range() {
         assert_eq!(r.status(), 404);
     });
 }
+
+/// The documented key rotation procedure (README, "Keys"), through the real CLI: rotate the
+/// online keys, then replace the root keys; an agent that pinned root v1 and was offline
+/// through both walks the chain and trusts the new metadata; metadata signed with a
+/// rotated-out key is refused; too few root keys cannot sign a rotation; the timestamp is
+/// re-signed when it nears expiry.
+#[test]
+fn key_rotation_through_the_cli_and_an_agent_that_missed_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let offline = tmp.path().join("root-keys");
+    let o = offline.to_str().unwrap();
+    let (c, out, err) = common::server_cmd(&data, &["keys", "init", "--root-keys-dir", o]);
+    assert_eq!(c, 0, "{out}{err}");
+    let v1 = tmp.path().join("colours-1.0.0");
+    common::make_image_bundle(&v1, "colours", "1.0.0");
+    let (c, out, err) = common::server_cmd(&data, &["models", "publish", v1.to_str().unwrap()]);
+    assert_eq!(c, 0, "{out}{err}");
+    let meta = data.join("repo/metadata");
+    let read = |f: &str| std::fs::read(meta.join(f)).unwrap();
+    let pinned = read("1.root.json");
+    let old_targets_key = std::fs::read(data.join("keys/online/targets.pk8")).unwrap();
+
+    // Only one of the three root keys at hand: refused (threshold 2), nothing written.
+    let one = tmp.path().join("one-key");
+    std::fs::create_dir_all(&one).unwrap();
+    std::fs::copy(offline.join("root-0.pk8"), one.join("root-0.pk8")).unwrap();
+    let (c, _, err) = common::server_cmd(
+        &data,
+        &[
+            "keys",
+            "rotate",
+            "--root-keys-dir",
+            one.to_str().unwrap(),
+            "--role",
+            "targets",
+        ],
+    );
+    assert_eq!(c, 1);
+    assert!(
+        err.contains("1 of the current root keys; 2 are needed"),
+        "{err}"
+    );
+    assert!(!meta.join("2.root.json").exists());
+
+    // Rotation 1: new targets and timestamp keys. Rotation 2: new root keys (2 of 2).
+    let (c, out, err) = common::server_cmd(
+        &data,
+        &[
+            "keys",
+            "rotate",
+            "--root-keys-dir",
+            o,
+            "--role",
+            "targets",
+            "--role",
+            "timestamp",
+        ],
+    );
+    assert_eq!(c, 0, "{out}{err}");
+    assert_ne!(
+        std::fs::read(data.join("keys/online/targets.pk8")).unwrap(),
+        old_targets_key
+    );
+    let (c, out, err) = common::server_cmd(
+        &data,
+        &[
+            "keys",
+            "rotate",
+            "--root-keys-dir",
+            o,
+            "--new-root-keys",
+            "2",
+            "--threshold",
+            "2",
+        ],
+    );
+    assert_eq!(c, 0, "{out}{err}");
+    assert!(out.contains("root metadata v3"), "{out}");
+    assert!(offline.join("root-v3-0.pk8").exists() && offline.join("root-v3-1.pk8").exists());
+
+    // The agent that pinned v1 catches up root by root, then trusts the re-signed chain.
+    let now = time::OffsetDateTime::now_utc();
+    let mut state = TrustedState::from_pinned_root(&pinned, now).unwrap();
+    let skip = state.update_root(&read("3.root.json")).unwrap_err();
+    assert!(skip.to_string().contains("one by one"), "{skip}");
+    state.update_root(&read("2.root.json")).unwrap();
+    state.update_root(&read("3.root.json")).unwrap();
+    state.check_root(now).unwrap();
+    state
+        .update_timestamp(&read("timestamp.json"), now)
+        .unwrap();
+    state.update_snapshot(&read("snapshot.json"), now).unwrap();
+    state.update_targets(&read("targets.json"), now).unwrap();
+    assert_eq!(state.targets.as_ref().unwrap().signed.releases.len(), 1);
+
+    // Targets signed by the rotated-out key are refused by an agent on the new root.
+    // (The current targets, re-signed with the old key: only the key differs.)
+    let current = parse::<Targets>(&read("targets.json")).unwrap().signed;
+    let old_key = outpost::trust::SigningKey::from_pkcs8(&old_targets_key).unwrap();
+    let forged = serde_json::to_vec(&outpost::trust::sign(current, &[&old_key])).unwrap();
+    let mut fresh = TrustedState::from_pinned_root(&read("3.root.json"), now).unwrap();
+    fresh
+        .update_timestamp(&read("timestamp.json"), now)
+        .unwrap();
+    fresh.update_snapshot(&read("snapshot.json"), now).unwrap();
+    let e = fresh.update_targets(&forged, now).unwrap_err();
+    assert!(e.to_string().contains("valid signature"), "{e}");
+
+    // A fresh timestamp is left alone; one near expiry is re-signed with a new version.
+    let dir = data.as_path();
+    assert_eq!(
+        outpost::server::publish::refresh_timestamp(dir, time::Duration::hours(12)).unwrap(),
+        None
+    );
+    let before = parse::<outpost::trust::Timestamp>(&read("timestamp.json")).unwrap();
+    let v = outpost::server::publish::refresh_timestamp(dir, time::Duration::hours(48))
+        .unwrap()
+        .expect("re-signed");
+    assert_eq!(v, before.signed.version + 1);
+    state
+        .update_timestamp(&read("timestamp.json"), now)
+        .unwrap();
+
+    let (_, audit, _) = common::server_cmd(&data, &["audit"]);
+    assert_eq!(audit.matches("keys rotate").count(), 2, "{audit}");
+}
