@@ -15,7 +15,6 @@
 use outpost::model::pool::SessionOptions;
 use outpost::model::{Bundle, LoadedModel};
 use outpost::server::train::{evaluate, train, Dataset, TrainOptions};
-use outpost::server::training::read_base_data;
 use std::path::{Path, PathBuf};
 
 const POOL_MAX: usize = 1600;
@@ -78,7 +77,7 @@ fn main() {
     }
     outpost::model::runtime::init(None).expect("ONNX Runtime (run scripts/fetch-onnxruntime.sh)");
     let bundle = Bundle::open(&repo.join("models/landcover")).expect("models/landcover");
-    let base = read_base_data(&bundle).expect("base data");
+    let base = outpost::model::base_data::read(&bundle).expect("base data");
     let known = bundle.manifest.labels.len();
     let model = LoadedModel::from_bundle(
         bundle,

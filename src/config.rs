@@ -162,6 +162,8 @@ pub struct AgentConfig {
     pub limits: LimitsConfig,
     /// Feedback.
     pub feedback: FeedbackConfig,
+    /// Drift monitoring.
+    pub drift: crate::drift::DriftSettings,
 }
 
 fn default_config_file() -> Option<PathBuf> {

@@ -26,6 +26,7 @@ pub mod bench;
 
 pub mod config;
 pub mod doctor;
+pub mod drift;
 pub mod export;
 pub mod hash;
 pub mod identity;

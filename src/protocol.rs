@@ -142,3 +142,22 @@ pub struct ErrorBody {
     /// What went wrong and what to do.
     pub error: String,
 }
+
+/// Drift summaries an agent sends (`POST /v1/drift`, signed, zstd): its windows since the
+/// last acknowledged one, each with the agent's window id (stored once per device).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DriftUpload {
+    /// Protocol version.
+    pub protocol: u32,
+    /// (agent window id, window), oldest first.
+    pub windows: Vec<(i64, crate::drift::DriftWindow)>,
+}
+
+/// The server's answer to a drift upload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DriftAck {
+    /// The highest window id now stored for the device.
+    pub up_to: i64,
+    /// Windows that were new.
+    pub stored: usize,
+}

@@ -81,6 +81,9 @@ enum Command {
         /// Only this model.
         model: Option<String>,
     },
+    /// Drift reported by the devices: per device and model the latest state, since when and
+    /// the likely cause, then per group.
+    Drift,
     /// The audit log: every operator command and automatic decision, newest first.
     Audit {
         /// How many records.
@@ -444,6 +447,44 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     r.started_at,
                     r.reason
                 );
+            }
+        }
+        Command::Drift => {
+            let all = store.drift_latest()?;
+            if all.is_empty() {
+                println!("no drift summaries yet (agents send them when they sync)");
+            }
+            for d in &all {
+                let w = &d.latest;
+                let cause = w
+                    .novel_labels
+                    .iter()
+                    .map(|(l, n)| format!("{l} ({n})"))
+                    .chain(w.novel_folders.iter().map(|(f, n)| format!("{f} ({n})")))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                println!(
+                    "{:<16} {:<10} {:<16} {:<8} since {}  {}/{} unfamiliar  {}",
+                    d.device,
+                    d.group,
+                    w.model_name,
+                    w.state.as_str().to_uppercase(),
+                    d.since,
+                    w.novel,
+                    w.items,
+                    cause
+                );
+            }
+            let mut groups: std::collections::BTreeMap<(String, String), [usize; 3]> =
+                Default::default();
+            for d in &all {
+                let e = groups
+                    .entry((d.group.clone(), d.latest.model_name.clone()))
+                    .or_default();
+                e[d.latest.state as usize] += 1;
+            }
+            for ((g, m), [ok, watch, drifted]) in groups {
+                println!("group {g} / {m}: {ok} ok, {watch} watch, {drifted} drifted");
             }
         }
         Command::Audit { limit } => {

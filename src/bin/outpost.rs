@@ -387,6 +387,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 print_summary(&summary, &db);
             }
+            // Drift: score the new predictions window by window and warn about unfamiliar input.
+            let windows = outpost::drift::update_all(&store, &cfg.models_dir(), &cfg.drift);
+            if !json_summary {
+                for d in outpost::drift::summary(&store)? {
+                    if d.state != outpost::drift::DriftState::Ok
+                        && windows.iter().any(|w| w.model_name == d.model_name)
+                    {
+                        eprintln!("{}", drift_line(&d));
+                    }
+                }
+            }
             let format = format.or_else(|| out.as_deref().and_then(format_from_extension));
             if let Some(format) = format {
                 let filter = ExportFilter {
@@ -545,6 +556,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Status { json } => {
             let store = Store::open(&cfg.database_path())?;
+            outpost::drift::update_all(&store, &cfg.models_dir(), &cfg.drift);
+            let drift = outpost::drift::summary(&store)?;
             let c = store.counters()?;
             let server = store.state("server_url")?;
             let name = store.state("device_name")?;
@@ -553,7 +566,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&serde_json::json!({
-                        "server_url": server, "device_name": name, "counters": c, "last_sync_error": err
+                        "server_url": server, "device_name": name, "counters": c, "last_sync_error": err,
+                        "drift": drift
                     }))?
                 );
             } else {
@@ -571,6 +585,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
                 if let Some(e) = err {
                     println!("last sync failed: {e}");
+                }
+                if drift.is_empty() {
+                    println!(
+                        "drift: not enough analysed items yet (windows of {})",
+                        cfg.drift.window
+                    );
+                }
+                for d in &drift {
+                    println!("{}", drift_line(d));
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -594,6 +617,39 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
         ),
     }
+}
+
+/// One line per model: state, since when, score, and the likely cause of the last alert.
+fn drift_line(d: &outpost::drift::ModelDrift) -> String {
+    let mut line = format!(
+        "drift {}: {} since {} (latest window: {} of {} items unfamiliar; {} windows)",
+        d.model_name,
+        d.state.as_str().to_uppercase(),
+        d.since,
+        d.latest.novel,
+        d.latest.items,
+        d.windows
+    );
+    if let Some(a) = &d.last_alert {
+        let list = |v: &[(String, usize)]| {
+            v.iter()
+                .map(|(k, n)| format!("{k} ({n})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        line.push_str(&format!(
+            "\n  likely cause (window ending {}): labels {}; folders {}",
+            a.ended_at,
+            list(&a.novel_labels),
+            list(&a.novel_folders)
+        ));
+        if d.state != outpost::drift::DriftState::Ok {
+            line.push_str(
+                "\n  unfamiliar items are at the front of the review queue: `outpost review`",
+            );
+        }
+    }
+    line
 }
 
 fn read_manifests(dir: &Path) -> Vec<model::Manifest> {

@@ -7,6 +7,7 @@
 //! - [`loaded`]: a verified bundle with its sessions and tokenizer, ready to embed and score.
 //! - [`onnx_writer`]: a minimal ONNX protobuf writer (heads retrained in Rust, test models).
 
+pub mod base_data;
 pub mod bundle;
 pub mod loaded;
 pub mod manifest;

@@ -46,6 +46,7 @@ pub(crate) fn router(app: Shared) -> Router {
         .route("/api/items/{id}/content", get(item_content))
         .route("/api/items/{id}/scene", get(item_scene))
         .route("/api/counters", get(counters))
+        .route("/api/drift", get(drift))
         .route("/api/feedback/undoable", get(undoable))
         .route("/api/feedback", post(give))
         .route("/api/undo", post(undo))
@@ -421,6 +422,15 @@ async fn filters(State(app): State<Shared>) -> Result<Json<queue::QueueFacets>, 
 
 async fn counters(State(app): State<Shared>) -> Result<Json<Counters>, ApiError> {
     with_store(&app, |s, _| Ok(Json(s.counters()?))).await
+}
+
+/// Drift state per model (scored windows only; analysis and `outpost status` score new ones).
+async fn drift(State(app): State<Shared>) -> Result<Json<serde_json::Value>, ApiError> {
+    with_store(&app, |s, _| {
+        let models = crate::drift::summary(s).map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok(Json(serde_json::json!({ "models": models })))
+    })
+    .await
 }
 
 async fn undoable(State(app): State<Shared>) -> Result<Json<serde_json::Value>, ApiError> {

@@ -1,6 +1,7 @@
 //! Work the serving process does on its own, beside the API:
 //! - **automatic retraining**: every few seconds, each model whose feedback grew by
-//!   `training.auto_train_after` rows since its last run is retrained (one run at a time,
+//!   `training.auto_train_after` rows since its last run (or by `training.drift_train_after`
+//!   rows when a device reports it drifted) is retrained (one run at a time,
 //!   on a blocking thread so the API keeps answering);
 //! - **fresh timestamps**: the timestamp metadata expires after a day (so a replayed old
 //!   state goes stale quickly); it is re-signed when less than half a day is left.
@@ -14,14 +15,19 @@ use std::time::Duration;
 pub const CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// Models due for automatic retraining: feedback grew by at least `after` rows since the
-/// last run (or since the start, if it never ran).
-pub fn due_models(store: &dyn ServerStore, after: i64) -> Vec<String> {
-    if after <= 0 {
-        return vec![];
-    }
+/// last run (or since the start, if it never ran), or by `drift_after` rows for a model
+/// that some device reports as drifted.
+pub fn due_models(store: &dyn ServerStore, after: i64, drift_after: i64) -> Vec<String> {
     let Ok(models) = store.feedback_models() else {
         return vec![];
     };
+    let drifted: std::collections::BTreeSet<String> = store
+        .drift_latest()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|d| d.latest.state == crate::drift::DriftState::Drifted)
+        .map(|d| d.latest.model_name)
+        .collect();
     models
         .into_iter()
         .filter(|m| {
@@ -31,7 +37,9 @@ pub fn due_models(store: &dyn ServerStore, after: i64) -> Vec<String> {
                 .ok()
                 .and_then(|r| r.first().map(|r| r.feedback_seen))
                 .unwrap_or(0);
-            count - last >= after
+            let new = count - last;
+            (after > 0 && new >= after)
+                || (drift_after > 0 && drifted.contains(m) && new >= drift_after)
         })
         .collect()
 }
@@ -48,7 +56,11 @@ pub async fn run(store: Arc<dyn ServerStore>, cfg: ServerConfig) {
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "cannot re-sign the timestamp metadata"),
         }
-        let due = due_models(store.as_ref(), cfg.training.auto_train_after);
+        let due = due_models(
+            store.as_ref(),
+            cfg.training.auto_train_after,
+            cfg.training.drift_train_after,
+        );
         for model in due {
             let (store, cfg) = (store.clone(), cfg.clone());
             tracing::info!(model = %model, "enough new feedback: retraining");

@@ -87,6 +87,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/enroll", post(enroll))
         .route("/v1/feedback", post(upload))
+        .route("/v1/drift", post(drift_upload))
         .route("/v1/metadata/{name}", get(metadata))
         .route("/v1/targets/sha256/{hash}", get(target))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -283,6 +284,37 @@ async fn upload(
         duplicates: r.duplicates,
         refused: r.refused,
     }))
+}
+
+/// Drift summaries from a device (small: numbers and names, no raw data).
+async fn drift_upload(
+    State(st): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<protocol::DriftAck>, ApiError> {
+    let device_id = authenticate(&st, &method, &uri, &headers, &body).await?;
+    let raw = decompress_limited(&body, MAX_BATCH_BYTES).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("body is not zstd-compressed: {e}"),
+        )
+    })?;
+    let up: protocol::DriftUpload = serde_json::from_slice(&raw).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("body is not a drift upload: {e}"),
+        )
+    })?;
+    let up_to = up.windows.iter().map(|w| w.0).max().unwrap_or(0);
+    let store = st.store.clone();
+    let id = device_id.clone();
+    let stored = blocking(move || store.store_drift(&id, &up.windows))
+        .await?
+        .map_err(internal)?;
+    tracing::info!(device = %device_id, stored, "drift windows");
+    Ok(Json(protocol::DriftAck { up_to, stored }))
 }
 
 async fn metadata(

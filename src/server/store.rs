@@ -21,6 +21,11 @@ pub const SERVER_MIGRATIONS: &[(u32, &str, &str)] = &[
         "server/0002_training.sql",
         include_str!("../../migrations/server/0002_training.sql"),
     ),
+    (
+        4,
+        "server/0004_drift.sql",
+        include_str!("../../migrations/server/0004_drift.sql"),
+    ),
 ];
 
 /// Errors of the server store.
@@ -159,6 +164,30 @@ pub trait ServerStore: Send + Sync {
     ) -> Result<(), ServerStoreError>;
     /// Training runs, newest first (all models if `model` is `None`).
     fn runs(&self, model: Option<&str>) -> Result<Vec<TrainingRun>, ServerStoreError>;
+
+    /// Stores drift windows a device sent (each window id once); returns how many were new.
+    fn store_drift(
+        &self,
+        device_id: &str,
+        windows: &[(i64, crate::drift::DriftWindow)],
+    ) -> Result<usize, ServerStoreError>;
+    /// Per device and model, the latest drift window and since when its state holds.
+    fn drift_latest(&self) -> Result<Vec<DeviceDrift>, ServerStoreError>;
+}
+
+/// A device's latest drift state for one model, as the server shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeviceDrift {
+    /// Device name.
+    pub device: String,
+    /// Its group.
+    pub group: String,
+    /// The latest window.
+    pub latest: crate::drift::DriftWindow,
+    /// Start of the first window of the current run of windows in the latest state.
+    pub since: String,
+    /// Windows received from this device for this model.
+    pub windows: i64,
 }
 
 /// An operator action or automatic decision, as recorded.
@@ -733,5 +762,105 @@ impl ServerStore for SqliteServerStore {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn store_drift(
+        &self,
+        device_id: &str,
+        windows: &[(i64, crate::drift::DriftWindow)],
+    ) -> Result<usize, ServerStoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut n = 0;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO drift_windows (device_id, window_id, model_name, model_version, items, novel, score,
+                     state, top_score_psi, label_psi, novel_labels, novel_folders, started_at, ended_at, received_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                 ON CONFLICT (device_id, window_id) DO NOTHING",
+            )?;
+            let at = now();
+            for (id, w) in windows {
+                n += st.execute(params![
+                    device_id,
+                    id,
+                    w.model_name,
+                    w.model_version,
+                    w.items as i64,
+                    w.novel as i64,
+                    w.score,
+                    w.state.as_str(),
+                    w.top_score_psi,
+                    w.label_psi,
+                    serde_json::to_string(&w.novel_labels).unwrap_or_default(),
+                    serde_json::to_string(&w.novel_folders).unwrap_or_default(),
+                    w.started_at,
+                    w.ended_at,
+                    at
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
+    fn drift_latest(&self) -> Result<Vec<DeviceDrift>, ServerStoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT d.name, d.device_group, w.model_name, w.model_version, w.items, w.novel, w.score, w.state,
+                    w.top_score_psi, w.label_psi, w.novel_labels, w.novel_folders, w.started_at, w.ended_at,
+                    w.device_id
+             FROM drift_windows w JOIN devices d ON d.device_id = w.device_id
+             ORDER BY d.name, w.model_name, w.window_id DESC",
+        )?;
+        let rows = st.query_map([], |r| {
+            let labels: String = r.get(10)?;
+            let folders: String = r.get(11)?;
+            let state: String = r.get(7)?;
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                crate::drift::DriftWindow {
+                    model_name: r.get(2)?,
+                    model_version: r.get(3)?,
+                    items: r.get::<_, i64>(4)? as usize,
+                    novel: r.get::<_, i64>(5)? as usize,
+                    score: r.get(6)?,
+                    state: crate::drift::DriftState::parse(&state),
+                    top_score_psi: r.get(8)?,
+                    label_psi: r.get(9)?,
+                    novel_labels: serde_json::from_str(&labels).unwrap_or_default(),
+                    novel_folders: serde_json::from_str(&folders).unwrap_or_default(),
+                    started_at: r.get(12)?,
+                    ended_at: r.get(13)?,
+                },
+            ))
+        })?;
+        let mut out: Vec<DeviceDrift> = Vec::new();
+        let mut run_open = false;
+        for row in rows {
+            let (device, group, w) = row?;
+            match out.last_mut() {
+                Some(last) if last.device == device && last.latest.model_name == w.model_name => {
+                    last.windows += 1;
+                    if run_open && w.state == last.latest.state {
+                        last.since = w.started_at.clone();
+                    } else {
+                        run_open = false;
+                    }
+                }
+                _ => {
+                    run_open = true;
+                    out.push(DeviceDrift {
+                        device,
+                        group,
+                        since: w.started_at.clone(),
+                        latest: w,
+                        windows: 1,
+                    });
+                }
+            }
+        }
+        Ok(out)
     }
 }

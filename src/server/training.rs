@@ -36,6 +36,9 @@ pub struct TrainingSettings {
     /// Train automatically once this many new feedback rows arrived for a model since its
     /// last run (0: only `outpost-server train`).
     pub auto_train_after: i64,
+    /// When a device reports a model as drifted, train it as soon as this many new feedback
+    /// rows arrived (fewer than `auto_train_after`: drifted data teaches most; 0: off).
+    pub drift_train_after: i64,
     /// Share of field decisions held out for evaluation, per device and label (0-90).
     pub holdout_percent: u8,
     /// Largest allowed drop (0.02 = 2 points) in accuracy, macro-F1 or a label's recall on
@@ -61,6 +64,7 @@ impl Default for TrainingSettings {
     fn default() -> Self {
         TrainingSettings {
             auto_train_after: 200,
+            drift_train_after: 20,
             holdout_percent: 20,
             tolerance: 0.02,
             min_support: 5,
@@ -245,66 +249,6 @@ pub fn materialise(data_dir: &Path, release: &Release) -> Result<Bundle, Trainin
         }
     }
     Ok(Bundle::open(&dir)?)
-}
-
-/// Base training data of a bundle: embeddings and label indices.
-pub fn read_base_data(bundle: &Bundle) -> Result<Dataset, TrainingError> {
-    let m = &bundle.manifest;
-    let Some(file) = &m.base_data else {
-        return Err(TrainingError::BaseData {
-            path: bundle.path("manifest.json"),
-            reason: "the bundle has no base_data: retraining needs the base training embeddings"
-                .into(),
-        });
-    };
-    let path = bundle.path(file);
-    let bad = |reason: String| TrainingError::BaseData {
-        path: path.clone(),
-        reason,
-    };
-    let bytes = std::fs::read(&path).map_err(io(&path))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
-    let emb = st
-        .tensor("embeddings")
-        .map_err(|e| bad(format!("embeddings: {e}")))?;
-    let lab = st
-        .tensor("labels")
-        .map_err(|e| bad(format!("labels: {e}")))?;
-    if emb.dtype() != safetensors::Dtype::F16 || lab.dtype() != safetensors::Dtype::U8 {
-        return Err(bad("expected embeddings F16 and labels U8".into()));
-    }
-    let [n, dim] = emb.shape() else {
-        return Err(bad(format!(
-            "embeddings shape {:?}, expected [n, dim]",
-            emb.shape()
-        )));
-    };
-    let (n, dim) = (*n, *dim);
-    if dim != m.backbone.embedding_dim {
-        return Err(bad(format!(
-            "embedding length {dim}, the manifest says {}",
-            m.backbone.embedding_dim
-        )));
-    }
-    let x = crate::store::embedding_from_f16(emb.data());
-    let k = m.labels.len();
-    let y: Vec<Vec<usize>> = match (m.multi_label, lab.shape()) {
-        (false, [rows]) if *rows == n => lab.data().iter().map(|&l| vec![l as usize]).collect(),
-        (true, [rows, cols]) if *rows == n && *cols == k => lab
-            .data()
-            .chunks(k)
-            .map(|r| (0..k).filter(|&j| r[j] != 0).collect())
-            .collect(),
-        (_, s) => {
-            return Err(bad(format!(
-                "labels shape {s:?} does not fit {n} rows of {k} labels"
-            )))
-        }
-    };
-    if y.iter().flatten().any(|&l| l >= k) {
-        return Err(bad("a label index is out of range".into()));
-    }
-    Ok(Dataset { dim, x, y })
 }
 
 /// Gives a split to every decision that has none: per stratum (device and label set), in
@@ -584,7 +528,10 @@ fn run_inner(
 ) -> Result<Outcome, TrainingError> {
     let model = release.model.as_str();
     let bundle = materialise(data_dir, release)?;
-    let base = read_base_data(&bundle)?;
+    let base = crate::model::base_data::read(&bundle).map_err(|e| TrainingError::BaseData {
+        path: e.path,
+        reason: e.reason,
+    })?;
     let m = bundle.manifest.clone();
     let dim = base.dim;
 

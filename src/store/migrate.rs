@@ -16,6 +16,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "0002_feedback_outbox.sql",
         include_str!("../../migrations/agent/0002_feedback_outbox.sql"),
     ),
+    (
+        4,
+        "0004_drift.sql",
+        include_str!("../../migrations/agent/0004_drift.sql"),
+    ),
 ];
 
 /// Applies every agent migration newer than the database.

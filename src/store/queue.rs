@@ -9,7 +9,9 @@
 //! - multi-label models: the smallest distance of any label's score to that label's
 //!   threshold (a score sitting on its threshold comes first).
 //!
-//! Ties fall back to the lower top score, then the item id, so the order is stable. Scores are
+//! Unfamiliar items come before all others: those the drift monitor found far from the
+//! training data in a `watch` or `drifted` window (`src/drift.rs`), because their labels teach
+//! the model most. Ties fall back to the lower top score, then the item id, so the order is stable. Scores are
 //! JSON in SQLite and thresholds live in the bundle manifests, so the measure is computed here
 //! in Rust over the filtered rows (a few numbers per row; fine for hundreds of thousands of
 //! items), and only the page asked for is read in full.
@@ -76,6 +78,8 @@ pub struct QueueEntry {
     pub certainty: f32,
     /// When the prediction was made.
     pub created_at: String,
+    /// Far from the training data, in a window the drift monitor flagged: shown first.
+    pub unfamiliar: bool,
     /// The start of the report (text items).
     pub snippet: Option<String>,
     /// Labels of the active decision, when reviewed items are included.
@@ -239,6 +243,7 @@ struct Candidate {
     multi_label: bool,
     certainty: f32,
     created_at: String,
+    unfamiliar: bool,
 }
 
 impl Store {
@@ -257,7 +262,7 @@ impl Store {
         });
         let mut st = self.conn().prepare(
             "SELECT p.prediction_id, p.item_id, i.kind, p.model_name, p.model_version, p.top_label, p.top_score,
-                    p.labels, p.scores, p.created_at
+                    p.labels, p.scores, p.created_at, p.drift_priority
              FROM predictions p JOIN items i ON i.item_id = p.item_id
              WHERE p.prediction_id = (SELECT p2.prediction_id FROM predictions p2
                                       WHERE p2.item_id = p.item_id AND p2.model_name = p.model_name
@@ -297,6 +302,7 @@ impl Store {
                         multi_label: false,
                         certainty: 0.0,
                         created_at: r.get(9)?,
+                        unfamiliar: r.get::<_, i64>(10)? != 0,
                     },
                     scores,
                 ))
@@ -312,8 +318,9 @@ impl Store {
             all.push(c);
         }
         all.sort_by(|a, b| {
-            a.certainty
-                .total_cmp(&b.certainty)
+            b.unfamiliar
+                .cmp(&a.unfamiliar)
+                .then(a.certainty.total_cmp(&b.certainty))
                 .then(a.top_score.total_cmp(&b.top_score))
                 .then_with(|| a.item_id.cmp(&b.item_id))
                 .then_with(|| a.model_name.cmp(&b.model_name))
@@ -353,6 +360,7 @@ impl Store {
                 multi_label: c.multi_label,
                 certainty: c.certainty,
                 created_at: c.created_at,
+                unfamiliar: c.unfamiliar,
                 snippet,
                 reviewed_labels,
             });

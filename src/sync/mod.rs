@@ -5,6 +5,8 @@
 //! acknowledgement names them; the server stores each feedback id once. A batch cut off
 //! anywhere (before, during or after the server commits) is simply sent again.
 
+pub mod drift;
+
 use crate::identity::DeviceKey;
 use crate::protocol::{
     self, EnrollRequest, EnrollResponse, ErrorBody, UploadAck, UploadBatch, PROTOCOL_VERSION,
@@ -324,6 +326,12 @@ pub async fn sync_once(store_path: &Path, data_dir: &Path) -> Result<PushReport,
         SyncClient::from_store(&store, data_dir)?
     };
     let result = client.push(store_path).await;
+    if result.is_ok() {
+        // Drift summaries are small and best effort: a failure is logged and retried next time.
+        if let Err(e) = client.push_drift(store_path).await {
+            tracing::warn!(error = %e, "could not send drift summaries");
+        }
+    }
     let store = Store::open(store_path)?;
     match &result {
         Ok(_) => {
@@ -480,6 +488,11 @@ async fn try_push(
     let result = client
         .push_paced(store_path, opts.bandwidth_bytes_per_sec)
         .await;
+    if result.is_ok() {
+        if let Err(e) = client.push_drift(store_path).await {
+            tracing::warn!(error = %e, "could not send drift summaries");
+        }
+    }
     let store = Store::open(store_path)?;
     match &result {
         Ok(_) => {

@@ -91,6 +91,29 @@ async function refreshCounters() {
   try { setCounters(await api('/api/counters')); } catch (e) { /* shown on the next action */ }
 }
 
+// Drift: one line per model that is not "ok", with since when and the likely cause.
+async function refreshDrift() {
+  let d;
+  try { d = await api('/api/drift'); } catch (e) { return; }
+  const box = $('drift');
+  box.replaceChildren();
+  for (const m of d.models) {
+    if (m.state === 'ok') continue;
+    const a = m.last_alert || m.latest;
+    const cause = [
+      a.novel_labels.length ? 'labels ' + a.novel_labels.map(([k, n]) => `${k} (${n})`).join(', ') : '',
+      a.novel_folders.length ? 'from ' + a.novel_folders.map(([k, n]) => `${basename(k) || k} (${n})`).join(', ') : '',
+    ].filter(Boolean).join('; ');
+    const p = el('p', 'drift-' + m.state,
+      `${m.model_name}: ${m.state.toUpperCase()} since ${fmtTime(m.since)} — ${m.latest.novel} of ${m.latest.items} recent items look unlike the training data` +
+      (cause ? ` (${cause})` : '') + '. They are first in the queue: check them before trusting the labels.');
+    p.dataset.model = m.model_name;
+    p.dataset.state = m.state;
+    box.append(p);
+  }
+  box.hidden = box.childElementCount === 0;
+}
+
 // ---------------------------------------------------------------------------------------
 // Queue
 
@@ -133,6 +156,10 @@ function renderQueue() {
     li.append(main);
     const cert = certaintyCell(e);
     if (e.reviewed_labels) cert.append(el('small', 'q-reviewed', '✓ ' + e.reviewed_labels.join(', ')));
+    if (e.unfamiliar) {
+      li.classList.add('unfamiliar');
+      cert.append(el('small', 'q-unfamiliar', 'unfamiliar'));
+    }
     li.append(cert);
     li.addEventListener('click', () => select(i));
     ol.append(li);
@@ -651,7 +678,7 @@ async function start() {
     if (e.target.tagName === 'SELECT' || e.target.type === 'checkbox') e.target.blur();
   });
   $('filters').addEventListener('submit', (e) => e.preventDefault());
-  await Promise.all([refreshCounters(), loadQueue()]);
+  await Promise.all([refreshCounters(), refreshDrift(), loadQueue()]);
   setInterval(refreshCounters, 15000);
   document.body.dataset.ready = '1';
 }
