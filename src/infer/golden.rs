@@ -93,6 +93,10 @@ pub fn check(model: &LoadedModel) -> Result<Option<GoldenReport>, String> {
             .map(|(a, b)| (a - b).abs())
             .fold(0.0f32, f32::max);
         report.max_abs_diff = report.max_abs_diff.max(diff);
+        if let Some(problem) = decision_mismatch(m, &scores, &case.scores, golden.tolerance) {
+            report.failures.push(format!("{name}: {problem}"));
+            continue;
+        }
         if diff > golden.tolerance {
             report.failures.push(format!(
                 "{name}: scores differ by up to {diff:.2e}, tolerance {:.1e}",
@@ -101,6 +105,50 @@ pub fn check(model: &LoadedModel) -> Result<Option<GoldenReport>, String> {
         }
     }
     Ok(Some(report))
+}
+
+/// The decisions must match even where scores may differ (int8 kernels vary by CPU): the
+/// top label of a single-label model, and every label of a multi-label model whose expected
+/// score is farther than `tolerance` from its threshold.
+fn decision_mismatch(
+    m: &crate::model::Manifest,
+    got: &[f32],
+    want: &[f32],
+    tolerance: f32,
+) -> Option<String> {
+    if got.len() != want.len() || got.is_empty() {
+        return None; // reported by the caller
+    }
+    if m.multi_label {
+        for (j, (g, w)) in got.iter().zip(want).enumerate() {
+            let t = m
+                .thresholds
+                .as_ref()
+                .and_then(|t| t.get(j).copied())
+                .unwrap_or(0.5);
+            if (w - t).abs() > tolerance && (g >= &t) != (w >= &t) {
+                let label = m.labels.get(j).map(String::as_str).unwrap_or("?");
+                return Some(format!(
+                    "label {label} decided differently (score {g:.3}, expected {w:.3}, threshold {t:.3})"
+                ));
+            }
+        }
+        None
+    } else {
+        let top = |v: &[f32]| {
+            (0..v.len())
+                .max_by(|&a, &b| v[a].total_cmp(&v[b]))
+                .unwrap_or(0)
+        };
+        let (a, b) = (top(got), top(want));
+        (a != b).then(|| {
+            format!(
+                "top label {} instead of {}",
+                m.labels.get(a).map(String::as_str).unwrap_or("?"),
+                m.labels.get(b).map(String::as_str).unwrap_or("?")
+            )
+        })
+    }
 }
 
 /// Recomputes the expected outputs of a bundle's golden cases through this bundle (the
