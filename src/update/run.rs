@@ -183,6 +183,11 @@ pub fn lock(installed: &Installed) -> Result<UpdateLock, UpdateError> {
     }
 }
 
+/// Server clock minus this agent's clock (as [`clock_now`] sees it), in seconds.
+fn clock_skew(client: &SyncClient) -> i64 {
+    crate::server::unix_now() + client.clock_offset() - clock_now().unix_timestamp()
+}
+
 fn trust_refusal(e: TrustError, offset: i64) -> UpdateError {
     if matches!(e, TrustError::Expired { .. }) && offset.abs() > 300 {
         UpdateError::Clock {
@@ -237,11 +242,11 @@ pub async fn refresh_metadata(
         };
         state
             .update_root(&bytes)
-            .map_err(|e| trust_refusal(e, client.clock_offset()))?;
+            .map_err(|e| trust_refusal(e, clock_skew(client)))?;
         tracing::info!(version = next, "root metadata rotated");
         trust_store::save(state, data_dir)?;
     }
-    let offset = client.clock_offset();
+    let offset = clock_skew(client);
     state
         .check_root(clock)
         .map_err(|e| trust_refusal(e, offset))?;
