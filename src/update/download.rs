@@ -27,6 +27,7 @@ pub async fn fetch(
     target: &str,
     entry: &TargetFile,
     data_dir: &std::path::Path,
+    received: &mut u64,
 ) -> Result<Fetched, UpdateError> {
     let refuse = |reason: String| UpdateError::File {
         target: target.to_string(),
@@ -114,6 +115,7 @@ pub async fn fetch(
                 f.write_all(&chunk[..take]).map_err(io(&partial))?;
                 have += take as u64;
                 out.bytes += chunk.len() as u64;
+                *received += chunk.len() as u64;
                 if take < chunk.len() {
                     tracing::warn!(
                         target,

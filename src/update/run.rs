@@ -54,6 +54,8 @@ pub struct UpdateReport {
     pub files_fetched: usize,
     /// Files the store already had.
     pub files_cached: usize,
+    /// A download was cut off (network trouble): it resumes at the next check.
+    pub interrupted: bool,
 }
 
 /// Records an event in the agent database (identical unreported refusals are not repeated).
@@ -302,8 +304,15 @@ pub async fn install_release(
             })?;
         match client {
             Some(c) => {
-                let f = super::download::fetch(c, installed, target, entry, &opts.data_dir).await?;
-                report.bytes_downloaded += f.bytes;
+                let f = super::download::fetch(
+                    c,
+                    installed,
+                    target,
+                    entry,
+                    &opts.data_dir,
+                    &mut report.bytes_downloaded,
+                )
+                .await?;
                 if f.cached {
                     report.files_cached += 1;
                 } else {
@@ -394,7 +403,6 @@ pub async fn apply_targets(
     let Some(targets) = state.targets.as_ref().map(|t| &t.signed) else {
         return Ok(());
     };
-    let mut first_transient = None;
     for model in super::release_models(state) {
         let st = installed.state(&model);
         let current = installed.active(&model);
@@ -427,7 +435,7 @@ pub async fn apply_targets(
                 report
                     .refused
                     .push(format!("{model} {}: {e}", release.version));
-                first_transient.get_or_insert(e);
+                report.interrupted = true;
             }
             Err(e) => {
                 record(
@@ -442,10 +450,7 @@ pub async fn apply_targets(
         }
     }
     installed.prune(opts.keep_versions);
-    match first_transient {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    Ok(())
 }
 
 /// One full check against the server. Metadata refusals are recorded (and reported) and
@@ -531,6 +536,12 @@ pub async fn run_loop(
     };
     loop {
         let wait = match check_and_install(&opts, Some(&active)).await {
+            Ok(r) if r.interrupted => {
+                failures += 1;
+                let w = crate::sync::backoff(&backoff_opts, failures);
+                tracing::info!(refused = ?r.refused, retry_in_secs = w.as_secs_f64(), "update download interrupted; will resume");
+                w
+            }
             Ok(r) => {
                 failures = 0;
                 if !r.installed.is_empty() || !r.rolled_back.is_empty() {
