@@ -495,9 +495,46 @@ pub async fn check_and_install(
         &mut out,
     )
     .await;
+    if let Some(a) = active {
+        refresh_serving(&installed, a, opts.session, &mut out).await;
+    }
     let _ = report(&client, &opts.database, &installed).await;
     set_last(&opts.database, result.as_ref().map(|_| &out));
     result.map(|_| out)
+}
+
+/// Brings the serving models in line with the active versions on disk (a switch made by
+/// another process: `outpost update`, `models rollback`, `pin`, `install`). A version that
+/// does not load or pass its golden cases is not swapped in; the current one keeps serving.
+pub async fn refresh_serving(
+    installed: &Installed,
+    active: &ActiveModels,
+    session: SessionOptions,
+    report: &mut UpdateReport,
+) {
+    let serving = active.versions();
+    for model in installed.models() {
+        let Some(v) = installed.active(&model) else {
+            continue;
+        };
+        if serving.get(&model) == Some(&v) {
+            continue;
+        }
+        let dir = installed.version_dir(&model, &v);
+        let loaded = tokio::task::spawn_blocking(move || local::validate(&dir, session)).await;
+        match loaded {
+            Ok(Ok(m)) => {
+                active.swap(Arc::new(m));
+                tracing::info!(model, version = %v, "now serving the version active on disk");
+            }
+            Ok(Err(e)) => {
+                report
+                    .refused
+                    .push(format!("{model} {v} (active on disk) not served: {e}"));
+            }
+            Err(e) => tracing::warn!(error = %e, "validation task failed"),
+        }
+    }
 }
 
 fn set_last(db: &Path, r: Result<&UpdateReport, &UpdateError>) {
