@@ -54,8 +54,19 @@ fn partials(env: &Env) -> Vec<(String, u64)> {
 #[test]
 fn a_download_cut_off_many_times_resumes_and_completes() {
     let env = Env::new();
-    env.publish("1.1.0", 3.0, 3.0, 1_000_000);
-    let (_, extra_len) = env.server_file("extra.bin");
+    // Two large files: one completed before the other is cut must not be fetched again.
+    let dir = env.tmp.path().join("build/colours-1.1.0");
+    upd::bundle(&dir, "1.1.0", 3.0, 3.0, 600_000);
+    let second: Vec<u8> = (0..500_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(dir.join("extra2.bin"), second).unwrap();
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    m["files"] = serde_json::to_value(outpost::model::bundle::hash_folder(&dir).unwrap()).unwrap();
+    std::fs::write(dir.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+    env.publish_dir(&dir, &[]);
+    let extra_len = env.server_file("extra.bin").1 + env.server_file("extra2.bin").1;
     let cut = Arc::new(cut_proxy::Cut::default());
     cut.cut_after.store(100_000, Ordering::Relaxed);
     let port = cut_proxy::start(env.server.port, cut.clone());
@@ -78,10 +89,16 @@ fn a_download_cut_off_many_times_resumes_and_completes() {
     }
     env.assert_serving("1.1.0");
     let on_wire = cut.file_bytes.load(Ordering::Relaxed);
-    let files: u64 = ["extra.bin", "head.onnx", "golden.json", "manifest.json"]
-        .iter()
-        .map(|f| env.server_file(f).1)
-        .sum();
+    let files: u64 = [
+        "extra.bin",
+        "extra2.bin",
+        "head.onnx",
+        "golden.json",
+        "manifest.json",
+    ]
+    .iter()
+    .map(|f| env.server_file(f).1)
+    .sum();
     eprintln!(
         "{attempts} tries, {} cuts: {on_wire} bytes on the wire, {received} received, for {files} bytes of files",
         cut.cuts.load(Ordering::Relaxed)

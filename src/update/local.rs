@@ -460,9 +460,10 @@ impl Installed {
     }
 
     /// Removes versions beyond the `keep` newest, never the active, previous or pinned one,
-    /// then blobs no version uses.
-    pub fn prune(&self, keep: usize) {
-        let mut used = std::collections::BTreeSet::new();
+    /// then blobs no version uses and `wanted` (hashes of releases still being fetched)
+    /// does not list.
+    pub fn prune(&self, keep: usize, wanted: &std::collections::BTreeSet<String>) {
+        let mut used = wanted.clone();
         for model in self.models() {
             let st = self.state(&model);
             let active = self.active(&model);

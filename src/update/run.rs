@@ -403,6 +403,18 @@ pub async fn apply_targets(
     let Some(targets) = state.targets.as_ref().map(|t| &t.signed) else {
         return Ok(());
     };
+    // Files of the releases this device should run: kept by pruning even while their
+    // release is not installed yet (a download cut off resumes, it does not start over).
+    let mut wanted = std::collections::BTreeSet::new();
+    for model in super::release_models(state) {
+        if let Some(r) = targets.release_for(&model, &opts.channel, group, device_id) {
+            for t in r.files.values() {
+                if let Some(e) = targets.targets.get(t) {
+                    wanted.insert(e.sha256.to_ascii_lowercase());
+                }
+            }
+        }
+    }
     for model in super::release_models(state) {
         let st = installed.state(&model);
         let current = installed.active(&model);
@@ -449,7 +461,7 @@ pub async fn apply_targets(
             }
         }
     }
-    installed.prune(opts.keep_versions);
+    installed.prune(opts.keep_versions, &wanted);
     Ok(())
 }
 
