@@ -125,7 +125,7 @@ fn older_metadata_offered_again_is_refused() {
 }
 
 fn expired_timestamp(env: &Env, ago_secs: i64) {
-    let p = repo_meta(&env, "timestamp.json");
+    let p = repo_meta(env, "timestamp.json");
     let mut t: Signed<Timestamp> = parse(&std::fs::read(&p).unwrap()).unwrap();
     let when = time::OffsetDateTime::now_utc() - time::Duration::seconds(ago_secs);
     t.signed.expires = when

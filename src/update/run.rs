@@ -390,6 +390,7 @@ pub async fn install_release(
 
 /// Installs, for each model the targets has releases for, the release this device should
 /// run (unless pinned, already active, or failed before).
+#[allow(clippy::too_many_arguments)]
 pub async fn apply_targets(
     opts: &UpdateOptions,
     installed: &Installed,
