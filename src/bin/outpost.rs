@@ -674,12 +674,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let server = store.state("server_url")?;
             let name = store.state("device_name")?;
             let err = store.state("last_sync_error")?.filter(|e| !e.is_empty());
+            let update_check = store.state("last_update_check")?;
+            let update_err = store.state("last_update_error")?.filter(|e| !e.is_empty());
             if json {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&serde_json::json!({
                         "server_url": server, "device_name": name, "counters": c, "last_sync_error": err,
-                        "drift": drift
+                        "drift": drift,
+                        "last_update_check": update_check, "last_update_error": update_err
                     }))?
                 );
             } else {
@@ -697,6 +700,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
                 if let Some(e) = err {
                     println!("last sync failed: {e}");
+                }
+                println!(
+                    "last model update check: {}",
+                    update_check.as_deref().unwrap_or("never")
+                );
+                if let Some(e) = update_err {
+                    println!("last update refused: {e}");
                 }
                 if drift.is_empty() {
                     println!(
