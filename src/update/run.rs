@@ -483,7 +483,24 @@ pub async fn check_and_install(
         let store = Store::open(&opts.database)?;
         SyncClient::from_store(&store, &opts.data_dir)?
     };
-    let status = report(&client, &opts.database, &installed).await?;
+    let status = match report(&client, &opts.database, &installed).await {
+        Ok(s) => s,
+        Err(e @ UpdateError::Sync(crate::sync::SyncError::Unreachable { .. })) => return Err(e),
+        Err(e) => {
+            // A server without the report endpoint (older, or its database not migrated):
+            // updates still work with the group recorded at enrollment.
+            tracing::warn!(error = %e, "device report refused; using the group from enrollment");
+            let group = Store::open(&opts.database)?
+                .state("device_group")
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| "default".into());
+            DeviceStatus {
+                device_id: client.device_id().to_string(),
+                group,
+            }
+        }
+    };
     let mut state = trust_store::load(&root, &opts.data_dir)?;
     let mut out = UpdateReport::default();
     let refreshed = refresh_metadata(&client, &mut state, &opts.data_dir).await;
