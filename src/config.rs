@@ -145,14 +145,43 @@ impl FeedbackConfig {
     }
 }
 
+/// Over-the-air model updates.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpdateConfig {
+    /// The root metadata (`root.json`) the operator pinned; empty: updates are off.
+    pub root: Option<PathBuf>,
+    /// Release channel: `stable` or `canary`.
+    pub channel: String,
+    /// Seconds between update checks in `outpost run`.
+    pub check_interval_secs: u64,
+    /// Versions kept per model (at least 2).
+    pub keep_versions: usize,
+    /// Whether `outpost sync` and `outpost run` check for updates.
+    pub enabled: bool,
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        UpdateConfig {
+            root: None,
+            channel: "stable".into(),
+            check_interval_secs: 3600,
+            keep_versions: 3,
+            enabled: true,
+        }
+    }
+}
+
 /// The whole agent configuration.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentConfig {
     /// Where the database and downloaded models live; empty: the XDG data dir.
     pub data_dir: Option<PathBuf>,
-    /// Folder of model bundles; empty: `<data_dir>/models` if it holds bundles, else the
-    /// `models/` folder of the source tree or installation.
+    /// The shipped model bundles (the installer's copy): the initial install and the
+    /// fallback. Bundles installed or updated live under `<data_dir>/models` and take
+    /// precedence once there. Empty: the `models/` folder of the source tree or installation.
     pub models_dir: Option<PathBuf>,
     /// ONNX Runtime.
     pub runtime: RuntimeConfig,
@@ -164,6 +193,8 @@ pub struct AgentConfig {
     pub feedback: FeedbackConfig,
     /// Drift monitoring.
     pub drift: crate::drift::DriftSettings,
+    /// Model updates.
+    pub update: UpdateConfig,
 }
 
 fn default_config_file() -> Option<PathBuf> {
@@ -267,8 +298,25 @@ impl AgentConfig {
         self.data_dir().join("agent.db")
     }
 
-    /// The folder of model bundles.
+    /// The folder of model bundles the agent runs: `<data_dir>/models` (installed and
+    /// updated versions, each model's `active` one) once it holds bundles, else the
+    /// shipped models.
     pub fn models_dir(&self) -> PathBuf {
+        let data_models = self.data_dir().join("models");
+        let has_bundles = |d: &Path| {
+            crate::model::bundle::discover(d)
+                .map(|v| !v.is_empty())
+                .unwrap_or(false)
+        };
+        if has_bundles(&data_models) {
+            return data_models;
+        }
+        self.shipped_models_dir()
+    }
+
+    /// The shipped models: `models_dir` if set, else the `models/` folder of the source
+    /// tree or installation (or `<data_dir>/models` if there is none).
+    pub fn shipped_models_dir(&self) -> PathBuf {
         if let Some(d) = &self.models_dir {
             return d.clone();
         }
@@ -278,9 +326,6 @@ impl AgentConfig {
                 .unwrap_or(false)
         };
         let data_models = self.data_dir().join("models");
-        if has_bundles(&data_models) {
-            return data_models;
-        }
         let mut candidates = vec![PathBuf::from("models")];
         if let Ok(exe) = std::env::current_exe() {
             for up in exe.ancestors().skip(1).take(4) {
@@ -292,6 +337,27 @@ impl AgentConfig {
             .into_iter()
             .find(|d| has_bundles(d))
             .unwrap_or(data_models)
+    }
+
+    /// Settings of an update check.
+    pub fn update_options(&self) -> crate::update::UpdateOptions {
+        crate::update::UpdateOptions {
+            data_dir: self.data_dir(),
+            database: self.database_path(),
+            pinned_root: self
+                .update
+                .root
+                .clone()
+                .filter(|p| !p.as_os_str().is_empty()),
+            channel: if self.update.channel.trim().is_empty() {
+                "stable".into()
+            } else {
+                self.update.channel.trim().to_string()
+            },
+            shipped_models: Some(self.shipped_models_dir()),
+            session: self.session_options(),
+            keep_versions: self.update.keep_versions.max(2),
+        }
     }
 
     /// Session options from the runtime section.

@@ -38,3 +38,4 @@ pub mod server;
 pub mod store;
 pub mod sync;
 pub mod trust;
+pub mod update;

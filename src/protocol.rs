@@ -161,3 +161,51 @@ pub struct DriftAck {
     /// Windows that were new.
     pub stored: usize,
 }
+
+/// `POST /v1/device/models` (signed, JSON): which model versions a device runs, and the
+/// updates it refused or rolled back since its last report. The server answers a
+/// [`DeviceStatus`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DeviceModelsReport {
+    /// One entry per installed model.
+    pub models: Vec<DeviceModel>,
+    /// Updates refused or rolled back, not yet reported.
+    pub failures: Vec<ModelFailure>,
+}
+
+/// A model as a device runs it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DeviceModel {
+    /// Model name.
+    pub model: String,
+    /// The version serving now, if any.
+    pub active_version: Option<String>,
+    /// The version an operator pinned on the device, if any.
+    pub pinned: Option<String>,
+    /// Every version on disk.
+    pub installed: Vec<String>,
+}
+
+/// An update a device refused, or a version it rolled back from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelFailure {
+    /// Model name (empty when the metadata itself was refused).
+    pub model: String,
+    /// The version concerned, if known.
+    pub version: Option<String>,
+    /// `refused` (never installed) or `rolled_back` (installed, then undone).
+    pub kind: String,
+    /// Why, as the agent said it.
+    pub reason: String,
+    /// When, on the device's clock (RFC 3339).
+    pub at: String,
+}
+
+/// The server's answer to a [`DeviceModelsReport`]: what the device needs to pick its release.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceStatus {
+    /// The device id.
+    pub device_id: String,
+    /// Its group (releases can target groups).
+    pub group: String,
+}

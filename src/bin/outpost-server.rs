@@ -208,6 +208,17 @@ enum ModelsCommand {
         #[arg(long)]
         channel: Option<String>,
     },
+    /// Write a published release and its signed metadata chain to one file for a USB
+    /// stick (sites with no network: `outpost models install FILE` on the laptop).
+    ExportUsb {
+        /// Model name.
+        model: String,
+        /// Published version.
+        version: String,
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -220,6 +231,28 @@ enum FeedbackCommand {
         #[arg(long)]
         device: Option<String>,
     },
+}
+
+/// The models a device last reported running, and its latest refused or rolled-back updates.
+fn print_device_models(rows: &[server::store::DeviceModelRow], device_id: &str) {
+    for r in rows.iter().filter(|r| r.device_id == device_id) {
+        println!(
+            "    model {:<18} runs {:<10}{}  (reported {})",
+            r.model,
+            r.active_version.as_deref().unwrap_or("none"),
+            r.pinned
+                .as_ref()
+                .map(|p| format!(" pinned at {p}"))
+                .unwrap_or_default(),
+            r.reported_at
+        );
+        for (version, kind, reason, at) in &r.failures {
+            println!(
+                "      {kind} {}: {reason} ({at})",
+                version.as_deref().unwrap_or("metadata")
+            );
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -296,6 +329,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("on the device: outpost enroll <this server's URL> {code}");
             }
             DevicesCommand::List => {
+                let device_models = store.device_models()?;
                 for d in store.devices()? {
                     let state = if d.revoked_at.is_some() {
                         "revoked"
@@ -313,6 +347,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         d.last_seen.as_deref().unwrap_or("never"),
                         d.device_id
                     );
+                    print_device_models(&device_models, &d.device_id);
                 }
             }
             DevicesCommand::Revoke { device } => {
@@ -535,6 +570,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
 fn models(cfg: &ServerConfig, store: &dyn ServerStore, command: ModelsCommand) -> Result<()> {
     use outpost::server::publish;
     match command {
+        ModelsCommand::ExportUsb {
+            model,
+            version,
+            out,
+        } => {
+            let n = outpost::update::usb::write(
+                &publish::repo_dir(&cfg.data_dir),
+                &model,
+                &version,
+                &out,
+            )?;
+            store.audit(
+                "operator",
+                "models export-usb",
+                &format!("{model} {version} to {}", out.display()),
+            )?;
+            println!(
+                "wrote {model} {version} with its signed metadata to {} ({n} bytes); on the laptop: outpost models install {}",
+                out.display(),
+                out.display()
+            );
+        }
         ModelsCommand::List => {
             let targets = server::training::published_targets(&cfg.data_dir);
             println!("published releases:");

@@ -176,8 +176,17 @@ enum Command {
         /// The code printed by `outpost-server devices add`.
         code: String,
     },
-    /// Push the feedback outbox to the server once.
+    /// Push the feedback outbox to the server once, then check for model updates (if a
+    /// root is pinned: update.root in the config).
     Sync,
+    /// Check for model updates once: verify the signed metadata from the pinned root,
+    /// download what this device should run (resuming partial files), validate it and
+    /// switch. Exit code 1 if something was refused (the current models keep serving).
+    Update {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// What is waiting, when the last sync succeeded, and why the last one failed.
     Status {
         /// Print JSON.
@@ -253,8 +262,35 @@ enum FeedbackCommand {
 
 #[derive(Subcommand)]
 enum ModelsCommand {
-    /// List the installed bundles.
-    List,
+    /// List the installed bundles: every version on disk, the active one, pins and failures.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Switch a model back to the version that was active before the current one.
+    Rollback {
+        /// Model name.
+        name: String,
+    },
+    /// Switch a model to an installed version and keep it there (updates leave it alone).
+    Pin {
+        /// Model name.
+        name: String,
+        /// An installed version.
+        version: String,
+    },
+    /// Let updates move a pinned model again.
+    Unpin {
+        /// Model name.
+        name: String,
+    },
+    /// Install a model update carried on a USB stick (`outpost-server models export-usb`),
+    /// verified against the pinned root exactly like an online update.
+    Install {
+        /// The update file.
+        file: PathBuf,
+    },
     /// Verify every bundle's files and run its golden inputs through ONNX Runtime.
     Verify,
     /// Print the "files" object of a manifest for a bundle folder (for your own models).
@@ -476,6 +512,30 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mut opts = review_options(&cfg, listen, annotator, false)?;
             let wake = Arc::new(tokio::sync::Notify::new());
             opts.on_feedback = Some(wake.clone());
+            // Models served for classification, swapped in place by updates.
+            let update_opts = cfg.update_options();
+            let updates = cfg.update.enabled && update_opts.pinned_root.is_some();
+            let serving = match runtime::init(cfg.runtime.library.as_deref()) {
+                Ok(_) => {
+                    let installed = outpost::update::Installed::new(&cfg.data_dir());
+                    if updates {
+                        installed.seed(&cfg.shipped_models_dir());
+                    }
+                    let (models, failed) =
+                        model::load_all(&cfg.models_dir(), cfg.session_options());
+                    for (path, e) in &failed {
+                        eprintln!("warning: model bundle {} not loaded: {e}", path.display());
+                    }
+                    Some(Arc::new(outpost::update::ActiveModels::new(models)))
+                }
+                Err(e) => {
+                    eprintln!("warning: classification not served: {e}");
+                    None
+                }
+            };
+            opts.serving = serving.clone();
+            opts.models_dir = cfg.models_dir();
+            let interval = std::time::Duration::from_secs(cfg.update.check_interval_secs.max(1));
             let loop_opts = outpost::sync::LoopOptions {
                 idle_check: std::time::Duration::from_secs(idle_check_secs.max(1)),
                 max_backoff: std::time::Duration::from_secs(max_backoff_secs.max(1)),
@@ -490,6 +550,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     "Review page: {}  (sync runs in the background; Ctrl-C to stop)",
                     server.url()
                 );
+                let update = match (&serving, updates) {
+                    (Some(active), true) => Some(tokio::spawn(outpost::update::run::run_loop(
+                        update_opts,
+                        active.clone(),
+                        interval,
+                        rx.clone(),
+                    ))),
+                    _ => None,
+                };
                 let sync = tokio::spawn(outpost::sync::run_loop(
                     cfg.database_path(),
                     cfg.data_dir(),
@@ -504,6 +573,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     })
                     .await?;
                 let _ = sync.await;
+                if let Some(u) = update {
+                    let _ = u.await;
+                }
                 anyhow::Ok(())
             })?;
             Ok(ExitCode::SUCCESS)
@@ -535,6 +607,34 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Update { json } => {
+            runtime::init(cfg.runtime.library.as_deref())?;
+            let opts = cfg.update_options();
+            let rt = tokio::runtime::Runtime::new()?;
+            match rt.block_on(outpost::update::check_and_install(&opts, None)) {
+                Ok(r) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&r)?);
+                    } else {
+                        print_update(&r);
+                    }
+                    Ok(if r.refused.is_empty() && r.rolled_back.is_empty() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    })
+                }
+                Err(e) => {
+                    if json {
+                        println!("{}", serde_json::json!({ "error": e.to_string() }));
+                    } else {
+                        println!("refused: {e}");
+                        println!("the current models keep serving");
+                    }
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
         Command::Sync => {
             let rt = tokio::runtime::Runtime::new()?;
             let r = rt.block_on(outpost::sync::sync_once(
@@ -547,6 +647,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             for x in &r.refused {
                 println!("  refused {}: {}", x.feedback_id, x.reason);
+            }
+            let uo = cfg.update_options();
+            if cfg.update.enabled && uo.pinned_root.is_some() {
+                match runtime::init(cfg.runtime.library.as_deref()) {
+                    Ok(_) => match rt.block_on(outpost::update::check_and_install(&uo, None)) {
+                        Ok(u) => print_update(&u),
+                        Err(e) => {
+                            println!("model update refused: {e} (the current models keep serving)")
+                        }
+                    },
+                    Err(e) => println!("model updates skipped: {e}"),
+                }
             }
             Ok(if r.refused.is_empty() {
                 ExitCode::SUCCESS
@@ -562,12 +674,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let server = store.state("server_url")?;
             let name = store.state("device_name")?;
             let err = store.state("last_sync_error")?.filter(|e| !e.is_empty());
+            let update_check = store.state("last_update_check")?;
+            let update_err = store.state("last_update_error")?.filter(|e| !e.is_empty());
             if json {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&serde_json::json!({
                         "server_url": server, "device_name": name, "counters": c, "last_sync_error": err,
-                        "drift": drift
+                        "drift": drift,
+                        "last_update_check": update_check, "last_update_error": update_err
                     }))?
                 );
             } else {
@@ -585,6 +700,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
                 if let Some(e) = err {
                     println!("last sync failed: {e}");
+                }
+                println!(
+                    "last model update check: {}",
+                    update_check.as_deref().unwrap_or("never")
+                );
+                if let Some(e) = update_err {
+                    println!("last update refused: {e}");
                 }
                 if drift.is_empty() {
                     println!(
@@ -789,7 +911,139 @@ fn models_command(cfg: &AgentConfig, command: ModelsCommand) -> Result<ExitCode>
             );
             Ok(ExitCode::SUCCESS)
         }
-        ModelsCommand::List => {
+        ModelsCommand::Rollback { name } => {
+            let installed = outpost::update::Installed::new(&cfg.data_dir());
+            let _lock = outpost::update::run::lock(&installed)?;
+            let st = installed.state(&name);
+            let cur = installed.active(&name);
+            let target = st
+                .previous
+                .clone()
+                .filter(|p| Some(p) != cur.as_ref())
+                .with_context(|| {
+                    format!(
+                        "{name} has no earlier version to go back to (installed: {})",
+                        installed.versions(&name).join(", ")
+                    )
+                })?;
+            runtime::init(cfg.runtime.library.as_deref())?;
+            outpost::update::local::validate(
+                &installed.version_dir(&name, &target),
+                cfg.session_options(),
+            )
+            .map_err(|e| anyhow::anyhow!("{name} {target} does not validate: {e}"))?;
+            installed.activate(&name, &target)?;
+            let mut st = installed.state(&name);
+            if let Some(c) = &cur {
+                st.failed
+                    .entry(c.clone())
+                    .or_insert_with(|| "rolled back by hand".into());
+            }
+            if st.pinned.is_some() {
+                st.pinned = Some(target.clone());
+            }
+            installed.save_state(&name, &st)?;
+            outpost::update::run::record(
+                &cfg.database_path(),
+                &name,
+                cur.as_deref(),
+                "rolled_back",
+                &format!("by hand (outpost models rollback), back on {target}"),
+            )?;
+            println!(
+                "{name}: {} -> {target} (a running `outpost run` picks it up at its next check; restart it to switch at once)",
+                cur.as_deref().unwrap_or("none")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        ModelsCommand::Pin { name, version } => {
+            let installed = outpost::update::Installed::new(&cfg.data_dir());
+            installed.seed(&cfg.shipped_models_dir());
+            let _lock = outpost::update::run::lock(&installed)?;
+            if installed.active(&name).as_deref() != Some(version.as_str()) {
+                runtime::init(cfg.runtime.library.as_deref())?;
+                outpost::update::local::validate(
+                    &installed.version_dir(&name, &version),
+                    cfg.session_options(),
+                )
+                .map_err(|e| anyhow::anyhow!("{name} {version} does not validate: {e}"))?;
+                installed.activate(&name, &version)?;
+            }
+            let mut st = installed.state(&name);
+            st.pinned = Some(version.clone());
+            installed.save_state(&name, &st)?;
+            outpost::update::run::record(
+                &cfg.database_path(),
+                &name,
+                Some(&version),
+                "pinned",
+                "",
+            )?;
+            println!("{name} pinned at {version}: updates leave it alone until `outpost models unpin {name}`");
+            Ok(ExitCode::SUCCESS)
+        }
+        ModelsCommand::Unpin { name } => {
+            let installed = outpost::update::Installed::new(&cfg.data_dir());
+            let mut st = installed.state(&name);
+            let was = st.pinned.take();
+            installed.save_state(&name, &st)?;
+            outpost::update::run::record(
+                &cfg.database_path(),
+                &name,
+                was.as_deref(),
+                "unpinned",
+                "",
+            )?;
+            println!("{name} unpinned: the next update check installs the release this device should run");
+            Ok(ExitCode::SUCCESS)
+        }
+        ModelsCommand::Install { file } => {
+            runtime::init(cfg.runtime.library.as_deref())?;
+            let opts = cfg.update_options();
+            let rt = tokio::runtime::Runtime::new()?;
+            match rt.block_on(outpost::update::usb::install(&opts, &file, None)) {
+                Ok(r) => {
+                    print_update(&r);
+                    Ok(if r.rolled_back.is_empty() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    })
+                }
+                Err(e) => {
+                    println!("refused: {e}");
+                    println!("the current models keep serving");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        ModelsCommand::List { json } => {
+            let installed = outpost::update::Installed::new(&cfg.data_dir());
+            installed.seed(&cfg.shipped_models_dir());
+            let list = installed.list();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            if !list.is_empty() {
+                println!("installed models: {}", installed.root().display());
+                for l in &list {
+                    println!(
+                        "  {:<20} active {:<10} installed {}{}",
+                        l.model,
+                        l.active.as_deref().unwrap_or("none"),
+                        l.versions.join(", "),
+                        l.state
+                            .pinned
+                            .as_ref()
+                            .map(|p| format!("  (pinned at {p})"))
+                            .unwrap_or_default()
+                    );
+                    for (v, why) in &l.state.failed {
+                        println!("      {v} failed: {why}");
+                    }
+                }
+            }
             let dir = cfg.models_dir();
             println!("models folder: {}", dir.display());
             let dirs = model::bundle::discover(&dir).unwrap_or_default();
@@ -1201,6 +1455,31 @@ fn feedback_command(cfg: &AgentConfig, command: FeedbackCommand) -> Result<ExitC
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_update(r: &outpost::update::UpdateReport) {
+    for m in &r.installed {
+        println!("installed and switched to {m}");
+    }
+    for m in &r.rolled_back {
+        println!("rolled back {m}");
+    }
+    for m in &r.refused {
+        println!("refused: {m}");
+    }
+    for m in &r.unchanged {
+        println!("unchanged: {m}");
+    }
+    println!(
+        "root v{}, targets v{}; {} bytes downloaded ({} files fetched, {} already here)",
+        r.root_version,
+        r.targets_version
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "-".into()),
+        r.bytes_downloaded,
+        r.files_fetched,
+        r.files_cached
+    );
 }
 
 fn review_options(

@@ -180,13 +180,21 @@ pub fn hash_folder(dir: &Path) -> std::io::Result<BTreeMap<String, super::manife
     Ok(out)
 }
 
-/// Finds the bundle folders directly below `models_dir` (folders holding a `manifest.json`).
+/// Finds the bundle folders directly below `models_dir` (folders holding a `manifest.json`),
+/// and, in the agent's installed tree (`<name>/<version>/` with an `active` symlink, see
+/// [`crate::update::local`]), each model's active version (resolved, so a model loaded
+/// from it keeps its own files after a switch).
 pub fn discover(models_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut dirs = Vec::new();
     for entry in std::fs::read_dir(models_dir)? {
         let p = entry?.path();
         if p.join("manifest.json").is_file() {
             dirs.push(p);
+        } else if let Ok(v) = std::fs::read_link(p.join("active")) {
+            let dir = p.join(v);
+            if dir.join("manifest.json").is_file() {
+                dirs.push(dir);
+            }
         }
     }
     dirs.sort();

@@ -50,6 +50,8 @@ pub(crate) fn router(app: Shared) -> Router {
         .route("/api/feedback/undoable", get(undoable))
         .route("/api/feedback", post(give))
         .route("/api/undo", post(undo))
+        .route("/api/serving", get(serving))
+        .route("/api/classify", post(classify))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(64 * 1024))
         .layer(middleware::from_fn_with_state(app.clone(), guard))
@@ -268,6 +270,109 @@ where
             }
         })
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Serving (hot-swapped models)
+
+async fn serving(State(app): State<Shared>) -> Result<Json<serde_json::Value>, ApiError> {
+    let Some(s) = &app.opts.serving else {
+        return Err(ApiError::not_found(
+            "classification is served by `outpost run` only",
+        ));
+    };
+    Ok(Json(serde_json::json!({ "models": s.versions() })))
+}
+
+#[derive(Deserialize)]
+struct ClassifyRequest {
+    model: String,
+    #[serde(default)]
+    image_base64: Option<String>,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+async fn classify(
+    State(app): State<Shared>,
+    ApiJson(req): ApiJson<ClassifyRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    use base64::Engine;
+    let Some(s) = &app.opts.serving else {
+        return Err(ApiError::not_found(
+            "classification is served by `outpost run` only",
+        ));
+    };
+    // The model is fixed here: an update swapping in another one does not affect this request.
+    let model = s
+        .get(&req.model)
+        .ok_or_else(|| ApiError::not_found(format!("no model {:?} is serving", req.model)))?;
+    let image = match &req.image_base64 {
+        Some(b) => Some(
+            base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .map_err(|e| ApiError::bad(format!("image_base64: {e}")))?,
+        ),
+        None => None,
+    };
+    let text = req.text.clone();
+    let out = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, String> {
+        let m = model.manifest();
+        let emb = match (image, text, &m.image, &model.tokenizer) {
+            (Some(bytes), _, Some(spec), _) => {
+                let rgb = image::load_from_memory(&bytes)
+                    .map_err(|e| format!("image: {e}"))?
+                    .to_rgb8();
+                let mut input = ndarray::Array4::<f32>::zeros((
+                    1,
+                    3,
+                    spec.height as usize,
+                    spec.width as usize,
+                ));
+                let slice = input.as_slice_mut().ok_or("internal: tensor layout")?;
+                crate::infer::image::preprocess_into(&rgb, spec, slice);
+                model
+                    .embed_images(input.view())
+                    .map_err(|e| e.to_string())?
+            }
+            (_, Some(t), _, Some(tok)) => {
+                use crate::infer::text::{encode, pad_batch, pad_id};
+                let enc = encode(tok, &t)?;
+                let (ids, mask, types) = pad_batch(&[&enc], pad_id(tok));
+                model
+                    .embed_tokens(ids.view(), mask.view(), types.view())
+                    .map_err(|e| e.to_string())?
+            }
+            _ => {
+                return Err(format!(
+                    "{} needs {}",
+                    m.id(),
+                    if m.image.is_some() {
+                        "image_base64"
+                    } else {
+                        "text"
+                    }
+                ))
+            }
+        };
+        let scores = model.score(emb.view()).map_err(|e| e.to_string())?;
+        let row = scores.row(0).to_vec();
+        let labels: Vec<String> = model
+            .decide(&row)
+            .into_iter()
+            .filter_map(|i| m.labels.get(i).cloned())
+            .collect();
+        Ok(serde_json::json!({
+            "model": m.name,
+            "version": m.version,
+            "labels": labels,
+            "scores": row,
+        }))
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(ApiError::bad)?;
+    Ok(Json(out))
 }
 
 // ---------------------------------------------------------------------------------------

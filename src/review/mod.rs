@@ -49,6 +49,8 @@
 //! | `GET /api/feedback/undoable` | the newest decision that can still be undone (`{"feedback": null}` if none) |
 //! | `POST /api/feedback` | `{"item_id", "model_name", "labels": [...]}` or `{"item_id", "model_name", "confirm": true}`: records a decision; returns `{"feedback", "counters"}` |
 //! | `POST /api/undo` | `{"feedback_id"}`: takes back a decision still in the outbox; returns `{"undone", "item_id", "model_name", "restored", "counters"}` |
+//! | `GET /api/serving` | models serving classification now: `{"models": {name: version}}` (`outpost run` only) |
+//! | `POST /api/classify` | `{"model", "image_base64"}` or `{"model", "text"}`: runs the serving model; returns `{"model", "version", "labels", "scores"}`. A request runs to its end on the model it started with, even if an update swaps in another meanwhile |
 //!
 //! Status codes: 400 malformed JSON, missing fields, invalid labels, several labels for a
 //! single-label model; 403 foreign `Host` or `Origin`; 404 unknown item, feedback, or no
@@ -88,6 +90,9 @@ pub struct ReviewOptions {
     pub image_limits: ImageLimits,
     /// Woken after each decision is stored (the sync loop of `outpost run` listens).
     pub on_feedback: Option<Arc<tokio::sync::Notify>>,
+    /// Models loaded in ONNX Runtime for `POST /api/classify` (`outpost run`; swapped in
+    /// place by over-the-air updates). `None`: classification is not served.
+    pub serving: Option<Arc<crate::update::ActiveModels>>,
 }
 
 impl ReviewOptions {
@@ -103,6 +108,7 @@ impl ReviewOptions {
             send_reports: false,
             image_limits: ImageLimits::default(),
             on_feedback: None,
+            serving: None,
         }
     }
 }

@@ -12,6 +12,9 @@
 //! | `GET /v1/health` | anyone | liveness and protocol version |
 //! | `POST /v1/enroll` | a device with a one-time code | registers its Ed25519 public key |
 //! | `POST /v1/feedback` | a signed, enrolled, unrevoked device | a zstd-compressed [`UploadBatch`]; answers an [`UploadAck`] |
+//! | `POST /v1/device/models` | a signed device | JSON [`protocol::DeviceModelsReport`] (versions running, updates refused or rolled back); answers its group |
+//! | `GET /v1/metadata/{name}` | anyone | signed update metadata (`root.json`, `N.root.json`, `timestamp.json`, ...) |
+//! | `GET /v1/targets/sha256/{hash}` | anyone | a bundle file by content, `Range: bytes=N-` resumes |
 //!
 //! Authentication of devices: every request is signed with the device key over method,
 //! path, body hash, timestamp and nonce (`protocol::signing_payload`). The server refuses
@@ -88,6 +91,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/enroll", post(enroll))
         .route("/v1/feedback", post(upload))
         .route("/v1/drift", post(drift_upload))
+        .route("/v1/device/models", post(device_models))
         .route("/v1/metadata/{name}", get(metadata))
         .route("/v1/targets/sha256/{hash}", get(target))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -315,6 +319,47 @@ async fn drift_upload(
         .map_err(internal)?;
     tracing::info!(device = %device_id, stored, "drift windows");
     Ok(Json(protocol::DriftAck { up_to, stored }))
+}
+
+/// A device reports which model versions it runs and which updates it refused or rolled
+/// back; the answer tells it its group (release targeting needs it).
+async fn device_models(
+    State(st): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<protocol::DeviceStatus>, ApiError> {
+    let device_id = authenticate(&st, &method, &uri, &headers, &body).await?;
+    let report: protocol::DeviceModelsReport = serde_json::from_slice(&body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("body is not a device models report: {e}"),
+        )
+    })?;
+    if report.models.len() > 1000 || report.failures.len() > 1000 {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "report lists more than 1000 models or failures".into(),
+        ));
+    }
+    let store = st.store.clone();
+    let id = device_id.clone();
+    let failures = report.failures.len();
+    let device = blocking(move || {
+        store.record_device_models(&id, &report)?;
+        store.device(&id)
+    })
+    .await?
+    .map_err(internal)?
+    .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "unknown device".into()))?;
+    if failures > 0 {
+        tracing::warn!(device = %device.name, failures, "device reported refused or rolled-back model updates");
+    }
+    Ok(Json(protocol::DeviceStatus {
+        device_id,
+        group: device.group,
+    }))
 }
 
 async fn metadata(

@@ -22,6 +22,11 @@ pub const SERVER_MIGRATIONS: &[(u32, &str, &str)] = &[
         include_str!("../../migrations/server/0002_training.sql"),
     ),
     (
+        3,
+        "server/0003_device_models.sql",
+        include_str!("../../migrations/server/0003_device_models.sql"),
+    ),
+    (
         4,
         "server/0004_drift.sql",
         include_str!("../../migrations/server/0004_drift.sql"),
@@ -73,6 +78,23 @@ pub struct Device {
     pub feedback: i64,
 }
 
+/// A device's model as it last reported it, with its most recent failure of that model.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeviceModelRow {
+    /// Device id.
+    pub device_id: String,
+    /// Model name.
+    pub model: String,
+    /// Version serving on the device.
+    pub active_version: Option<String>,
+    /// Version pinned on the device.
+    pub pinned: Option<String>,
+    /// When the device reported it (server clock).
+    pub reported_at: String,
+    /// Refused or rolled-back versions, newest first: (version, kind, reason, at).
+    pub failures: Vec<(Option<String>, String, String, String)>,
+}
+
 /// What an ingest did.
 #[derive(Debug, Clone, Default)]
 pub struct IngestResult {
@@ -121,6 +143,15 @@ pub trait ServerStore: Send + Sync {
     ) -> Result<bool, ServerStoreError>;
     /// Marks a device as seen now.
     fn touch(&self, device_id: &str) -> Result<(), ServerStoreError>;
+    /// Records which model versions a device runs and the updates it refused or rolled
+    /// back (see [`crate::protocol::DeviceModelsReport`]).
+    fn record_device_models(
+        &self,
+        device_id: &str,
+        report: &crate::protocol::DeviceModelsReport,
+    ) -> Result<(), ServerStoreError>;
+    /// What every device last reported: per device, its models and its latest failures.
+    fn device_models(&self) -> Result<Vec<DeviceModelRow>, ServerStoreError>;
     /// Stores each record once.
     fn ingest(
         &self,
@@ -483,6 +514,73 @@ impl ServerStore for SqliteServerStore {
             params![device_id, nonce, expires_at],
         )?;
         Ok(n == 1)
+    }
+
+    fn record_device_models(
+        &self,
+        device_id: &str,
+        report: &crate::protocol::DeviceModelsReport,
+    ) -> Result<(), ServerStoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let at = now();
+        for m in &report.models {
+            tx.execute(
+                "INSERT INTO device_models (device_id, model, active_version, pinned, installed, reported_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (device_id, model) DO UPDATE SET active_version = excluded.active_version,
+                   pinned = excluded.pinned, installed = excluded.installed, reported_at = excluded.reported_at",
+                params![
+                    device_id,
+                    m.model,
+                    m.active_version,
+                    m.pinned,
+                    serde_json::to_string(&m.installed).unwrap_or_default(),
+                    at
+                ],
+            )?;
+        }
+        for f in &report.failures {
+            tx.execute(
+                "INSERT INTO device_model_failures (device_id, model, version, kind, reason, at, received_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![device_id, f.model, f.version, f.kind, f.reason, f.at, at],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn device_models(&self) -> Result<Vec<DeviceModelRow>, ServerStoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT device_id, model, active_version, pinned, reported_at FROM device_models
+             ORDER BY device_id, model",
+        )?;
+        let mut rows: Vec<DeviceModelRow> = st
+            .query_map([], |r| {
+                Ok(DeviceModelRow {
+                    device_id: r.get(0)?,
+                    model: r.get(1)?,
+                    active_version: r.get(2)?,
+                    pinned: r.get(3)?,
+                    reported_at: r.get(4)?,
+                    failures: Vec::new(),
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut fs = conn.prepare(
+            "SELECT version, kind, reason, at FROM device_model_failures
+             WHERE device_id = ?1 AND (model = ?2 OR model = '') ORDER BY failure_id DESC LIMIT 5",
+        )?;
+        for row in &mut rows {
+            row.failures = fs
+                .query_map(params![row.device_id, row.model], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?
+                .collect::<Result<_, _>>()?;
+        }
+        Ok(rows)
     }
 
     fn touch(&self, device_id: &str) -> Result<(), ServerStoreError> {

@@ -21,6 +21,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "0004_drift.sql",
         include_str!("../../migrations/agent/0004_drift.sql"),
     ),
+    (
+        5,
+        "0005_model_updates.sql",
+        include_str!("../../migrations/agent/0005_model_updates.sql"),
+    ),
 ];
 
 /// Applies every agent migration newer than the database.

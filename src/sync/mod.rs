@@ -103,7 +103,13 @@ fn unreachable(url: &str, e: reqwest::Error) -> SyncError {
     }
 }
 
-async fn error_from(res: reqwest::Response) -> SyncError {
+/// A transport error as a [`SyncError::Unreachable`] (with every cause).
+pub fn transport_error(url: &str, e: reqwest::Error) -> SyncError {
+    unreachable(url, e)
+}
+
+/// Turns an error response into a [`SyncError`] with the server's message.
+pub async fn error_from(res: reqwest::Response) -> SyncError {
     let status = res.status().as_u16();
     let message = match res.json::<ErrorBody>().await {
         Ok(b) => b.error,
@@ -143,6 +149,7 @@ pub async fn enroll(
     store.set_state("server_url", &base)?;
     store.set_state("device_id", &r.device_id)?;
     store.set_state("device_name", &r.name)?;
+    store.set_state("device_group", &r.group)?;
     Ok(r)
 }
 
@@ -207,6 +214,61 @@ impl SyncClient {
 
     /// POSTs a signed body; on a 401 that says the clock is off, corrects and retries once.
     async fn signed_post(&self, path: &str, body: Vec<u8>) -> Result<reqwest::Response, SyncError> {
+        self.signed_post_as(path, body, "application/zstd").await
+    }
+
+    /// The device id.
+    pub fn device_id(&self) -> &str {
+        &self.device_id
+    }
+
+    /// Server clock minus device clock in seconds, as learnt from the last response.
+    pub fn clock_offset(&self) -> i64 {
+        self.offset.load(Ordering::Relaxed)
+    }
+
+    /// POSTs a signed JSON body and decodes the JSON answer (errors as [`SyncError`]).
+    pub async fn signed_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<T, SyncError> {
+        let body = serde_json::to_vec(body).map_err(|e| SyncError::Protocol(e.to_string()))?;
+        let res = self.signed_post_as(path, body, "application/json").await?;
+        if !res.status().is_success() {
+            return Err(error_from(res).await);
+        }
+        res.json().await.map_err(|e| unreachable(&self.base, e))
+    }
+
+    /// A plain GET of a public path (update metadata and files), optionally from byte
+    /// `range_start` on. Non-success statuses are returned as they are, for the caller
+    /// to judge (404: no such metadata).
+    pub async fn get(
+        &self,
+        path: &str,
+        range_start: Option<u64>,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, SyncError> {
+        let mut req = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header(protocol::HEADER_PROTOCOL, PROTOCOL_VERSION)
+            .timeout(timeout);
+        if let Some(s) = range_start {
+            req = req.header(reqwest::header::RANGE, format!("bytes={s}-"));
+        }
+        let res = req.send().await.map_err(|e| unreachable(&self.base, e))?;
+        self.learn_clock(&res);
+        Ok(res)
+    }
+
+    async fn signed_post_as(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> Result<reqwest::Response, SyncError> {
         for attempt in 0..2 {
             let ts = crate::server::unix_now() + self.offset.load(Ordering::Relaxed);
             let (ts, nonce, sig) = self.key.sign_request("POST", path, &body, ts);
@@ -218,7 +280,7 @@ impl SyncClient {
                 .header(protocol::HEADER_TIMESTAMP, ts)
                 .header(protocol::HEADER_NONCE, nonce)
                 .header(protocol::HEADER_SIGNATURE, sig)
-                .header(reqwest::header::CONTENT_TYPE, "application/zstd")
+                .header(reqwest::header::CONTENT_TYPE, content_type)
                 .body(body.clone())
                 .send()
                 .await

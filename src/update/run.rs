@@ -1,0 +1,643 @@
+//! One update check (`outpost update`, each `outpost sync`, and the loop of `outpost run`):
+//! report, refresh the metadata, install what the device should run, report again.
+
+use super::local::{self, Installed};
+use super::{clock_now, io, trust_store, ActiveModels, UpdateError};
+use crate::model::pool::SessionOptions;
+use crate::protocol::{DeviceModel, DeviceModelsReport, DeviceStatus, ModelFailure};
+use crate::store::Store;
+use crate::sync::SyncClient;
+use crate::trust::client::TrustedState;
+use crate::trust::{Release, Targets, TrustError};
+use rusqlite::params;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What an update check needs.
+#[derive(Debug, Clone)]
+pub struct UpdateOptions {
+    /// The agent's data folder.
+    pub data_dir: PathBuf,
+    /// The agent database.
+    pub database: PathBuf,
+    /// The root metadata the operator pinned (`update.root`); `None`: updates are off.
+    pub pinned_root: Option<PathBuf>,
+    /// Release channel (`stable`, `canary`).
+    pub channel: String,
+    /// The shipped models folder (the initial install, seeded into the data folder).
+    pub shipped_models: Option<PathBuf>,
+    /// ONNX Runtime session settings for validation.
+    pub session: SessionOptions,
+    /// Versions kept per model (at least 2: the active and the previous one).
+    pub keep_versions: usize,
+}
+
+/// What an update check did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct UpdateReport {
+    /// Trusted root version after the check.
+    pub root_version: u64,
+    /// Trusted targets version after the check.
+    pub targets_version: Option<u64>,
+    /// `name@version` switched to.
+    pub installed: Vec<String>,
+    /// Models already on the release they should run (or pinned), with why.
+    pub unchanged: Vec<String>,
+    /// Updates refused, with the reason.
+    pub refused: Vec<String>,
+    /// Versions switched to and then rolled back, with the reason.
+    pub rolled_back: Vec<String>,
+    /// Bytes received for bundle files.
+    pub bytes_downloaded: u64,
+    /// Files downloaded (or resumed).
+    pub files_fetched: usize,
+    /// Files the store already had.
+    pub files_cached: usize,
+    /// A download was cut off (network trouble): it resumes at the next check.
+    pub interrupted: bool,
+}
+
+/// Records an event in the agent database (identical unreported refusals are not repeated).
+pub fn record(
+    db: &Path,
+    model: &str,
+    version: Option<&str>,
+    kind: &str,
+    reason: &str,
+) -> Result<(), UpdateError> {
+    let store = Store::open(db)?;
+    let c = store.conn();
+    let dup: i64 = c
+        .query_row(
+            "SELECT COUNT(*) FROM model_events WHERE reported = 0 AND model = ?1 AND version IS ?2 AND kind = ?3 AND reason = ?4",
+            params![model, version, kind, reason],
+            |r| r.get(0),
+        )
+        .map_err(crate::store::StoreError::from)?;
+    if dup == 0 || !matches!(kind, "refused") {
+        c.execute(
+            "INSERT INTO model_events (at, model, version, kind, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![crate::store::now(), model, version, kind, reason],
+        )
+        .map_err(crate::store::StoreError::from)?;
+    }
+    match kind {
+        "refused" | "rolled_back" => tracing::warn!(model, version, kind, reason, "model update"),
+        _ => tracing::info!(model, version, kind, reason, "model update"),
+    }
+    Ok(())
+}
+
+/// The report the server gets: versions running and unreported failures (with their ids).
+pub fn build_report(
+    db: &Path,
+    installed: &Installed,
+) -> Result<(DeviceModelsReport, Vec<i64>), UpdateError> {
+    let models = installed
+        .list()
+        .into_iter()
+        .map(|l| DeviceModel {
+            model: l.model,
+            active_version: l.active,
+            pinned: l.state.pinned,
+            installed: l.versions,
+        })
+        .collect();
+    let store = Store::open(db)?;
+    let mut st = store
+        .conn()
+        .prepare(
+            "SELECT event_id, model, version, kind, reason, at FROM model_events
+             WHERE reported = 0 AND kind IN ('refused', 'rolled_back') ORDER BY event_id LIMIT 200",
+        )
+        .map_err(crate::store::StoreError::from)?;
+    let rows: Vec<(i64, ModelFailure)> = st
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                ModelFailure {
+                    model: r.get(1)?,
+                    version: r.get(2)?,
+                    kind: r.get(3)?,
+                    reason: r.get(4)?,
+                    at: r.get(5)?,
+                },
+            ))
+        })
+        .map_err(crate::store::StoreError::from)?
+        .collect::<Result<_, _>>()
+        .map_err(crate::store::StoreError::from)?;
+    let ids = rows.iter().map(|r| r.0).collect();
+    Ok((
+        DeviceModelsReport {
+            models,
+            failures: rows.into_iter().map(|r| r.1).collect(),
+        },
+        ids,
+    ))
+}
+
+/// Sends the report; on success marks its failures reported and stores the group.
+pub async fn report(
+    client: &SyncClient,
+    db: &Path,
+    installed: &Installed,
+) -> Result<DeviceStatus, UpdateError> {
+    let (body, ids) = build_report(db, installed)?;
+    let status: DeviceStatus = client.signed_json("/v1/device/models", &body).await?;
+    let store = Store::open(db)?;
+    for id in ids {
+        store
+            .conn()
+            .execute(
+                "UPDATE model_events SET reported = 1 WHERE event_id = ?1",
+                [id],
+            )
+            .map_err(crate::store::StoreError::from)?;
+    }
+    store
+        .set_state("device_group", &status.group)
+        .map_err(|e| UpdateError::Refused(e.to_string()))?;
+    Ok(status)
+}
+
+/// Holds `<models>/.update.lock` so two agents (a CLI next to `outpost run`) never stage
+/// or switch at the same time.
+pub struct UpdateLock(#[allow(dead_code)] std::fs::File);
+
+/// Takes the update lock, or says another update is running.
+pub fn lock(installed: &Installed) -> Result<UpdateLock, UpdateError> {
+    let root = installed.root();
+    std::fs::create_dir_all(root).map_err(io(root))?;
+    let path = root.join(".update.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io(&path))?;
+    match f.try_lock() {
+        Ok(()) => Ok(UpdateLock(f)),
+        Err(_) => Err(UpdateError::Refused(
+            "another update is running on this agent; try again when it is done".into(),
+        )),
+    }
+}
+
+/// Server clock minus this agent's clock (as [`clock_now`] sees it), in seconds.
+fn clock_skew(client: &SyncClient) -> i64 {
+    crate::server::unix_now() + client.clock_offset() - clock_now().unix_timestamp()
+}
+
+fn trust_refusal(e: TrustError, offset: i64) -> UpdateError {
+    if matches!(e, TrustError::Expired { .. }) && offset.abs() > 300 {
+        UpdateError::Clock {
+            source: e,
+            offset_secs: offset,
+        }
+    } else {
+        UpdateError::Trust(e)
+    }
+}
+
+async fn get_bytes(client: &SyncClient, path: &str) -> Result<Option<Vec<u8>>, UpdateError> {
+    let res = client.get(path, None, Duration::from_secs(60)).await?;
+    if res.status() == reqwest::StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    if !res.status().is_success() {
+        return Err(crate::sync::error_from(res).await.into());
+    }
+    // Metadata is small; refuse an endless answer.
+    const MAX_META: usize = 16 << 20;
+    let mut res = res;
+    let mut out = Vec::new();
+    while let Some(c) = res
+        .chunk()
+        .await
+        .map_err(|e| crate::sync::transport_error(client.server_url(), e))?
+    {
+        out.extend_from_slice(&c);
+        if out.len() > MAX_META {
+            return Err(UpdateError::Trust(TrustError::Malformed {
+                role: path.into(),
+                reason: format!("larger than {MAX_META} bytes"),
+            }));
+        }
+    }
+    Ok(Some(out))
+}
+
+/// Walks the root chain and refreshes timestamp, snapshot and targets from the server.
+pub async fn refresh_metadata(
+    client: &SyncClient,
+    state: &mut TrustedState,
+    data_dir: &Path,
+) -> Result<(), UpdateError> {
+    let clock = clock_now();
+    loop {
+        let next = state.root.signed.version + 1;
+        let Some(bytes) = get_bytes(client, &format!("/v1/metadata/{next}.root.json")).await?
+        else {
+            break;
+        };
+        state
+            .update_root(&bytes)
+            .map_err(|e| trust_refusal(e, clock_skew(client)))?;
+        tracing::info!(version = next, "root metadata rotated");
+        trust_store::save(state, data_dir)?;
+    }
+    let offset = clock_skew(client);
+    state
+        .check_root(clock)
+        .map_err(|e| trust_refusal(e, offset))?;
+    let missing = |name: &str| {
+        UpdateError::Trust(TrustError::Malformed {
+            role: name.into(),
+            reason: "the server has none (nothing published yet?)".into(),
+        })
+    };
+    let ts = get_bytes(client, "/v1/metadata/timestamp.json")
+        .await?
+        .ok_or_else(|| missing("timestamp"))?;
+    state
+        .update_timestamp(&ts, clock)
+        .map_err(|e| trust_refusal(e, offset))?;
+    let sn = get_bytes(client, "/v1/metadata/snapshot.json")
+        .await?
+        .ok_or_else(|| missing("snapshot"))?;
+    state
+        .update_snapshot(&sn, clock)
+        .map_err(|e| trust_refusal(e, offset))?;
+    let tg = get_bytes(client, "/v1/metadata/targets.json")
+        .await?
+        .ok_or_else(|| missing("targets"))?;
+    state
+        .update_targets(&tg, clock)
+        .map_err(|e| trust_refusal(e, offset))?;
+    trust_store::save(state, data_dir)?;
+    Ok(())
+}
+
+/// Downloads (if `client`), stages, validates, commits, switches and health-checks one
+/// release. On a failed health check it switches back by itself.
+#[allow(clippy::too_many_arguments)]
+pub async fn install_release(
+    opts: &UpdateOptions,
+    installed: &Installed,
+    release: &Release,
+    targets: &Targets,
+    client: Option<&SyncClient>,
+    active: Option<&ActiveModels>,
+    report: &mut UpdateReport,
+) -> Result<(), UpdateError> {
+    let (model, version) = (release.model.clone(), release.version.clone());
+    for (name, target) in &release.files {
+        let entry = targets
+            .targets
+            .get(target)
+            .ok_or_else(|| UpdateError::Release {
+                model: model.clone(),
+                version: version.clone(),
+                reason: format!("{name} names {target}, which targets does not list"),
+            })?;
+        match client {
+            Some(c) => {
+                let f = super::download::fetch(
+                    c,
+                    installed,
+                    target,
+                    entry,
+                    &opts.data_dir,
+                    &mut report.bytes_downloaded,
+                )
+                .await?;
+                if f.cached {
+                    report.files_cached += 1;
+                } else {
+                    report.files_fetched += 1;
+                }
+            }
+            None if installed.has_blob(&entry.sha256) => report.files_cached += 1,
+            None => {
+                return Err(UpdateError::Release {
+                    model,
+                    version,
+                    reason: format!("{name} ({target}) is not in the update file"),
+                })
+            }
+        }
+    }
+    let staged = installed.stage(release, targets)?;
+    let dir = staged.dir.clone();
+    let session = opts.session;
+    let validated = tokio::task::spawn_blocking(move || local::validate(&dir, session).map(drop))
+        .await
+        .map_err(|e| UpdateError::Refused(e.to_string()))?;
+    if let Err(reason) = validated {
+        let _ = std::fs::remove_dir_all(&staged.dir);
+        let mut st = installed.state(&model);
+        st.failed.insert(version.clone(), reason.clone());
+        installed.save_state(&model, &st)?;
+        return Err(UpdateError::Validation {
+            model,
+            version,
+            reason,
+        });
+    }
+    let dest = installed.commit(&staged)?;
+    let dd = opts.data_dir.clone();
+    let _ = tokio::task::spawn_blocking(move || super::pause_point(&dd, "swap")).await;
+    let before_state = installed.state(&model);
+    let before = installed.activate(&model, &version)?;
+    record(&opts.database, &model, Some(&version), "activated", "")?;
+    let session = opts.session;
+    let d2 = dest.clone();
+    let checked = tokio::task::spawn_blocking(move || {
+        let m = crate::model::LoadedModel::load(&d2, session).map_err(|e| e.to_string())?;
+        local::post_swap_check(&m)?;
+        Ok::<_, String>(m)
+    })
+    .await
+    .map_err(|e| UpdateError::Refused(e.to_string()))?;
+    match checked {
+        Ok(m) => {
+            if let Some(a) = active {
+                a.swap(Arc::new(m));
+            }
+            report.installed.push(format!("{model}@{version}"));
+            Ok(())
+        }
+        Err(reason) => {
+            let back = match &before {
+                Some(b) => {
+                    installed.activate(&model, b)?;
+                    format!("back on {b}")
+                }
+                None => "no earlier version to go back to".into(),
+            };
+            let mut st = before_state;
+            st.failed.insert(version.clone(), reason.clone());
+            installed.save_state(&model, &st)?;
+            let why = format!("post-swap health check failed: {reason}; {back}");
+            record(&opts.database, &model, Some(&version), "rolled_back", &why)?;
+            report.rolled_back.push(format!("{model}@{version}: {why}"));
+            Ok(())
+        }
+    }
+}
+
+/// Installs, for each model the targets has releases for, the release this device should
+/// run (unless pinned, already active, or failed before).
+#[allow(clippy::too_many_arguments)]
+pub async fn apply_targets(
+    opts: &UpdateOptions,
+    installed: &Installed,
+    state: &TrustedState,
+    group: &str,
+    device_id: &str,
+    client: Option<&SyncClient>,
+    active: Option<&ActiveModels>,
+    report: &mut UpdateReport,
+) -> Result<(), UpdateError> {
+    let Some(targets) = state.targets.as_ref().map(|t| &t.signed) else {
+        return Ok(());
+    };
+    // Files of the releases this device should run: kept by pruning even while their
+    // release is not installed yet (a download cut off resumes, it does not start over).
+    let mut wanted = std::collections::BTreeSet::new();
+    for model in super::release_models(state) {
+        if let Some(r) = targets.release_for(&model, &opts.channel, group, device_id) {
+            for t in r.files.values() {
+                if let Some(e) = targets.targets.get(t) {
+                    wanted.insert(e.sha256.to_ascii_lowercase());
+                }
+            }
+        }
+    }
+    for model in super::release_models(state) {
+        let st = installed.state(&model);
+        let current = installed.active(&model);
+        if let Some(p) = &st.pinned {
+            report
+                .unchanged
+                .push(format!("{model}: pinned at {p} by hand"));
+            continue;
+        }
+        let Some(release) = targets.release_for(&model, &opts.channel, group, device_id) else {
+            continue;
+        };
+        if current.as_deref() == Some(release.version.as_str()) {
+            report
+                .unchanged
+                .push(format!("{model}: {} is current", release.version));
+            continue;
+        }
+        if let Some(why) = st.failed.get(&release.version) {
+            report.unchanged.push(format!(
+                "{model}: {} failed before ({why}); not retried",
+                release.version
+            ));
+            continue;
+        }
+        match install_release(opts, installed, release, targets, client, active, report).await {
+            Ok(()) => {}
+            Err(e) if e.is_transient() => {
+                tracing::info!(model, error = %e, "update download interrupted; resumes next time");
+                report
+                    .refused
+                    .push(format!("{model} {}: {e}", release.version));
+                report.interrupted = true;
+            }
+            Err(e) => {
+                record(
+                    &opts.database,
+                    &model,
+                    Some(&release.version),
+                    "refused",
+                    &e.to_string(),
+                )?;
+                report.refused.push(e.to_string());
+            }
+        }
+    }
+    installed.prune(opts.keep_versions, &wanted);
+    Ok(())
+}
+
+/// One full check against the server. Metadata refusals are recorded (and reported) and
+/// returned as errors; nothing is installed then and the current models keep serving.
+pub async fn check_and_install(
+    opts: &UpdateOptions,
+    active: Option<&ActiveModels>,
+) -> Result<UpdateReport, UpdateError> {
+    let root = opts.pinned_root.clone().ok_or(UpdateError::NoRoot)?;
+    let installed = Installed::new(&opts.data_dir);
+    let _lock = lock(&installed)?;
+    installed.clean_staging();
+    if let Some(shipped) = &opts.shipped_models {
+        installed.seed(shipped);
+    }
+    let client = {
+        let store = Store::open(&opts.database)?;
+        SyncClient::from_store(&store, &opts.data_dir)?
+    };
+    let status = match report(&client, &opts.database, &installed).await {
+        Ok(s) => s,
+        Err(e @ UpdateError::Sync(crate::sync::SyncError::Unreachable { .. })) => return Err(e),
+        Err(e) => {
+            // A server without the report endpoint (older, or its database not migrated):
+            // updates still work with the group recorded at enrollment.
+            tracing::warn!(error = %e, "device report refused; using the group from enrollment");
+            let group = Store::open(&opts.database)?
+                .state("device_group")
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| "default".into());
+            DeviceStatus {
+                device_id: client.device_id().to_string(),
+                group,
+            }
+        }
+    };
+    let mut state = trust_store::load(&root, &opts.data_dir)?;
+    let mut out = UpdateReport::default();
+    let refreshed = refresh_metadata(&client, &mut state, &opts.data_dir).await;
+    out.root_version = state.root.signed.version;
+    if let Err(e) = refreshed {
+        if !e.is_transient() {
+            record(&opts.database, "", None, "refused", &e.to_string())?;
+            let _ = report(&client, &opts.database, &installed).await;
+        }
+        set_last(&opts.database, Err(&e));
+        return Err(e);
+    }
+    out.targets_version = state.targets.as_ref().map(|t| t.signed.version);
+    let result = apply_targets(
+        opts,
+        &installed,
+        &state,
+        &status.group,
+        &status.device_id,
+        Some(&client),
+        active,
+        &mut out,
+    )
+    .await;
+    if let Some(a) = active {
+        refresh_serving(&installed, a, opts.session, &mut out).await;
+    }
+    let _ = report(&client, &opts.database, &installed).await;
+    set_last(&opts.database, result.as_ref().map(|_| &out));
+    result.map(|_| out)
+}
+
+/// Brings the serving models in line with the active versions on disk (a switch made by
+/// another process: `outpost update`, `models rollback`, `pin`, `install`). A version that
+/// does not load or pass its golden cases is not swapped in; the current one keeps serving.
+pub async fn refresh_serving(
+    installed: &Installed,
+    active: &ActiveModels,
+    session: SessionOptions,
+    report: &mut UpdateReport,
+) {
+    let serving = active.versions();
+    for model in installed.models() {
+        let Some(v) = installed.active(&model) else {
+            continue;
+        };
+        if serving.get(&model) == Some(&v) {
+            continue;
+        }
+        let dir = installed.version_dir(&model, &v);
+        let loaded = tokio::task::spawn_blocking(move || local::validate(&dir, session)).await;
+        match loaded {
+            Ok(Ok(m)) => {
+                active.swap(Arc::new(m));
+                tracing::info!(model, version = %v, "now serving the version active on disk");
+            }
+            Ok(Err(e)) => {
+                report
+                    .refused
+                    .push(format!("{model} {v} (active on disk) not served: {e}"));
+            }
+            Err(e) => tracing::warn!(error = %e, "validation task failed"),
+        }
+    }
+}
+
+fn set_last(db: &Path, r: Result<&UpdateReport, &UpdateError>) {
+    if let Ok(store) = Store::open(db) {
+        let now = crate::store::now();
+        match r {
+            Ok(rep) => {
+                let _ = store.set_state("last_update_check", &now);
+                let msg = if rep.refused.is_empty() {
+                    String::new()
+                } else {
+                    format!("{} at {now}", rep.refused.join("; "))
+                };
+                let _ = store.set_state("last_update_error", &msg);
+            }
+            Err(e) => {
+                let _ = store.set_state("last_update_error", &format!("{e} at {now}"));
+            }
+        }
+    }
+}
+
+/// Runs update checks every `interval` until `shutdown`, backing off on network trouble.
+/// The active models are swapped in place when an update is installed.
+pub async fn run_loop(
+    opts: UpdateOptions,
+    active: Arc<ActiveModels>,
+    interval: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut failures = 0u32;
+    let backoff_opts = crate::sync::LoopOptions {
+        max_backoff: interval.max(Duration::from_secs(1)),
+        min_backoff: Duration::from_secs(1),
+        ..Default::default()
+    };
+    loop {
+        let wait = match check_and_install(&opts, Some(&active)).await {
+            Ok(r) if r.interrupted => {
+                failures += 1;
+                let w = crate::sync::backoff(&backoff_opts, failures);
+                tracing::info!(refused = ?r.refused, retry_in_secs = w.as_secs_f64(), "update download interrupted; will resume");
+                w
+            }
+            Ok(r) => {
+                failures = 0;
+                if !r.installed.is_empty() || !r.rolled_back.is_empty() {
+                    tracing::info!(installed = ?r.installed, rolled_back = ?r.rolled_back, bytes = r.bytes_downloaded, "model update check");
+                }
+                interval
+            }
+            Err(e) if e.is_transient() => {
+                failures += 1;
+                let w = crate::sync::backoff(&backoff_opts, failures);
+                tracing::info!(error = %e, retry_in_secs = w.as_secs_f64(), "update check failed; will retry");
+                w
+            }
+            Err(UpdateError::NoRoot) => {
+                tracing::info!("{}", UpdateError::NoRoot);
+                return;
+            }
+            Err(e) => {
+                failures = 0;
+                tracing::warn!(error = %e, "update check refused");
+                interval
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+    }
+}
