@@ -17,14 +17,14 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         include_str!("../../migrations/agent/0002_feedback_outbox.sql"),
     ),
     (
-        4,
-        "0004_drift.sql",
-        include_str!("../../migrations/agent/0004_drift.sql"),
+        3,
+        "0003_drift.sql",
+        include_str!("../../migrations/agent/0003_drift.sql"),
     ),
     (
-        5,
-        "0005_model_updates.sql",
-        include_str!("../../migrations/agent/0005_model_updates.sql"),
+        4,
+        "0004_model_updates.sql",
+        include_str!("../../migrations/agent/0004_model_updates.sql"),
     ),
 ];
 
