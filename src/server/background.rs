@@ -93,3 +93,80 @@ pub async fn run(store: Arc<dyn ServerStore>, cfg: ServerConfig) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drift::{DriftState, DriftWindow};
+    use crate::protocol::FeedbackRecord;
+    use crate::server::store::{SqliteServerStore, Via};
+
+    fn record(i: usize) -> FeedbackRecord {
+        FeedbackRecord {
+            feedback_id: uuid::Uuid::new_v4().to_string(),
+            item_id: format!("item-{i}"),
+            kind: "image".into(),
+            model_name: "landcover".into(),
+            model_version: "1.0.0".into(),
+            action: "correct".into(),
+            labels: vec!["flooded".into()],
+            new_labels: vec!["flooded".into()],
+            annotator: "t".into(),
+            created_at: "2026-11-28T00:00:00Z".into(),
+            supersedes: None,
+            embedding_f16: crate::protocol::b64(&[0u8; 8]),
+            content: None,
+            content_type: None,
+        }
+    }
+
+    fn window(state: DriftState) -> DriftWindow {
+        DriftWindow {
+            model_name: "landcover".into(),
+            model_version: "1.0.0".into(),
+            items: 50,
+            novel: 40,
+            score: 0.8,
+            state,
+            top_score_psi: None,
+            label_psi: None,
+            novel_labels: vec![],
+            novel_folders: vec![],
+            started_at: "2026-11-28T00:00:00Z".into(),
+            ended_at: "2026-11-28T00:01:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn a_drifted_model_is_due_after_fewer_labels() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SqliteServerStore::open(&tmp.path().join("server.db")).unwrap();
+        let d = store
+            .add_device("laptop", "north", "code", "2099-01-01T00:00:00Z")
+            .unwrap();
+        let records: Vec<FeedbackRecord> = (0..25).map(record).collect();
+        store.ingest(&d.device_id, &records, Via::Usb).unwrap();
+        assert!(
+            due_models(&store, 200, 20).is_empty(),
+            "25 < 200 and no drift"
+        );
+        store
+            .store_drift(&d.device_id, &[(1, window(DriftState::Watch))])
+            .unwrap();
+        assert!(
+            due_models(&store, 200, 20).is_empty(),
+            "watch is not drifted"
+        );
+        store
+            .store_drift(&d.device_id, &[(2, window(DriftState::Drifted))])
+            .unwrap();
+        assert_eq!(due_models(&store, 200, 20), vec!["landcover".to_string()]);
+        assert!(due_models(&store, 200, 0).is_empty(), "drift trigger off");
+        assert_eq!(due_models(&store, 25, 0), vec!["landcover".to_string()]);
+        // A run that saw those rows resets the count.
+        store
+            .start_run("landcover", "1.0.0", Trigger::Auto, 25)
+            .unwrap();
+        assert!(due_models(&store, 200, 20).is_empty());
+    }
+}
