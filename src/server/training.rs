@@ -67,7 +67,7 @@ impl Default for TrainingSettings {
             drift_train_after: 20,
             holdout_percent: 20,
             tolerance: 0.02,
-            min_support: 5,
+            min_support: 30,
             publish: true,
             channel: "canary".into(),
             groups: vec![],
