@@ -299,13 +299,6 @@ fn top_counts(v: impl Iterator<Item = String>, n: usize) -> Vec<(String, usize)>
     out
 }
 
-fn folder(source: &str) -> String {
-    std::path::Path::new(source)
-        .parent()
-        .map(|p| p.display().to_string())
-        .unwrap_or_default()
-}
-
 struct Row {
     prediction_id: i64,
     top_label: String,
@@ -405,7 +398,10 @@ pub fn update(
             top_score_psi,
             label_psi,
             novel_labels: top_counts(novel_rows().map(|r| r.top_label.clone()), 3),
-            novel_folders: top_counts(novel_rows().map(|r| folder(&r.source)), 3),
+            novel_folders: top_counts(
+                novel_rows().map(|r| crate::store::queue::folder_of(&r.source)),
+                3,
+            ),
             started_at: chunk[0].created_at.clone(),
             ended_at: chunk[w - 1].created_at.clone(),
         };

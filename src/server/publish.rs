@@ -317,7 +317,8 @@ pub fn sign_chain(data_dir: &Path, targets: Targets) -> Result<u64, PublishError
     Ok(version)
 }
 
-fn current_targets(data_dir: &Path) -> Result<Targets, PublishError> {
+/// The signed targets of the repository (an error if nothing is published yet).
+pub fn current_targets(data_dir: &Path) -> Result<Targets, PublishError> {
     let meta = repo_dir(data_dir).join("metadata/targets.json");
     read_signed::<Targets>(&meta)
         .map(|t| t.signed)

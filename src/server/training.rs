@@ -24,7 +24,7 @@ use super::publish::{self, PublishError};
 use super::store::{RunEnd, RunStatus, ServerStore, ServerStoreError, Split, TrainingRow, Trigger};
 use super::train::{self, Dataset, Evaluation, LinearHead, TrainOptions};
 use crate::model::{Bundle, BundleError, LoadedModel, Manifest, ModelError};
-use crate::trust::{Release, Signed, Targets};
+use crate::trust::{Release, Targets};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -210,11 +210,7 @@ pub struct Outcome {
 
 /// Reads the signed targets of the server's repository (empty if nothing is published).
 pub fn published_targets(data_dir: &Path) -> Option<Targets> {
-    let path = publish::repo_dir(data_dir).join("metadata/targets.json");
-    let bytes = std::fs::read(path).ok()?;
-    crate::trust::parse::<Targets>(&bytes)
-        .ok()
-        .map(|t: Signed<Targets>| t.signed)
+    publish::current_targets(data_dir).ok()
 }
 
 /// The newest release of `model` that is not withdrawn, on any channel.
@@ -239,14 +235,7 @@ pub fn materialise(data_dir: &Path, release: &Release) -> Result<Bundle, Trainin
     let _ = std::fs::remove_dir_all(&dir);
     let repo = publish::repo_dir(data_dir).join("targets");
     for (name, target) in &release.files {
-        let src = repo.join(target);
-        let dest = dir.join(name);
-        if let Some(d) = dest.parent() {
-            std::fs::create_dir_all(d).map_err(io(d))?;
-        }
-        if std::fs::hard_link(&src, &dest).is_err() {
-            std::fs::copy(&src, &dest).map_err(io(&dest))?;
-        }
+        link_or_copy(&repo.join(target), &dir.join(name))?;
     }
     Ok(Bundle::open(&dir)?)
 }

@@ -223,7 +223,8 @@ fn parse_json_list<T: serde::de::DeserializeOwned>(s: &str) -> Vec<T> {
 }
 
 /// The folder a source path is in (`/` separated; empty for a bare file name).
-fn folder_of(source: &str) -> String {
+/// The folder part of a source path (`/` for a file at the root, empty for a bare name).
+pub fn folder_of(source: &str) -> String {
     match source.rfind('/') {
         Some(0) => "/".into(),
         Some(i) => source[..i].to_string(),

@@ -466,19 +466,29 @@ pub async fn apply_targets(
     Ok(())
 }
 
+/// What every install starts with: the pinned root, the installed tree under the update
+/// lock (held until the returned guard drops), no staging left over from a killed run, and
+/// the shipped models seeded on first use.
+pub fn prepare(
+    opts: &UpdateOptions,
+) -> Result<(std::path::PathBuf, Installed, UpdateLock), UpdateError> {
+    let root = opts.pinned_root.clone().ok_or(UpdateError::NoRoot)?;
+    let installed = Installed::new(&opts.data_dir);
+    let guard = lock(&installed)?;
+    installed.clean_staging();
+    if let Some(shipped) = &opts.shipped_models {
+        installed.seed(shipped);
+    }
+    Ok((root, installed, guard))
+}
+
 /// One full check against the server. Metadata refusals are recorded (and reported) and
 /// returned as errors; nothing is installed then and the current models keep serving.
 pub async fn check_and_install(
     opts: &UpdateOptions,
     active: Option<&ActiveModels>,
 ) -> Result<UpdateReport, UpdateError> {
-    let root = opts.pinned_root.clone().ok_or(UpdateError::NoRoot)?;
-    let installed = Installed::new(&opts.data_dir);
-    let _lock = lock(&installed)?;
-    installed.clean_staging();
-    if let Some(shipped) = &opts.shipped_models {
-        installed.seed(shipped);
-    }
+    let (root, installed, _lock) = prepare(opts)?;
     let client = {
         let store = Store::open(&opts.database)?;
         SyncClient::from_store(&store, &opts.data_dir)?

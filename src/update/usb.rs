@@ -12,7 +12,7 @@
 //! bytes in order.
 
 use super::local::Installed;
-use super::run::{install_release, lock, UpdateOptions, UpdateReport};
+use super::run::{install_release, prepare, UpdateOptions, UpdateReport};
 use super::{clock_now, io, trust_store, ActiveModels, UpdateError};
 use crate::trust::{parse, Snapshot, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -124,13 +124,7 @@ pub async fn install(
     file: &Path,
     active: Option<&ActiveModels>,
 ) -> Result<UpdateReport, UpdateError> {
-    let root = opts.pinned_root.clone().ok_or(UpdateError::NoRoot)?;
-    let installed = Installed::new(&opts.data_dir);
-    let _lock = lock(&installed)?;
-    installed.clean_staging();
-    if let Some(shipped) = &opts.shipped_models {
-        installed.seed(shipped);
-    }
+    let (root, installed, _lock) = prepare(opts)?;
     let result = install_inner(opts, &installed, &root, file, active).await;
     if let Err(e) = &result {
         let _ = super::run::record(
