@@ -1,205 +1,101 @@
-//! The whole loop (issue 9), smaller than the README's demonstration but with every real
-//! part: a server with its embedded defaults; an agent enrolls; the server goes away; the
-//! agent analyses real Hurricane Harvey tiles offline and a reviewer labels some of them with
-//! labels the default model does not know (damage / no_damage); the server returns; the
-//! agent syncs; the server retrains, evaluates, signs and publishes; the agent verifies,
-//! swaps and re-analyses. Accuracy before and after is measured on tiles that were not used
-//! for feedback, and every step is timed.
+//! The whole loop (issue 9): the README's demonstration, `scripts/loop-demo.sh`, run
+//! smaller with this build's binaries. The script drives the real `outpost-server` and
+//! `outpost` processes: a server with its embedded defaults; an agent enrolls; the server
+//! goes away; the agent analyses real Hurricane Harvey tiles offline and a reviewer labels
+//! some of them with labels the default model does not know (damage / no_damage); a sync is
+//! refused and nothing is lost; the server returns; the agent syncs; the server retrains on
+//! its own, evaluates, signs and publishes; the agent verifies, swaps and re-analyses.
 //!
-//! CI runs it with 30 feedback and 30 evaluation tiles per class. The README's
-//! demonstration runs the same story bigger:
-//! `OUTPOST_LOOP_TILES=150 cargo test --release --test loop_e2e -- --nocapture`.
+//! The script checks each step itself (it exits non-zero with the reason); this test checks
+//! what it reports: accuracy before and after on tiles that were not used for feedback, and
+//! a time for every step. CI runs 30 feedback and 30 evaluation tiles per class
+//! (`OUTPOST_LOOP_TILES` changes it); the README runs 150.
 
 mod common;
 
-use common::{add_device, server_cmd, ServerProcess};
-use std::path::{Path, PathBuf};
-use std::time::Instant;
-
-fn cell(p: &Path) -> String {
-    // `<lon>_<lat>.jpeg`: 0.01-degree cells keep neighbours (and damage/no_damage pairs) together.
-    let s = p.file_stem().unwrap().to_str().unwrap();
-    let (lon, lat) = s.split_once('_').unwrap_or((s, "0"));
-    let f = |v: &str| (v.parse::<f64>().unwrap_or(0.0) * 100.0).floor() as i64;
-    format!("{}:{}", f(lon), f(lat))
-}
-
-fn accuracy(db: &Path, version: &str) -> (f64, usize) {
-    let c = rusqlite::Connection::open(db).unwrap();
-    let mut st = c
-        .prepare(
-            "SELECT i.source, p.top_label FROM predictions p JOIN items i USING (item_id)
-             WHERE p.model_name = 'landcover' AND p.model_version = ?1 AND i.source LIKE '%/eval/%'",
-        )
-        .unwrap();
-    let rows: Vec<(String, String)> = st
-        .query_map([version], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    let right = rows
-        .iter()
-        .filter(|(src, label)| {
-            let name = Path::new(src).file_name().unwrap().to_str().unwrap();
-            name.starts_with(&format!("{label}-"))
-        })
-        .count();
-    (right as f64 / rows.len().max(1) as f64, rows.len())
-}
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 #[test]
-fn offline_analysis_feedback_retrain_publish_update_and_reanalyse() {
+fn the_readme_loop_demonstration_runs_and_learns() {
     let Some(shared) = common::shared_data() else {
         return;
     };
     if !shared.join("damage/damage").is_dir() {
-        eprintln!("SKIP: no damage tiles");
+        eprintln!("SKIP: no damage tiles in {}", shared.display());
         return;
     }
-    let per_class: usize = std::env::var("OUTPOST_LOOP_TILES")
+    let tiles: usize = std::env::var("OUTPOST_LOOP_TILES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(30)
-        .clamp(5, 300);
-    let mut steps: Vec<(&str, f64)> = Vec::new();
-    let mut t = Instant::now();
-    let mut step = |name: &'static str, t: &mut Instant| {
-        steps.push((name, t.elapsed().as_secs_f64()));
-        *t = Instant::now();
-    };
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    let data = root.join("server");
-    let cfg = root.join("server.toml");
-    std::fs::write(
-        &cfg,
-        "[training]\nauto_train_after = 0\nchannel = \"stable\"\nepochs = 20\n",
-    )
-    .unwrap();
-    let c = cfg.to_str().unwrap();
-    let (code, out, err) = server_cmd(
-        &data,
-        &[
-            "keys",
-            "init",
-            "--root-keys-dir",
-            root.join("keys").to_str().unwrap(),
-        ],
-    );
-    assert_eq!(code, 0, "{out}{err}");
-    let landcover = common::repo().join("models/landcover");
-    let (code, out, err) = server_cmd(&data, &["models", "publish", landcover.to_str().unwrap()]);
-    assert_eq!(code, 0, "{out}{err}");
-    let port = common::free_port();
-    let server = ServerProcess::start_with(&data, port, &["--config", c]);
-
-    // The agent ships landcover 1.0.0 and pins the root it was handed.
-    let a = root.join("agent");
-    std::fs::create_dir_all(a.join("models")).unwrap();
-    std::os::unix::fs::symlink(&landcover, a.join("models/landcover")).unwrap();
-    std::fs::copy(data.join("repo/metadata/1.root.json"), a.join("root.json")).unwrap();
-    let pin = [("OUTPOST__UPDATE__ROOT", a.join("root.json"))];
-    let run = |args: &[&str]| {
-        let o = common::agent_cmd(&a, args)
-            .envs(pin.iter().map(|(k, v)| (*k, v.as_os_str())))
-            .output()
-            .unwrap();
-        (
-            o.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
-    };
-    let code_ = add_device(&data, "laptop-1");
-    let (code, out, err) = run(&["enroll", &server.url, &code_]);
-    assert_eq!(code, 0, "{out}{err}");
-    step("server up, keys, publish 1.0.0, enroll", &mut t);
-
-    // The server goes away.
-    server.kill();
-
-    // Offline: feedback tiles, and evaluation tiles from other places.
-    let (fb, ev) = (a.join("tiles/feedback"), a.join("tiles/eval"));
-    std::fs::create_dir_all(&fb).unwrap();
-    std::fs::create_dir_all(&ev).unwrap();
-    let mut labels = String::from("source,label\n");
-    for class in ["damage", "no_damage"] {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(shared.join("damage").join(class))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        let (mut n_fb, mut n_ev) = (0, 0);
-        for f in files.iter().step_by(if per_class > 100 { 2 } else { 7 }) {
-            let to_eval =
-                outpost::hash::sha256_hex(cell(f).as_bytes()).starts_with(['0', '1', '2', '3']);
-            if to_eval && n_ev < per_class {
-                std::fs::copy(f, ev.join(format!("{class}-{n_ev}.jpeg"))).unwrap();
-                n_ev += 1;
-            } else if !to_eval && n_fb < per_class {
-                let name = format!("{class}-{n_fb}.jpeg");
-                std::fs::copy(f, fb.join(&name)).unwrap();
-                labels.push_str(&format!("{name},{class}\n"));
-                n_fb += 1;
-            }
+        .unwrap_or(30);
+    let work = tempfile::tempdir().unwrap();
+    let bin_dir = common::outpost_bin().parent().unwrap().to_path_buf();
+    // Output to files, not pipes: a process the script leaves behind cannot hang the test.
+    let (out_path, err_path) = (work.path().join("demo.out"), work.path().join("demo.err"));
+    let mut child = Command::new("bash")
+        .arg(common::repo().join("scripts/loop-demo.sh"))
+        .args(["--tiles", &tiles.to_string(), "--work"])
+        .arg(work.path())
+        .env("OUTPOST_BIN_DIR", &bin_dir)
+        .env("OUTPOST_ORT_LIB", common::ort_lib())
+        .env("OUTPOST_SHARED_DATA", &shared)
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
         }
-        assert_eq!((n_fb, n_ev), (per_class, per_class));
-    }
-    let (code, out, err) = run(&[
-        "analyze",
-        a.join("tiles").to_str().unwrap(),
-        "--no-progress",
-    ]);
-    assert_eq!(code, 0, "{out}{err}");
-    step("offline: analyse the tiles", &mut t);
-    std::fs::write(a.join("labels.csv"), labels).unwrap();
-    let (code, out, err) = run(&[
-        "feedback",
-        "import",
-        "--allow-new-labels",
-        a.join("labels.csv").to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{out}{err}");
-    let (code, _, err) = run(&["sync"]);
-    assert_ne!(code, 0, "the server is away: {err}");
-    assert_eq!(
-        common::pending(&a),
-        2 * per_class as i64,
-        "nothing lost while offline"
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    eprintln!("{stdout}");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the demonstration failed or took over 15 minutes ({status:?}):\n{stdout}\n{stderr}"
     );
-    step("offline: labels given, sync refused", &mut t);
 
-    // The server returns; the agent syncs; the server retrains and publishes.
-    let server = ServerProcess::start_with(&data, port, &["--config", c]);
-    let (code, out, err) = run(&["sync"]);
-    assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(common::pending(&a), 0);
-    step("server back, sync", &mut t);
-    let (code, out, err) = server_cmd(&data, &["--config", c, "train", "landcover"]);
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("published"), "{out}");
-    step("retrain, evaluate, sign, publish 1.1.0", &mut t);
+    // "accuracy on N tiles not used for feedback: before B (...), after A (1.1.0)"
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("accuracy on "))
+        .unwrap_or_else(|| panic!("no accuracy line:\n{stdout}"));
+    let number_after = |key: &str| -> f64 {
+        let rest = &line[line.find(key).unwrap_or_else(|| panic!("{key}: {line}")) + key.len()..];
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let n: usize = number_after("accuracy on ") as usize;
+    let (before, after) = (number_after("before "), number_after("after "));
+    assert_eq!(n, 2 * tiles, "{line}");
+    assert_eq!(before, 0.0, "1.0.0 cannot say damage or no_damage: {line}");
+    // Chance is 0.5. The split of labels into training and held-out data follows the random
+    // feedback ids, so the learnt head varies from run to run; measured ~0.80 at this size.
+    assert!(after >= 0.65, "{line}");
 
-    // The agent verifies and swaps, then analyses again.
-    let (code, out, err) = run(&["update"]);
-    assert_eq!(code, 0, "{out}{err}");
-    let (code, out, err) = run(&["models", "list"]);
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains("1.1.0"), "{out}");
-    step("agent: verify, stage, golden check, swap", &mut t);
-    let (code, out, err) = run(&["analyze", ev.to_str().unwrap(), "--no-progress"]);
-    assert_eq!(code, 0, "{out}{err}");
-    step("agent: re-analyse the evaluation tiles", &mut t);
-
-    let db = a.join("data/agent.db");
-    let (before, n0) = accuracy(&db, "1.0.0");
-    let (after, n1) = accuracy(&db, "1.1.0");
-    eprintln!("accuracy on {n1} tiles not used for feedback: before {before:.3} (1.0.0 does not know damage/no_damage), after {after:.3} (1.1.0)");
-    for (name, s) in &steps {
-        eprintln!("  {s:>6.1} s  {name}");
+    // Every step is timed.
+    for step in [
+        "agent enrolled",
+        "offline: analyse",
+        "sync refused, nothing lost",
+        "server back, sync",
+        "sign, publish 1.1.0",
+        "golden check, swap",
+        "re-analyse",
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.trim_start().contains(" s  ") && l.contains(step)),
+            "no time for '{step}':\n{stdout}"
+        );
     }
-    assert_eq!((n0, n1), (2 * per_class, 2 * per_class));
-    assert_eq!(before, 0.0);
-    assert!(after >= 0.65, "after {after} (chance: 0.5; the split of labels into train and held-out varies with the random feedback ids)");
-    drop(server);
 }
