@@ -96,6 +96,18 @@ fn audit(data: &Path) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// Saves a screenshot to target/dashboard-<name>.png for a person to look at (best effort).
+async fn screenshot(browser: &Browser, name: &str) {
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| common::repo().join("target"));
+    std::fs::write(
+        dir.join(format!("dashboard-{name}.png")),
+        browser.screenshot().await,
+    )
+    .ok();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_dashboard_in_a_real_browser() {
     let t0 = std::time::Instant::now();
@@ -281,6 +293,7 @@ async fn operators_dashboard_in_a_real_browser() {
         .await
         .contains("colours 1.0.0"));
     assert!(browser.text(row).await.contains("north"));
+    screenshot(&browser, "fleet").await;
     let html = browser.source().await;
     assert!(
         !html.contains(&key_b64),
@@ -371,6 +384,7 @@ async fn operators_dashboard_in_a_real_browser() {
         1 + 16,
         "background and 4 x 4 cells"
     );
+    screenshot(&browser, "report").await;
 
     // Publish the held candidate to canary, 10%.
     browser.click("form.action.publish button").await;
@@ -506,11 +520,7 @@ async fn operators_dashboard_in_a_real_browser() {
         .text("#new-labels tr[data-label='flooded']")
         .await
         .contains("not yet"));
-    std::fs::write(
-        common::repo().join("target/dashboard-screenshot.png"),
-        browser.screenshot().await,
-    )
-    .ok();
+    screenshot(&browser, "loop").await;
 
     // Revoke the device from its page: confirmed, audited, and its next sync is refused.
     browser.goto(&format!("{url}/admin/")).await;

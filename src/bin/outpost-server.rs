@@ -325,6 +325,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
                 tracing::info!(address = %listener.local_addr()?, data_dir = %cfg.data_dir.display(), "outpost-server listening");
+                tracing::info!("operators' dashboard: http://{}/admin/ (accounts: outpost-server admin add NAME)", listener.local_addr()?);
                 tokio::spawn(server::background::run(store.clone(), cfg.clone()));
                 let dashboard = server::dashboard::Dashboard::new(store.clone(), cfg.clone());
                 let app = server::router(AppState { store, repo: Some(outpost::server::publish::repo_dir(&cfg.data_dir)) })

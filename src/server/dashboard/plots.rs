@@ -143,6 +143,7 @@ pub fn stacked_bars(title: &str, x_labels: &[String], series: &[Series]) -> Stri
                     String::new()
                 }
             })
+            .y_label_formatter(&|y| format!("{y:.0}"))
             .y_desc("feedback")
             .draw()
             .map_err(|e| e.to_string())?;

@@ -127,6 +127,26 @@ fn opt(s: Option<&str>) -> String {
     s.map(esc).unwrap_or_else(|| "—".into())
 }
 
+/// A server or device time for people: to the second, in UTC (escaped).
+fn when(s: &str) -> String {
+    match parse_time(s) {
+        Some(t) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        ),
+        None => esc(s),
+    }
+}
+
+fn opt_when(s: Option<&str>) -> String {
+    s.map(when).unwrap_or_else(|| "—".into())
+}
+
 fn pct(x: Option<f64>) -> String {
     x.map(|x| format!("{:.1}%", 100.0 * x))
         .unwrap_or_else(|| "—".into())
@@ -360,7 +380,7 @@ pub fn fleet(store: &dyn ServerStore, frame: &Frame, q: &FleetQuery) -> Result<S
             esc(&r.group),
             r.state,
             r.state,
-            opt(r.last_seen.as_deref()),
+            opt_when(r.last_seen.as_deref()),
             if r.models.is_empty() { "—".into() } else { r.models.iter().map(|m| esc(m)).collect::<Vec<_>>().join("<br>") },
             r.feedback,
             r.pending.map(|p| p.to_string()).unwrap_or_else(|| "—".into()),
@@ -396,9 +416,9 @@ pub fn device(store: &dyn ServerStore, frame: &Frame, id: &str) -> Result<String
         "<dl class=\"facts\"><dt>Group</dt><dd>{}</dd><dt>Enrolled</dt><dd>{}</dd><dt>Last seen</dt><dd>{}</dd>\
          <dt>Revoked</dt><dd id=\"revoked\">{}</dd><dt>Feedback synced</dt><dd>{}</dd><dt>Pending on device</dt><dd>{}</dd></dl>",
         esc(&d.group),
-        opt(d.enrolled_at.as_deref()),
-        opt(d.last_seen.as_deref()),
-        opt(d.revoked_at.as_deref()),
+        opt_when(d.enrolled_at.as_deref()),
+        opt_when(d.last_seen.as_deref()),
+        opt_when(d.revoked_at.as_deref()),
         d.feedback,
         d.pending_feedback.map(|p| p.to_string()).unwrap_or_else(|| "not reported".into()),
     );
@@ -424,7 +444,7 @@ pub fn device(store: &dyn ServerStore, frame: &Frame, id: &str) -> Result<String
             esc(&m.model),
             opt(m.active_version.as_deref()),
             opt(m.pinned.as_deref()),
-            esc(&m.reported_at)
+            when(&m.reported_at)
         );
     }
     body.push_str("</tbody></table><h2>Refused and rolled-back updates</h2><table><thead><tr><th>When</th><th>Model</th><th>Version</th><th>What</th><th>Reason</th></tr></thead><tbody>");
@@ -473,7 +493,7 @@ pub fn device(store: &dyn ServerStore, frame: &Frame, id: &str) -> Result<String
             "<tr data-feedback=\"{}\"><td>{}</td><td>{} {}</td><td>{}</td><td>{}</td><td>{}</td><td>\
              <form method=\"post\" action=\"/admin/feedback/{}/show\" class=\"inline\">{}<button type=\"submit\" class=\"show-item\">Show item</button></form></td></tr>",
             esc(&f.feedback_id),
-            esc(&f.received_at),
+            when(&f.received_at),
             esc(&f.model),
             esc(&f.model_version),
             esc(&f.kind),
@@ -492,7 +512,7 @@ pub fn device(store: &dyn ServerStore, frame: &Frame, id: &str) -> Result<String
         let _ = write!(
             body,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&a.at),
+            when(&a.at),
             esc(&a.actor),
             esc(&a.action),
             esc(&a.detail)
@@ -626,7 +646,7 @@ pub fn models(
                 r.run_id,
                 opt(r.candidate_version.as_deref()),
                 esc(&r.base_version),
-                esc(&r.started_at),
+                when(&r.started_at),
                 esc(&r.trigger),
                 r.status.as_str(),
                 r.status.as_str(),
@@ -711,8 +731,8 @@ pub fn run(
         r.status.as_str(),
         r.status.as_str(),
         esc(&r.reason),
-        esc(&r.started_at),
-        opt(r.finished_at.as_deref()),
+        when(&r.started_at),
+        opt_when(r.finished_at.as_deref()),
     );
     let Some(v) = report_of(&r) else {
         body.push_str("<p>This run has no evaluation report (it failed before evaluating).</p>");
@@ -954,7 +974,7 @@ pub fn learning_loop(
             esc(&l.label),
             l.count,
             l.devices,
-            esc(&l.first_at),
+            when(&l.first_at),
             if known { "ok" } else { "watch" },
             if known { "yes" } else { "not yet" }
         );
@@ -1015,7 +1035,7 @@ pub fn audit(store: &dyn ServerStore, frame: &Frame) -> Result<String, String> {
         let _ = write!(
             body,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&a.at),
+            when(&a.at),
             esc(&a.actor),
             esc(&a.action),
             esc(&a.detail)
@@ -1062,7 +1082,7 @@ pub fn item_page(frame: &Frame, item: &FeedbackItem) -> String {
         esc(&s.action),
         esc(&item.annotator),
         esc(&item.created_at),
-        esc(&s.received_at),
+        when(&s.received_at),
         esc(&item.item_id),
         url(&item.device_id)
     );
