@@ -406,8 +406,36 @@ async fn operators_dashboard_in_a_real_browser() {
     );
     assert!(t.version > targets_before.version);
 
-    // An action without its confirmation does nothing: propose a withdrawal, cancel.
+    // Widen it (stage): 50% of every group.
     let release_row = format!("tr[data-release='colours {candidate} canary']");
+    browser
+        .type_into(
+            &format!("{release_row} form.stage input[name=percent]"),
+            "50",
+        )
+        .await;
+    browser
+        .click(&format!("{release_row} form.stage input[name=all_groups]"))
+        .await;
+    browser
+        .click(&format!("{release_row} form.stage button"))
+        .await;
+    assert!(browser
+        .text("#confirm-what")
+        .await
+        .contains("every group, 50% of devices"));
+    browser.click("#confirm").await;
+    browser.wait_page("models").await;
+    assert!(browser.text("#flash").await.contains("staged"));
+    let t = served_targets(&http, &url, &pinned).await;
+    let rel = t
+        .releases
+        .iter()
+        .find(|r| r.model == "colours" && r.version == candidate)
+        .unwrap();
+    assert_eq!((rel.percent, rel.groups.len()), (50, 0), "widened");
+
+    // An action without its confirmation does nothing: propose a withdrawal, cancel.
     browser
         .click(&format!("{release_row} button.withdraw"))
         .await;
@@ -494,6 +522,7 @@ async fn operators_dashboard_in_a_real_browser() {
     for action in [
         "train",
         "models publish",
+        "models stage",
         "models withdraw",
         "show item",
         "sign in",

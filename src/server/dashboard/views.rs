@@ -1092,6 +1092,119 @@ pub fn item_page(frame: &Frame, item: &FeedbackItem) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::drift::DriftWindow;
+    use crate::protocol::{DeviceModel, DeviceModelsReport, ModelFailure};
+    use crate::server::store::SqliteServerStore;
+
+    fn frame() -> Frame {
+        Frame {
+            admin: "alice".into(),
+            csrf: "tok".into(),
+            flash: None,
+        }
+    }
+
+    fn window(state: DriftState) -> DriftWindow {
+        DriftWindow {
+            model_name: "landcover".into(),
+            model_version: "1.0.0".into(),
+            items: 50,
+            novel: 40,
+            score: 0.8,
+            state,
+            top_score_psi: None,
+            label_psi: None,
+            novel_labels: vec![("<b>SeaLake</b>".into(), 21)],
+            novel_folders: vec![],
+            started_at: "2026-11-28T00:00:00Z".into(),
+            ended_at: "2026-11-28T00:01:00Z".into(),
+        }
+    }
+
+    /// The fleet on a real SQLite store: drift, update failures, pending feedback,
+    /// filters and sorting; names from the field are escaped and keys never appear.
+    #[test]
+    fn fleet_shows_drift_failures_and_pending_and_filters() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SqliteServerStore::open(&tmp.path().join("server.db")).unwrap();
+        let a = store
+            .add_device("north-1", "north", "c1", "2099-01-01T00:00:00Z")
+            .unwrap();
+        let key = [0xABu8; 32];
+        store.enroll("c1", &key).unwrap();
+        store
+            .add_device("south-1", "south", "c2", "2099-01-01T00:00:00Z")
+            .unwrap();
+        store
+            .record_device_models(
+                &a.device_id,
+                &DeviceModelsReport {
+                    models: vec![DeviceModel {
+                        model: "landcover".into(),
+                        active_version: Some("1.0.0".into()),
+                        pinned: None,
+                        installed: vec!["1.0.0".into()],
+                    }],
+                    failures: vec![ModelFailure {
+                        model: "landcover".into(),
+                        version: Some("1.1.0".into()),
+                        kind: "rolled_back".into(),
+                        reason: "golden check failed".into(),
+                        at: "2026-11-28T00:00:00Z".into(),
+                    }],
+                    pending_feedback: Some(7),
+                },
+            )
+            .unwrap();
+        store
+            .store_drift(&a.device_id, &[(1, window(DriftState::Drifted))])
+            .unwrap();
+        let html = fleet(&store, &frame(), &FleetQuery::default()).unwrap();
+        assert!(
+            html.contains("rolled_back 1.1.0: golden check failed"),
+            "{html}"
+        );
+        assert!(html.contains("drifted (landcover)"));
+        assert!(html.contains("<td class=\"num pending\">7</td>"));
+        assert!(html.contains("landcover 1.0.0"));
+        use base64::Engine;
+        assert!(!html.contains(&base64::engine::general_purpose::STANDARD.encode(key)));
+        assert!(!html.contains(&hex::encode(key)));
+        assert!(html.find("north-1").unwrap() < html.find("south-1").unwrap());
+
+        let only = |q: FleetQuery| fleet(&store, &frame(), &q).unwrap();
+        let h = only(FleetQuery {
+            drift: Some("drifted".into()),
+            ..Default::default()
+        });
+        assert!(h.contains("data-device=\"north-1\"") && !h.contains("data-device=\"south-1\""));
+        let h = only(FleetQuery {
+            state: Some("awaiting".into()),
+            ..Default::default()
+        });
+        assert!(!h.contains("data-device=\"north-1\"") && h.contains("data-device=\"south-1\""));
+        let h = only(FleetQuery {
+            problems: Some("1".into()),
+            ..Default::default()
+        });
+        assert!(h.contains("data-device=\"north-1\"") && !h.contains("data-device=\"south-1\""));
+        let h = only(FleetQuery {
+            sort: Some("name".into()),
+            desc: Some("1".into()),
+            ..Default::default()
+        });
+        assert!(
+            h.find("data-device=\"south-1\"").unwrap() < h.find("data-device=\"north-1\"").unwrap()
+        );
+
+        // The device page: the drift cause is escaped.
+        let d = device(&store, &frame(), &a.device_id).unwrap();
+        assert!(d.contains("&lt;b&gt;SeaLake&lt;/b&gt; (21)") && !d.contains("<b>SeaLake"));
+        assert!(d.contains("golden check failed"));
+        assert!(device(&store, &frame(), "nope")
+            .unwrap_err()
+            .starts_with("404 "));
+    }
 
     #[test]
     fn escaping_and_urls() {
