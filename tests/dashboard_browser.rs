@@ -434,6 +434,7 @@ async fn operators_dashboard_in_a_real_browser() {
         .find(|r| r.model == "colours" && r.version == candidate)
         .unwrap();
     assert_eq!((rel.percent, rel.groups.len()), (50, 0), "widened");
+    screenshot(&browser, "models").await;
 
     // An action without its confirmation does nothing: propose a withdrawal, cancel.
     browser
@@ -549,6 +550,11 @@ async fn operators_dashboard_in_a_real_browser() {
         .text("#new-labels tr[data-label='flooded']")
         .await
         .contains("not yet"));
+    let latency = browser.text("#latency tbody tr").await;
+    assert!(
+        latency.contains(&format!("colours {candidate} 16 ")),
+        "feedback to release: the 16 decisions of this test: {latency}"
+    );
     screenshot(&browser, "loop").await;
 
     // Revoke the device from its page: confirmed, audited, and its next sync is refused.

@@ -982,8 +982,9 @@ pub fn learning_loop(
     body.push_str("</tbody></table>");
     // Feedback to published model: for each published run, the feedback that arrived since
     // the previous run started, to the end of this run.
-    body.push_str("<h2>From feedback to a published model</h2><p class=\"hint\">Per published run: how long the feedback it was the first to learn from waited, from its arrival to the end of the run (for a candidate published by hand later, the wait until the operator published it is not counted).</p>\
+    body.push_str("<h2>From feedback to a published model</h2><p class=\"hint\">Per published run: how long the feedback it was the first to learn from waited, from its arrival until the model was published (the end of the run, or the operator's publish of a held candidate).</p>\
                    <table id=\"latency\"><thead><tr><th>Model</th><th>Release</th><th>New feedback</th><th>Median wait</th><th>Longest wait</th></tr></thead><tbody>");
+    let audit = store.audit_log(100_000).map_err(e)?;
     let mut by_model: BTreeMap<String, Vec<&TrainingRun>> = BTreeMap::new();
     for r in &runs {
         by_model.entry(r.model_name.clone()).or_default().push(r);
@@ -1000,8 +1001,19 @@ pub fn learning_loop(
         for r in rs {
             let start = parse_time(&r.started_at);
             if r.status == crate::server::store::RunStatus::Published {
-                if let (Some(s), Some(end)) = (start, r.finished_at.as_deref().and_then(parse_time))
-                {
+                // Published by hand: the first `models publish` of its bundle.
+                let by_hand = r.bundle_dir.as_deref().and_then(|dir| {
+                    audit
+                        .iter()
+                        .filter(|a| {
+                            a.action == "models publish"
+                                && a.detail.starts_with(&format!("{dir} to "))
+                        })
+                        .filter_map(|a| parse_time(&a.at))
+                        .min()
+                });
+                let end = by_hand.or_else(|| r.finished_at.as_deref().and_then(parse_time));
+                if let (Some(s), Some(end)) = (start, end) {
                     let mut waits: Vec<f64> = received
                         .iter()
                         .filter(|t| **t <= s && prev_start.is_none_or(|p| **t > p))
