@@ -116,6 +116,11 @@ enum AdminCommand {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Delete an operator account; their sessions end at once.
+    Remove {
+        /// The operator's name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -334,46 +339,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 anyhow::Ok(())
             })?;
         }
-        Command::Admin { command } => {
-            let (name, password_stdin, create) = match command {
-                AdminCommand::Add {
-                    name,
-                    password_stdin,
-                } => (name, password_stdin, true),
-                AdminCommand::Passwd {
-                    name,
-                    password_stdin,
-                } => (name, password_stdin, false),
-            };
-            let exists = store.admin_password_hash(&name)?.is_some();
-            if create && exists {
-                anyhow::bail!("operator {name:?} exists already; `outpost-server admin passwd {name}` gives a new password");
-            }
-            if !create && !exists {
-                anyhow::bail!(
-                    "no operator {name:?}; create it with `outpost-server admin add {name}`"
-                );
-            }
-            let password = if password_stdin {
-                let mut line = String::new();
-                std::io::stdin().read_line(&mut line)?;
-                line.trim_end_matches(['\r', '\n']).to_string()
-            } else {
-                server::dashboard::auth::generate_password()
-            };
-            server::dashboard::auth::set_password(store.as_ref(), &name, &password)?;
-            store.audit(
-                "operator",
-                if create { "admin add" } else { "admin passwd" },
-                &name,
-            )?;
-            if password_stdin {
-                println!("operator {name}: password set");
-            } else {
-                println!("operator {name}: password (shown once, store it in a password manager):\n\n    {password}\n");
-            }
-            println!("sign in at <server URL>/admin/ (outpost-server serve)");
-        }
+        Command::Admin { command } => admin(store.as_ref(), command)?,
         Command::Devices { command } => match command {
             DevicesCommand::Add {
                 name,
@@ -625,6 +591,59 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `outpost-server admin ...`: operator accounts of the dashboard.
+fn admin(store: &dyn ServerStore, command: AdminCommand) -> Result<()> {
+    let (name, password_stdin, create) = match command {
+        AdminCommand::Remove { name } => {
+            if !store.remove_admin(&name)? {
+                anyhow::bail!("no operator {name:?}");
+            }
+            store.audit("operator", "admin remove", &name)?;
+            println!("operator {name} removed; their sessions are ended");
+            return Ok(());
+        }
+        AdminCommand::Add {
+            name,
+            password_stdin,
+        } => (name, password_stdin, true),
+        AdminCommand::Passwd {
+            name,
+            password_stdin,
+        } => (name, password_stdin, false),
+    };
+    let exists = store.admin_password_hash(&name)?.is_some();
+    if create && exists {
+        anyhow::bail!(
+            "operator {name:?} exists already; `outpost-server admin passwd {name}` gives a new password"
+        );
+    }
+    if !create && !exists {
+        anyhow::bail!("no operator {name:?}; create it with `outpost-server admin add {name}`");
+    }
+    let password = if password_stdin {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    } else {
+        server::dashboard::auth::generate_password()
+    };
+    server::dashboard::auth::set_password(store, &name, &password)?;
+    store.audit(
+        "operator",
+        if create { "admin add" } else { "admin passwd" },
+        &name,
+    )?;
+    if password_stdin {
+        println!("operator {name}: password set");
+    } else {
+        println!(
+            "operator {name}: password (shown once, store it in a password manager):\n\n    {password}\n"
+        );
+    }
+    println!("sign in at <server URL>/admin/ (outpost-server serve)");
+    Ok(())
 }
 
 fn models(cfg: &ServerConfig, store: &dyn ServerStore, command: ModelsCommand) -> Result<()> {

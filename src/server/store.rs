@@ -216,6 +216,8 @@ pub trait ServerStore: Send + Sync {
 
     /// Creates an operator account or replaces its password hash; true if it was created.
     fn set_admin(&self, name: &str, password_hash: &str) -> Result<bool, ServerStoreError>;
+    /// Deletes an operator account and its sessions; false if there was none.
+    fn remove_admin(&self, name: &str) -> Result<bool, ServerStoreError>;
     /// The password hash (PHC string) of an operator account.
     fn admin_password_hash(&self, name: &str) -> Result<Option<String>, ServerStoreError>;
     /// Stores a sign-in session (by the sha256 of its cookie value).
@@ -1132,6 +1134,12 @@ impl ServerStore for SqliteServerStore {
             conn.execute("DELETE FROM admin_sessions WHERE admin = ?1", [name])?;
         }
         Ok(!existed)
+    }
+
+    fn remove_admin(&self, name: &str) -> Result<bool, ServerStoreError> {
+        let conn = self.conn();
+        conn.execute("DELETE FROM admin_sessions WHERE admin = ?1", [name])?;
+        Ok(conn.execute("DELETE FROM admins WHERE name = ?1", [name])? == 1)
     }
 
     fn admin_password_hash(&self, name: &str) -> Result<Option<String>, ServerStoreError> {

@@ -262,6 +262,50 @@ mod tests {
     }
 
     #[test]
+    fn accounts_passwords_and_sessions_on_a_real_store() {
+        use crate::server::store::SqliteServerStore;
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SqliteServerStore::open(&tmp.path().join("server.db")).unwrap();
+        assert!(matches!(
+            set_password(&store, "alice", "short"),
+            Err(AuthError::WeakPassword)
+        ));
+        assert!(matches!(
+            set_password(&store, "a lice", "long enough password"),
+            Err(AuthError::BadName)
+        ));
+        assert!(set_password(&store, "alice", "long enough password").unwrap());
+        assert!(check_password(&store, "alice", "long enough password").unwrap());
+        assert!(!check_password(&store, "alice", "long enough passworD").unwrap());
+        assert!(!check_password(&store, "bob", "long enough password").unwrap());
+        let now = crate::server::unix_now();
+        store.create_session("h1", "alice", "c1", now + 60).unwrap();
+        store.create_session("old", "alice", "c0", now - 1).unwrap();
+        assert_eq!(store.session("h1", now).unwrap().unwrap().csrf, "c1");
+        assert!(store.session("old", now).unwrap().is_none(), "expired");
+        // A new password ends the sessions signed in with the old one.
+        assert!(!set_password(&store, "alice", "another long password").unwrap());
+        assert!(store.session("h1", now).unwrap().is_none());
+        store.create_session("h2", "alice", "c2", now + 60).unwrap();
+        assert!(store.remove_admin("alice").unwrap());
+        assert!(store.session("h2", now).unwrap().is_none());
+        assert!(!check_password(&store, "alice", "another long password").unwrap());
+        assert!(!store.remove_admin("alice").unwrap());
+    }
+
+    #[test]
+    fn throttle_locks_a_name_after_too_many_failures() {
+        let t = Throttle::default();
+        for _ in 0..MAX_FAILURES {
+            assert!(!t.locked("alice"));
+            t.failed("alice");
+        }
+        assert!(t.locked("alice") && !t.locked("bob"));
+        t.succeeded("alice");
+        assert!(!t.locked("alice"));
+    }
+
+    #[test]
     fn cookies_origins_and_tokens() {
         let mut h = HeaderMap::new();
         h.insert("cookie", "a=1; outpost_admin=tok; b=2".parse().unwrap());
