@@ -171,6 +171,11 @@ pub struct DeviceModelsReport {
     pub models: Vec<DeviceModel>,
     /// Updates refused or rolled back, not yet reported.
     pub failures: Vec<ModelFailure>,
+    /// Feedback decided on the device and not yet acknowledged by the server (its outbox),
+    /// so the operators' dashboard can show what is still in the field. Absent from older
+    /// agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_feedback: Option<i64>,
 }
 
 /// A model as a device runs it.

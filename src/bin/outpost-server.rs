@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use outpost::server::config::ServerConfig;
-use outpost::server::store::{RunStatus, Trigger};
+use outpost::server::store::RunStatus;
 use outpost::server::store::{ServerStore, SqliteServerStore, Via};
 use outpost::server::{self, AppState};
 use std::path::PathBuf;
@@ -29,11 +29,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the agents' API.
+    /// Serve the agents' API, and the operators' dashboard under /admin/.
     Serve {
         /// Address to listen on (default: 127.0.0.1:8480).
         #[arg(long)]
         listen: Option<String>,
+    },
+    /// Operator accounts of the dashboard (`serve`, /admin/).
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
     },
     /// Enroll, list and revoke field devices.
     Devices {
@@ -89,6 +94,32 @@ enum Command {
         /// How many records.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create an operator account; prints a generated password unless --password-stdin.
+    Add {
+        /// The operator's name (letters, digits, '.', '-', '_').
+        name: String,
+        /// Read the password from standard input instead (at least 12 characters).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Give an operator a new password (generated unless --password-stdin); ends their
+    /// sessions.
+    Passwd {
+        /// The operator's name.
+        name: String,
+        /// Read the password from standard input instead.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Delete an operator account; their sessions end at once.
+    Remove {
+        /// The operator's name.
+        name: String,
     },
 }
 
@@ -299,11 +330,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
                 tracing::info!(address = %listener.local_addr()?, data_dir = %cfg.data_dir.display(), "outpost-server listening");
+                tracing::info!("operators' dashboard: http://{}/admin/ (accounts: outpost-server admin add NAME)", listener.local_addr()?);
                 tokio::spawn(server::background::run(store.clone(), cfg.clone()));
-                server::serve(listener, AppState { store, repo: Some(outpost::server::publish::repo_dir(&cfg.data_dir)) }).await?;
+                let dashboard = server::dashboard::Dashboard::new(store.clone(), cfg.clone());
+                let app = server::router(AppState { store, repo: Some(outpost::server::publish::repo_dir(&cfg.data_dir)) })
+                    .merge(server::dashboard::router(dashboard));
+                server::serve_app(listener, app).await?;
                 anyhow::Ok(())
             })?;
         }
+        Command::Admin { command } => admin(store.as_ref(), command)?,
         Command::Devices { command } => match command {
             DevicesCommand::Add {
                 name,
@@ -339,11 +375,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         "awaiting enrollment"
                     };
                     println!(
-                        "{:<20} {:<12} {:<20} feedback {:>6}  last seen {}  {}",
+                        "{:<20} {:<12} {:<20} feedback {:>6}{}  last seen {}  {}",
                         d.name,
                         d.group,
                         state,
                         d.feedback,
+                        d.pending_feedback
+                            .map(|p| format!(" (+{p} pending on the device)"))
+                            .unwrap_or_default(),
                         d.last_seen.as_deref().unwrap_or("never"),
                         d.device_id
                     );
@@ -351,12 +390,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
             DevicesCommand::Revoke { device } => {
-                let d = store.revoke(&device)?;
-                store.audit(
-                    "operator",
-                    "devices revoke",
-                    &format!("{} ({})", d.name, d.device_id),
-                )?;
+                let d = server::ops::revoke(store.as_ref(), &device, "operator")?;
                 println!(
                     "device {} revoked; it is refused from its next request",
                     d.name
@@ -453,15 +487,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(p) = percent {
                 settings.percent = p;
             }
-            outpost::model::runtime::init(cfg.ort_lib.as_deref())?;
-            store.audit("operator", "train", &model)?;
-            let o = server::training::run(
-                store.as_ref(),
-                &cfg.data_dir,
-                &model,
-                &settings,
-                Trigger::Operator,
-            )?;
+            let o = server::ops::train(store.as_ref(), &cfg, &model, &settings, "operator")?;
             print_report(&o.report);
             println!("candidate bundle: {}", o.bundle_dir.display());
             println!("{}: {}", o.status.as_str(), o.reason);
@@ -567,6 +593,59 @@ fn run(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `outpost-server admin ...`: operator accounts of the dashboard.
+fn admin(store: &dyn ServerStore, command: AdminCommand) -> Result<()> {
+    let (name, password_stdin, create) = match command {
+        AdminCommand::Remove { name } => {
+            if !store.remove_admin(&name)? {
+                anyhow::bail!("no operator {name:?}");
+            }
+            store.audit("operator", "admin remove", &name)?;
+            println!("operator {name} removed; their sessions are ended");
+            return Ok(());
+        }
+        AdminCommand::Add {
+            name,
+            password_stdin,
+        } => (name, password_stdin, true),
+        AdminCommand::Passwd {
+            name,
+            password_stdin,
+        } => (name, password_stdin, false),
+    };
+    let exists = store.admin_password_hash(&name)?.is_some();
+    if create && exists {
+        anyhow::bail!(
+            "operator {name:?} exists already; `outpost-server admin passwd {name}` gives a new password"
+        );
+    }
+    if !create && !exists {
+        anyhow::bail!("no operator {name:?}; create it with `outpost-server admin add {name}`");
+    }
+    let password = if password_stdin {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    } else {
+        server::dashboard::auth::generate_password()
+    };
+    server::dashboard::auth::set_password(store, &name, &password)?;
+    store.audit(
+        "operator",
+        if create { "admin add" } else { "admin passwd" },
+        &name,
+    )?;
+    if password_stdin {
+        println!("operator {name}: password set");
+    } else {
+        println!(
+            "operator {name}: password (shown once, store it in a password manager):\n\n    {password}\n"
+        );
+    }
+    println!("sign in at <server URL>/admin/ (outpost-server serve)");
+    Ok(())
+}
+
 fn models(cfg: &ServerConfig, store: &dyn ServerStore, command: ModelsCommand) -> Result<()> {
     use outpost::server::publish;
     match command {
@@ -630,7 +709,7 @@ fn models(cfg: &ServerConfig, store: &dyn ServerStore, command: ModelsCommand) -
             model,
             json,
         } => {
-            let run = find_candidate(store, &version, model.as_deref())?;
+            let run = server::ops::find_candidate(store, &version, model.as_deref())?;
             let report = run.report.clone().unwrap_or_default();
             if json {
                 println!("{report}");
@@ -648,30 +727,20 @@ fn models(cfg: &ServerConfig, store: &dyn ServerStore, command: ModelsCommand) -
             groups,
             percent,
         } => {
-            let path = PathBuf::from(&bundle);
-            let (dir, candidate) = if path.is_dir() {
-                (path, None)
-            } else {
-                let run = find_candidate(store, &bundle, model.as_deref())?;
-                let dir = run
-                    .bundle_dir
-                    .clone()
-                    .with_context(|| format!("run #{} kept no bundle", run.run_id))?;
-                (PathBuf::from(dir), Some(run))
-            };
-            let v = publish::publish(&cfg.data_dir, &dir, &channel, &groups, percent)?;
-            let what = format!("{} to {channel} {groups:?} {percent}%", dir.display());
-            store.audit("operator", "models publish", &what)?;
-            if let Some(run) = candidate {
-                store.mark_published(
-                    &run.model_name,
-                    &bundle,
-                    &format!("published by an operator: {what}"),
-                )?;
-            }
+            let p = server::ops::publish(
+                store,
+                &cfg.data_dir,
+                &bundle,
+                model.as_deref(),
+                &channel,
+                &groups,
+                percent,
+                "operator",
+            )?;
             println!(
-                "published {} as targets version {v} on channel {channel}",
-                dir.display()
+                "published {} as targets version {} on channel {channel}",
+                p.bundle_dir.display(),
+                p.targets_version
             );
         }
         ModelsCommand::Stage {
@@ -689,23 +758,16 @@ fn models(cfg: &ServerConfig, store: &dyn ServerStore, command: ModelsCommand) -
             } else {
                 Some(groups)
             };
-            let v = publish::restage(
+            let (what, v) = server::ops::stage(
+                store,
                 &cfg.data_dir,
                 &model,
                 &version,
                 channel.as_deref(),
                 new_groups.as_deref(),
                 percent,
+                "operator",
             )?;
-            let what = format!(
-                "{model} {version}: groups {}, {percent}%",
-                match &new_groups {
-                    None => "unchanged".to_string(),
-                    Some(g) if g.is_empty() => "all".to_string(),
-                    Some(g) => g.join(","),
-                }
-            );
-            store.audit("operator", "models stage", &what)?;
             println!("{what} (targets version {v})");
         }
         ModelsCommand::Withdraw {
@@ -713,45 +775,18 @@ fn models(cfg: &ServerConfig, store: &dyn ServerStore, command: ModelsCommand) -
             version,
             channel,
         } => {
-            let v = publish::withdraw(&cfg.data_dir, &model, &version, channel.as_deref())?;
-            store.audit(
+            let v = server::ops::withdraw(
+                store,
+                &cfg.data_dir,
+                &model,
+                &version,
+                channel.as_deref(),
                 "operator",
-                "models withdraw",
-                &format!(
-                    "{model} {version} {}",
-                    channel.as_deref().unwrap_or("(all channels)")
-                ),
             )?;
             println!("{model} {version} withdrawn (targets version {v}); devices running it move to the newest release that applies to them");
         }
     }
     Ok(())
-}
-
-fn find_candidate(
-    store: &dyn ServerStore,
-    version: &str,
-    model: Option<&str>,
-) -> Result<outpost::server::store::TrainingRun> {
-    let runs: Vec<_> = store
-        .runs(model)?
-        .into_iter()
-        .filter(|r| r.candidate_version.as_deref() == Some(version))
-        .collect();
-    match runs.len() {
-        0 => anyhow::bail!(
-            "no candidate {version}{}; see `outpost-server models list`",
-            model.map(|m| format!(" of {m}")).unwrap_or_default()
-        ),
-        1 => Ok(runs.into_iter().next().expect("one run")),
-        _ => anyhow::bail!(
-            "several models have a candidate {version}: say which with --model ({})",
-            runs.iter()
-                .map(|r| r.model_name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
 }
 
 fn print_report(r: &outpost::server::training::Report) {

@@ -68,13 +68,15 @@ pub async fn run(store: Arc<dyn ServerStore>, cfg: ServerConfig) {
                 if let Err(e) = crate::model::runtime::init(cfg.ort_lib.as_deref()) {
                     return Err(e.to_string());
                 }
-                super::training::run(
-                    store.as_ref(),
-                    &cfg.data_dir,
-                    &model,
-                    &cfg.training,
-                    Trigger::Auto,
-                )
+                super::ops::with_training_lock(|| {
+                    super::training::run(
+                        store.as_ref(),
+                        &cfg.data_dir,
+                        &model,
+                        &cfg.training,
+                        Trigger::Auto,
+                    )
+                })
                 .map(|o| (model, o))
                 .map_err(|e| e.to_string())
             })

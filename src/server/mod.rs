@@ -15,6 +15,7 @@
 //! | `POST /v1/device/models` | a signed device | JSON [`protocol::DeviceModelsReport`] (versions running, updates refused or rolled back); answers its group |
 //! | `GET /v1/metadata/{name}` | anyone | signed update metadata (`root.json`, `N.root.json`, `timestamp.json`, ...) |
 //! | `GET /v1/targets/sha256/{hash}` | anyone | a bundle file by content, `Range: bytes=N-` resumes |
+//! | `/admin/...` | a signed-in operator | the operators' dashboard ([`dashboard`]) |
 //!
 //! Authentication of devices: every request is signed with the device key over method,
 //! path, body hash, timestamp and nonce (`protocol::signing_payload`). The server refuses
@@ -24,6 +25,8 @@
 
 pub mod background;
 pub mod config;
+pub mod dashboard;
+pub mod ops;
 pub mod publish;
 pub mod store;
 pub mod train;
@@ -447,7 +450,13 @@ pub fn decompress_limited(body: &[u8], limit: usize) -> std::io::Result<Vec<u8>>
 
 /// Runs the server until Ctrl-C.
 pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    serve_app(listener, router(state)).await
+}
+
+/// Runs a router (the agents' API, with the operators' dashboard merged in by
+/// `outpost-server serve`) until Ctrl-C.
+pub async fn serve_app(listener: tokio::net::TcpListener, app: Router) -> std::io::Result<()> {
+    axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })

@@ -31,6 +31,11 @@ pub const SERVER_MIGRATIONS: &[(u32, &str, &str)] = &[
         "server/0004_drift.sql",
         include_str!("../../migrations/server/0004_drift.sql"),
     ),
+    (
+        5,
+        "server/0005_dashboard.sql",
+        include_str!("../../migrations/server/0005_dashboard.sql"),
+    ),
 ];
 
 /// Errors of the server store.
@@ -76,6 +81,8 @@ pub struct Device {
     pub last_seen: Option<String>,
     /// Feedback stored from it.
     pub feedback: i64,
+    /// Feedback waiting in its outbox when it last reported (`None`: never reported).
+    pub pending_feedback: Option<i64>,
 }
 
 /// A device's model as it last reported it, with its most recent failure of that model.
@@ -204,6 +211,146 @@ pub trait ServerStore: Send + Sync {
     ) -> Result<usize, ServerStoreError>;
     /// Per device and model, the latest drift window and since when its state holds.
     fn drift_latest(&self) -> Result<Vec<DeviceDrift>, ServerStoreError>;
+
+    // The operators' dashboard.
+
+    /// Creates an operator account or replaces its password hash; true if it was created.
+    fn set_admin(&self, name: &str, password_hash: &str) -> Result<bool, ServerStoreError>;
+    /// Deletes an operator account and its sessions; false if there was none.
+    fn remove_admin(&self, name: &str) -> Result<bool, ServerStoreError>;
+    /// The password hash (PHC string) of an operator account.
+    fn admin_password_hash(&self, name: &str) -> Result<Option<String>, ServerStoreError>;
+    /// Stores a sign-in session (by the sha256 of its cookie value).
+    fn create_session(
+        &self,
+        token_sha256: &str,
+        admin: &str,
+        csrf: &str,
+        expires_at: i64,
+    ) -> Result<(), ServerStoreError>;
+    /// A live session; expired ones are deleted on the way.
+    fn session(
+        &self,
+        token_sha256: &str,
+        now_unix: i64,
+    ) -> Result<Option<AdminSession>, ServerStoreError>;
+    /// Ends a session (sign out).
+    fn delete_session(&self, token_sha256: &str) -> Result<(), ServerStoreError>;
+    /// Feedback received per day (server clock), model and label.
+    fn feedback_per_day(&self) -> Result<Vec<FeedbackDay>, ServerStoreError>;
+    /// Labels reviewers introduced in the field (marked as new), per model.
+    fn field_labels(&self) -> Result<Vec<FieldLabel>, ServerStoreError>;
+    /// When each feedback row of `model` was received (server clock), oldest first.
+    fn feedback_received(&self, model: &str) -> Result<Vec<String>, ServerStoreError>;
+    /// The newest feedback of a device, without its content (`limit` rows).
+    fn device_feedback(
+        &self,
+        device_id: &str,
+        limit: usize,
+    ) -> Result<Vec<FeedbackSummary>, ServerStoreError>;
+    /// One feedback row with its raw content, for an audited "show item" request.
+    fn feedback_item(&self, feedback_id: &str) -> Result<Option<FeedbackItem>, ServerStoreError>;
+    /// The drift windows of one device, newest first (`limit` rows).
+    fn device_drift(
+        &self,
+        device_id: &str,
+        limit: usize,
+    ) -> Result<Vec<crate::drift::DriftWindow>, ServerStoreError>;
+    /// Every refused or rolled-back update a device reported, newest first:
+    /// (model, version, kind, reason, at).
+    fn device_failures(&self, device_id: &str) -> Result<Vec<ModelFailureRow>, ServerStoreError>;
+}
+
+/// A signed-in operator's session.
+#[derive(Debug, Clone)]
+pub struct AdminSession {
+    /// The operator's name.
+    pub admin: String,
+    /// The token the page's forms must carry.
+    pub csrf: String,
+}
+
+/// Feedback rows received on one day for one label of one model.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FeedbackDay {
+    /// `YYYY-MM-DD` (server clock, UTC).
+    pub day: String,
+    /// Model.
+    pub model: String,
+    /// Label given.
+    pub label: String,
+    /// Rows.
+    pub count: i64,
+}
+
+/// A label reviewers introduced in the field.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FieldLabel {
+    /// Model.
+    pub model: String,
+    /// The new label.
+    pub label: String,
+    /// Feedback rows giving it.
+    pub count: i64,
+    /// Devices that gave it.
+    pub devices: i64,
+    /// First received (server clock).
+    pub first_at: String,
+}
+
+/// A feedback row as the dashboard lists it: no embedding, no content.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FeedbackSummary {
+    /// Id.
+    pub feedback_id: String,
+    /// Model.
+    pub model: String,
+    /// Version the reviewer saw.
+    pub model_version: String,
+    /// `image` or `text`.
+    pub kind: String,
+    /// `confirm` or `correct`.
+    pub action: String,
+    /// Labels given.
+    pub labels: Vec<String>,
+    /// Received (server clock).
+    pub received_at: String,
+    /// Whether raw content travelled with it.
+    pub has_content: bool,
+}
+
+/// A feedback row with its raw content.
+#[derive(Debug, Clone)]
+pub struct FeedbackItem {
+    /// The row without content.
+    pub summary: FeedbackSummary,
+    /// The device that sent it.
+    pub device_id: String,
+    /// The item's content hash.
+    pub item_id: String,
+    /// Who decided.
+    pub annotator: String,
+    /// When (device clock).
+    pub created_at: String,
+    /// Raw tile or report, if it travelled.
+    pub content: Option<Vec<u8>>,
+    /// Its content type.
+    pub content_type: Option<String>,
+}
+
+/// A refused or rolled-back update as a device reported it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelFailureRow {
+    /// Model (empty when the metadata itself was refused).
+    pub model: String,
+    /// Version.
+    pub version: Option<String>,
+    /// `refused` or `rolled_back`.
+    pub kind: String,
+    /// Why.
+    pub reason: String,
+    /// When (device clock).
+    pub at: String,
 }
 
 /// A device's latest drift state for one model, as the server shows it.
@@ -394,7 +541,7 @@ impl SqliteServerStore {
 
 const DEVICE_COLUMNS: &str =
     "d.device_id, d.name, d.device_group, d.public_key, d.enrolled_at, d.revoked_at, d.last_seen,
-    (SELECT COUNT(*) FROM feedback f WHERE f.device_id = d.device_id)";
+    (SELECT COUNT(*) FROM feedback f WHERE f.device_id = d.device_id), d.pending_feedback";
 
 fn row_to_device(r: &rusqlite::Row<'_>) -> rusqlite::Result<Device> {
     Ok(Device {
@@ -406,6 +553,7 @@ fn row_to_device(r: &rusqlite::Row<'_>) -> rusqlite::Result<Device> {
         revoked_at: r.get(5)?,
         last_seen: r.get(6)?,
         feedback: r.get(7)?,
+        pending_feedback: r.get(8)?,
     })
 }
 
@@ -538,6 +686,12 @@ impl ServerStore for SqliteServerStore {
                     serde_json::to_string(&m.installed).unwrap_or_default(),
                     at
                 ],
+            )?;
+        }
+        if let Some(p) = report.pending_feedback {
+            tx.execute(
+                "UPDATE devices SET pending_feedback = ?1, pending_reported_at = ?2 WHERE device_id = ?3",
+                params![p.max(0), at, device_id],
             )?;
         }
         for f in &report.failures {
@@ -961,4 +1115,271 @@ impl ServerStore for SqliteServerStore {
         }
         Ok(out)
     }
+
+    fn set_admin(&self, name: &str, password_hash: &str) -> Result<bool, ServerStoreError> {
+        let conn = self.conn();
+        let at = now();
+        let existed: bool = conn
+            .query_row("SELECT 1 FROM admins WHERE name = ?1", [name], |_| Ok(()))
+            .optional()?
+            .is_some();
+        conn.execute(
+            "INSERT INTO admins (name, password_hash, created_at, password_set_at) VALUES (?1, ?2, ?3, ?3)
+             ON CONFLICT (name) DO UPDATE SET password_hash = excluded.password_hash,
+               password_set_at = excluded.password_set_at",
+            params![name, password_hash, at],
+        )?;
+        if existed {
+            // A new password ends every session signed in with the old one.
+            conn.execute("DELETE FROM admin_sessions WHERE admin = ?1", [name])?;
+        }
+        Ok(!existed)
+    }
+
+    fn remove_admin(&self, name: &str) -> Result<bool, ServerStoreError> {
+        let conn = self.conn();
+        conn.execute("DELETE FROM admin_sessions WHERE admin = ?1", [name])?;
+        Ok(conn.execute("DELETE FROM admins WHERE name = ?1", [name])? == 1)
+    }
+
+    fn admin_password_hash(&self, name: &str) -> Result<Option<String>, ServerStoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT password_hash FROM admins WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    fn create_session(
+        &self,
+        token_sha256: &str,
+        admin: &str,
+        csrf: &str,
+        expires_at: i64,
+    ) -> Result<(), ServerStoreError> {
+        self.conn().execute(
+            "INSERT INTO admin_sessions (token_sha256, admin, csrf, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![token_sha256, admin, csrf, now(), expires_at],
+        )?;
+        Ok(())
+    }
+
+    fn session(
+        &self,
+        token_sha256: &str,
+        now_unix: i64,
+    ) -> Result<Option<AdminSession>, ServerStoreError> {
+        let conn = self.conn();
+        conn.execute(
+            "DELETE FROM admin_sessions WHERE expires_at < ?1",
+            [now_unix],
+        )?;
+        Ok(conn
+            .query_row(
+                "SELECT admin, csrf FROM admin_sessions WHERE token_sha256 = ?1",
+                [token_sha256],
+                |r| {
+                    Ok(AdminSession {
+                        admin: r.get(0)?,
+                        csrf: r.get(1)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    fn delete_session(&self, token_sha256: &str) -> Result<(), ServerStoreError> {
+        self.conn().execute(
+            "DELETE FROM admin_sessions WHERE token_sha256 = ?1",
+            [token_sha256],
+        )?;
+        Ok(())
+    }
+
+    fn feedback_per_day(&self) -> Result<Vec<FeedbackDay>, ServerStoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT substr(received_at, 1, 10), model_name, labels, COUNT(*) FROM feedback
+             GROUP BY 1, 2, 3 ORDER BY 1, 2",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        let mut out: std::collections::BTreeMap<(String, String, String), i64> = Default::default();
+        for row in rows {
+            let (day, model, labels, n) = row?;
+            let labels: Vec<String> = serde_json::from_str(&labels).unwrap_or_default();
+            for l in labels {
+                *out.entry((day.clone(), model.clone(), l)).or_default() += n;
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|((day, model, label), count)| FeedbackDay {
+                day,
+                model,
+                label,
+                count,
+            })
+            .collect())
+    }
+
+    fn field_labels(&self) -> Result<Vec<FieldLabel>, ServerStoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT model_name, new_labels, device_id, received_at FROM feedback
+             WHERE new_labels != '[]' ORDER BY received_at",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?;
+        type Acc = (i64, std::collections::BTreeSet<String>, String);
+        let mut out: std::collections::BTreeMap<(String, String), Acc> = Default::default();
+        for row in rows {
+            let (model, labels, device, at) = row?;
+            let labels: Vec<String> = serde_json::from_str(&labels).unwrap_or_default();
+            for l in labels {
+                let e = out
+                    .entry((model.clone(), l))
+                    .or_insert_with(|| (0, Default::default(), at.clone()));
+                e.0 += 1;
+                e.1.insert(device.clone());
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|((model, label), (count, devices, first_at))| FieldLabel {
+                model,
+                label,
+                count,
+                devices: devices.len() as i64,
+                first_at,
+            })
+            .collect())
+    }
+
+    fn feedback_received(&self, model: &str) -> Result<Vec<String>, ServerStoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT received_at FROM feedback WHERE model_name = ?1 ORDER BY received_at",
+        )?;
+        let rows = st.query_map([model], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn device_feedback(
+        &self,
+        device_id: &str,
+        limit: usize,
+    ) -> Result<Vec<FeedbackSummary>, ServerStoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT feedback_id, model_name, model_version, kind, action, labels, received_at,
+                    content IS NOT NULL
+             FROM feedback WHERE device_id = ?1 ORDER BY received_at DESC, rowid DESC LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![device_id, limit as i64], row_to_summary)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn feedback_item(&self, feedback_id: &str) -> Result<Option<FeedbackItem>, ServerStoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT feedback_id, model_name, model_version, kind, action, labels, received_at,
+                        content IS NOT NULL, device_id, item_id, annotator, created_at, content, content_type
+                 FROM feedback WHERE feedback_id = ?1",
+                [feedback_id],
+                |r| {
+                    Ok(FeedbackItem {
+                        summary: row_to_summary(r)?,
+                        device_id: r.get(8)?,
+                        item_id: r.get(9)?,
+                        annotator: r.get(10)?,
+                        created_at: r.get(11)?,
+                        content: r.get(12)?,
+                        content_type: r.get(13)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    fn device_drift(
+        &self,
+        device_id: &str,
+        limit: usize,
+    ) -> Result<Vec<crate::drift::DriftWindow>, ServerStoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT model_name, model_version, items, novel, score, state, top_score_psi, label_psi,
+                    novel_labels, novel_folders, started_at, ended_at
+             FROM drift_windows WHERE device_id = ?1 ORDER BY window_id DESC LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![device_id, limit as i64], |r| {
+            let state: String = r.get(5)?;
+            let labels: String = r.get(8)?;
+            let folders: String = r.get(9)?;
+            Ok(crate::drift::DriftWindow {
+                model_name: r.get(0)?,
+                model_version: r.get(1)?,
+                items: r.get::<_, i64>(2)? as usize,
+                novel: r.get::<_, i64>(3)? as usize,
+                score: r.get(4)?,
+                state: crate::drift::DriftState::parse(&state),
+                top_score_psi: r.get(6)?,
+                label_psi: r.get(7)?,
+                novel_labels: serde_json::from_str(&labels).unwrap_or_default(),
+                novel_folders: serde_json::from_str(&folders).unwrap_or_default(),
+                started_at: r.get(10)?,
+                ended_at: r.get(11)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn device_failures(&self, device_id: &str) -> Result<Vec<ModelFailureRow>, ServerStoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT model, version, kind, reason, at FROM device_model_failures
+             WHERE device_id = ?1 ORDER BY failure_id DESC",
+        )?;
+        let rows = st.query_map([device_id], |r| {
+            Ok(ModelFailureRow {
+                model: r.get(0)?,
+                version: r.get(1)?,
+                kind: r.get(2)?,
+                reason: r.get(3)?,
+                at: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+fn row_to_summary(r: &rusqlite::Row<'_>) -> rusqlite::Result<FeedbackSummary> {
+    let labels: String = r.get(5)?;
+    Ok(FeedbackSummary {
+        feedback_id: r.get(0)?,
+        model: r.get(1)?,
+        model_version: r.get(2)?,
+        kind: r.get(3)?,
+        action: r.get(4)?,
+        labels: serde_json::from_str(&labels).unwrap_or_default(),
+        received_at: r.get(6)?,
+        has_content: r.get(7)?,
+    })
 }

@@ -129,10 +129,19 @@ pub fn build_report(
         .collect::<Result<_, _>>()
         .map_err(crate::store::StoreError::from)?;
     let ids = rows.iter().map(|r| r.0).collect();
+    let pending_feedback = store
+        .conn()
+        .query_row(
+            "SELECT COUNT(*) FROM outbox WHERE acked_at IS NULL",
+            [],
+            |r| r.get(0),
+        )
+        .ok();
     Ok((
         DeviceModelsReport {
             models,
             failures: rows.into_iter().map(|r| r.1).collect(),
+            pending_feedback,
         },
         ids,
     ))

@@ -1,0 +1,209 @@
+//! Operator actions, one function per action, shared by the command line
+//! (`outpost-server models publish|stage|withdraw`, `train`, `devices revoke`) and the
+//! operators' dashboard, so both do exactly the same thing and leave the same audit record
+//! (the action is named as the command is: `models withdraw`, `devices revoke`, ...). The
+//! `actor` is who did it: `operator` at the command line, `operator:<name>` on the page.
+
+use super::config::ServerConfig;
+use super::publish::{self, PublishError};
+use super::store::{Device, ServerStore, ServerStoreError, TrainingRun, Trigger};
+use super::training::{self, Outcome, TrainingError, TrainingSettings};
+use std::path::{Path, PathBuf};
+
+/// Why an operator action could not be done.
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    /// Signing or publishing.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// The database.
+    #[error(transparent)]
+    Store(#[from] ServerStoreError),
+    /// Training.
+    #[error(transparent)]
+    Training(#[from] TrainingError),
+    /// No training run built that candidate.
+    #[error("no candidate {version}{}; see `outpost-server models list`", .model.as_ref().map(|m| format!(" of {m}")).unwrap_or_default())]
+    NoCandidate {
+        /// The version asked for.
+        version: String,
+        /// The model, if given.
+        model: Option<String>,
+    },
+    /// Several models have a candidate of that version.
+    #[error("several models have a candidate {version}: say which with --model ({models})")]
+    AmbiguousCandidate {
+        /// The version asked for.
+        version: String,
+        /// The models that have it.
+        models: String,
+    },
+    /// The run kept no bundle (it failed before building one).
+    #[error("run #{0} kept no bundle")]
+    NoBundle(i64),
+    /// ONNX Runtime could not be loaded (training evaluates bundles with it).
+    #[error("{0}")]
+    Runtime(String),
+}
+
+/// The training run that built candidate `version` (of `model`, if several have it).
+pub fn find_candidate(
+    store: &dyn ServerStore,
+    version: &str,
+    model: Option<&str>,
+) -> Result<TrainingRun, OpsError> {
+    let mut runs: Vec<_> = store
+        .runs(model)?
+        .into_iter()
+        .filter(|r| r.candidate_version.as_deref() == Some(version))
+        .collect();
+    match runs.len() {
+        0 => Err(OpsError::NoCandidate {
+            version: version.into(),
+            model: model.map(String::from),
+        }),
+        1 => Ok(runs.remove(0)),
+        _ => Err(OpsError::AmbiguousCandidate {
+            version: version.into(),
+            models: runs
+                .iter()
+                .map(|r| r.model_name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+    }
+}
+
+/// What a publish did.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// The bundle folder published.
+    pub bundle_dir: PathBuf,
+    /// The new targets version.
+    pub targets_version: u64,
+}
+
+/// `models publish`: publishes a bundle folder, or a candidate version kept by a training
+/// run, to `channel`, `groups` (empty: every group) and `percent`; marks the candidate's
+/// run as published.
+#[allow(clippy::too_many_arguments)]
+pub fn publish(
+    store: &dyn ServerStore,
+    data_dir: &Path,
+    bundle_or_version: &str,
+    model: Option<&str>,
+    channel: &str,
+    groups: &[String],
+    percent: u8,
+    actor: &str,
+) -> Result<Published, OpsError> {
+    let path = PathBuf::from(bundle_or_version);
+    let (dir, candidate) = if path.is_dir() {
+        (path, None)
+    } else {
+        let run = find_candidate(store, bundle_or_version, model)?;
+        let dir = run
+            .bundle_dir
+            .clone()
+            .ok_or(OpsError::NoBundle(run.run_id))?;
+        (PathBuf::from(dir), Some(run))
+    };
+    let v = publish::publish(data_dir, &dir, channel, groups, percent)?;
+    let what = format!("{} to {channel} {groups:?} {percent}%", dir.display());
+    store.audit(actor, "models publish", &what)?;
+    if let Some(run) = candidate {
+        store.mark_published(
+            &run.model_name,
+            bundle_or_version,
+            &format!("published by {actor}: {what}"),
+        )?;
+    }
+    Ok(Published {
+        bundle_dir: dir,
+        targets_version: v,
+    })
+}
+
+/// `models stage`: changes who a release goes to (`groups`: `None` keeps them, an empty
+/// list means every group) and its percentage. Returns a summary and the targets version.
+#[allow(clippy::too_many_arguments)]
+pub fn stage(
+    store: &dyn ServerStore,
+    data_dir: &Path,
+    model: &str,
+    version: &str,
+    channel: Option<&str>,
+    groups: Option<&[String]>,
+    percent: u8,
+    actor: &str,
+) -> Result<(String, u64), OpsError> {
+    let v = publish::restage(data_dir, model, version, channel, groups, percent)?;
+    let what = format!(
+        "{model} {version}: groups {}, {percent}%",
+        match groups {
+            None => "unchanged".to_string(),
+            Some([]) => "all".to_string(),
+            Some(g) => g.join(","),
+        }
+    );
+    store.audit(actor, "models stage", &what)?;
+    Ok((what, v))
+}
+
+/// `models withdraw`: devices stop installing the release and move off it. Returns the
+/// targets version.
+pub fn withdraw(
+    store: &dyn ServerStore,
+    data_dir: &Path,
+    model: &str,
+    version: &str,
+    channel: Option<&str>,
+    actor: &str,
+) -> Result<u64, OpsError> {
+    let v = publish::withdraw(data_dir, model, version, channel)?;
+    store.audit(
+        actor,
+        "models withdraw",
+        &format!("{model} {version} {}", channel.unwrap_or("(all channels)")),
+    )?;
+    Ok(v)
+}
+
+/// `devices revoke`: the device is refused from its next request.
+pub fn revoke(store: &dyn ServerStore, device: &str, actor: &str) -> Result<Device, OpsError> {
+    let d = store.revoke(device)?;
+    store.audit(
+        actor,
+        "devices revoke",
+        &format!("{} ({})", d.name, d.device_id),
+    )?;
+    Ok(d)
+}
+
+/// One training run at a time in this process: the dashboard's "train now" and the
+/// automatic trigger would otherwise race for the same next version.
+static TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `f` while holding the process-wide training lock.
+pub fn with_training_lock<T>(f: impl FnOnce() -> T) -> T {
+    let _guard = TRAINING.lock().unwrap_or_else(|p| p.into_inner());
+    f()
+}
+
+/// `train`: retrains `model` now with `settings`, evaluates, gates and (if it passes and
+/// publishing is on) publishes. Blocks for the length of the run.
+pub fn train(
+    store: &dyn ServerStore,
+    cfg: &ServerConfig,
+    model: &str,
+    settings: &TrainingSettings,
+    actor: &str,
+) -> Result<Outcome, OpsError> {
+    crate::model::runtime::init(cfg.ort_lib.as_deref())
+        .map_err(|e| OpsError::Runtime(e.to_string()))?;
+    store.audit(actor, "train", model)?;
+    with_training_lock(|| {
+        training::run(store, &cfg.data_dir, model, settings, Trigger::Operator)
+            .map_err(OpsError::from)
+    })
+}

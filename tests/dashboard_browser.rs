@@ -1,0 +1,605 @@
+//! Issue 12's proof: the operators' dashboard in a real headless Chromium, against the real
+//! `outpost-server serve` and a real agent (`outpost analyze`, `feedback import`, `enroll`,
+//! `sync`) with a tiny real model that has base training data, so training runs in a
+//! second.
+//!
+//! Refused without sign-in (pages redirect, POSTs answer 401 and change nothing); signs in
+//! (a wrong password first); sees the device that synced in this test with its group,
+//! model version, synced and pending feedback, and never its key; shows one raw item (and
+//! finds the view in the audit log); trains now, opens the evaluation report (per-label
+//! precision and recall, the confusion matrix as an SVG picture); publishes the candidate;
+//! proposes a withdrawal and cancels it, and forges a confirmation: the metadata served to
+//! agents does not change; withdraws with the confirmation, and the metadata served at
+//! `/v1/metadata/targets.json` (verified from the pinned root) says withdrawn; the loop page
+//! lists the label proposed in the field; signs out.
+
+mod common;
+#[path = "common/webdriver.rs"]
+mod webdriver;
+
+use common::{add_device, server_cmd, ServerProcess};
+use outpost::trust::client::TrustedState;
+use outpost::trust::Targets;
+use std::path::Path;
+use webdriver::Browser;
+
+/// The tiny image bundle with base training data: embeddings near each colour's corner.
+fn bundle_with_base_data(dir: &Path) {
+    common::make_image_bundle(dir, "colours", "1.0.0");
+    let mut emb = Vec::new();
+    let mut labels = Vec::new();
+    for class in 0..3u8 {
+        for i in 0..40 {
+            let jitter = ((i * 7 % 11) as f32 - 5.0) / 50.0;
+            for c in 0..3u8 {
+                let v = if c == class {
+                    0.8 + jitter
+                } else {
+                    -0.8 - jitter
+                };
+                emb.extend_from_slice(&half::f16::from_f32(v).to_le_bytes());
+            }
+            labels.push(class);
+        }
+    }
+    use safetensors::tensor::TensorView;
+    let bytes = safetensors::tensor::serialize(
+        [
+            (
+                "embeddings",
+                TensorView::new(safetensors::Dtype::F16, vec![120, 3], &emb).unwrap(),
+            ),
+            (
+                "labels",
+                TensorView::new(safetensors::Dtype::U8, vec![120], &labels).unwrap(),
+            ),
+        ],
+        None,
+    )
+    .unwrap();
+    std::fs::write(dir.join("base_data.safetensors"), bytes).unwrap();
+    let mut m = outpost::model::bundle::read_manifest(dir).unwrap();
+    m.base_data = Some("base_data.safetensors".into());
+    m.files = outpost::model::bundle::hash_folder(dir).unwrap();
+    std::fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_vec_pretty(&m).unwrap(),
+    )
+    .unwrap();
+}
+
+/// The targets an agent gets from the server over HTTP, verified from the pinned root.
+async fn served_targets(http: &reqwest::Client, url: &str, root: &[u8]) -> Targets {
+    let get = |f: &str| {
+        let u = format!("{url}/v1/metadata/{f}");
+        let http = http.clone();
+        async move { http.get(u).send().await.unwrap().bytes().await.unwrap() }
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let mut st = TrustedState::from_pinned_root(root, now).unwrap();
+    st.update_timestamp(&get("timestamp.json").await, now)
+        .unwrap();
+    st.update_snapshot(&get("snapshot.json").await, now)
+        .unwrap();
+    st.update_targets(&get("targets.json").await, now).unwrap();
+    st.targets.unwrap().signed
+}
+
+fn audit(data: &Path) -> Vec<(String, String, String)> {
+    let c = rusqlite::Connection::open(data.join("server.db")).unwrap();
+    let mut st = c
+        .prepare("SELECT actor, action, detail FROM audit ORDER BY audit_id")
+        .unwrap();
+    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// Saves a screenshot to target/dashboard-<name>.png for a person to look at (best effort).
+async fn screenshot(browser: &Browser, name: &str) {
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| common::repo().join("target"));
+    std::fs::write(
+        dir.join(format!("dashboard-{name}.png")),
+        browser.screenshot().await,
+    )
+    .ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_dashboard_in_a_real_browser() {
+    let t0 = std::time::Instant::now();
+    // The browser first: a missing package fails loudly before anything else.
+    let browser = Browser::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let data = root.join("server");
+    let bundle = root.join("colours-1.0.0");
+    bundle_with_base_data(&bundle);
+
+    // The server: keys, colours 1.0.0 on stable, an operator, no automatic training, and
+    // candidates held for an operator.
+    let (c, out, err) = server_cmd(
+        &data,
+        &[
+            "keys",
+            "init",
+            "--root-keys-dir",
+            root.join("offline").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(c, 0, "{out}{err}");
+    let (c, out, err) = server_cmd(
+        &data,
+        &[
+            "models",
+            "publish",
+            bundle.to_str().unwrap(),
+            "--channel",
+            "stable",
+        ],
+    );
+    assert_eq!(c, 0, "{out}{err}");
+    let (c, out, err) = server_cmd(&data, &["admin", "add", "alice"]);
+    assert_eq!(c, 0, "{out}{err}");
+    let password = out
+        .lines()
+        .map(str::trim)
+        .find(|l| l.len() == 29 && l.matches('-').count() == 5)
+        .unwrap_or_else(|| panic!("no generated password in {out}"))
+        .to_string();
+    let (c, _, err) = server_cmd(&data, &["admin", "add", "alice"]);
+    assert_eq!(c, 1, "a second add is refused: {err}");
+    let config = root.join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "ort_lib = {:?}\n[training]\nauto_train_after = 0\ndrift_train_after = 0\npublish = false\nepochs = 20\n",
+            common::ort_lib().display().to_string()
+        ),
+    )
+    .unwrap();
+    let server = ServerProcess::start_with(
+        &data,
+        common::free_port(),
+        &["--config", config.to_str().unwrap()],
+    );
+    let url = server.url.clone();
+    let pinned = std::fs::read(data.join("repo/metadata/1.root.json")).unwrap();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let targets_before = served_targets(&http, &url, &pinned).await;
+
+    // Refused without sign-in: pages redirect to the form, actions answer 401 and do nothing.
+    for page in [
+        "/admin/",
+        "/admin/models",
+        "/admin/loop",
+        "/admin/audit",
+        "/admin/runs/1",
+    ] {
+        let r = http.get(format!("{url}{page}")).send().await.unwrap();
+        assert_eq!(r.status(), 303, "{page}");
+        assert_eq!(r.headers()["location"], "/admin/login", "{page}");
+    }
+    for (path, form) in [
+        ("/admin/actions/withdraw", "model=colours&version=1.0.0"),
+        ("/admin/confirm", "token=x"),
+    ] {
+        let r = http
+            .post(format!("{url}{path}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+    }
+    let r = http
+        .post(format!("{url}/admin/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("name=alice&password=wrong-password-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().get("set-cookie").is_none());
+
+    // The agent: 16 tiles analysed offline, labelled (4 with a label the model does not
+    // know), enrolled, synced. The pinned root makes it report its models too.
+    let a = root.join("agent");
+    std::fs::create_dir_all(a.join("models")).unwrap();
+    std::os::unix::fs::symlink(&bundle, a.join("models/colours")).unwrap();
+    std::fs::copy(data.join("repo/metadata/1.root.json"), a.join("root.json")).unwrap();
+    let tiles = a.join("tiles");
+    std::fs::create_dir_all(&tiles).unwrap();
+    let mut csv = String::from("source,label\n");
+    for i in 0..4u8 {
+        for (label, rgb) in [
+            ("red", [230 - i * 10, 20 + i * 5, 25]),
+            ("green", [30, 210 - i * 10, 40 + i * 5]),
+            ("blue", [25 + i * 5, 35, 220 - i * 10]),
+            ("flooded", [120 + i * 5, 100, 60]),
+        ] {
+            let name = format!("{label}-{i}.png");
+            common::solid_png(&tiles.join(&name), 16, 16, rgb);
+            csv.push_str(&format!("{name},{label}\n"));
+        }
+    }
+    std::fs::write(a.join("labels.csv"), &csv).unwrap();
+    let run = |args: &[&str]| {
+        let o = common::agent_cmd(&a, args)
+            .env("OUTPOST__UPDATE__ROOT", a.join("root.json"))
+            .output()
+            .unwrap();
+        let (out, err) = (
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        );
+        assert!(o.status.success(), "outpost {args:?}: {out}{err}");
+    };
+    run(&["analyze", tiles.to_str().unwrap(), "--no-progress"]);
+    run(&[
+        "feedback",
+        "import",
+        "--allow-new-labels",
+        a.join("labels.csv").to_str().unwrap(),
+    ]);
+    let code = add_device(&data, "field-1");
+    run(&["enroll", &url, &code]);
+    run(&["sync"]);
+    assert_eq!(common::pending(&a), 0);
+    let public_key: Vec<u8> = rusqlite::Connection::open(data.join("server.db"))
+        .unwrap()
+        .query_row(
+            "SELECT public_key FROM devices WHERE name = 'field-1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let key_b64 = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(&public_key)
+    };
+    eprintln!("set-up done in {:.1} s", t0.elapsed().as_secs_f64());
+
+    // Sign in: the page sends us to the form; a wrong password is refused, then we are in.
+    browser.goto(&format!("{url}/admin/")).await;
+    browser.wait_page("login").await;
+    browser.type_into("#name", "alice").await;
+    browser.type_into("#password", "not-her-password").await;
+    browser.click("#sign-in").await;
+    browser.wait_page("login").await;
+    assert!(browser
+        .text("#login-error")
+        .await
+        .contains("Wrong name or password"));
+    browser.type_into("#name", "alice").await;
+    browser.type_into("#password", &password).await;
+    browser.click("#sign-in").await;
+    browser.wait_page("fleet").await;
+    assert_eq!(browser.text("#who").await, "alice");
+
+    // The fleet: the device that synced, its group, model, synced and pending feedback.
+    let row = "tr[data-device='field-1']";
+    assert_eq!(browser.text(&format!("{row} td.feedback")).await, "16");
+    assert_eq!(browser.text(&format!("{row} td.pending")).await, "0");
+    assert!(browser
+        .text(&format!("{row} td.models"))
+        .await
+        .contains("colours 1.0.0"));
+    assert!(browser.text(row).await.contains("north"));
+    screenshot(&browser, "fleet").await;
+    let html = browser.source().await;
+    assert!(
+        !html.contains(&key_b64),
+        "the device key is never on the page"
+    );
+    // Filters.
+    browser.goto(&format!("{url}/admin/?group=south")).await;
+    browser.wait_page("fleet").await;
+    assert_eq!(browser.count(row).await, 0, "filtered out");
+    browser
+        .goto(&format!("{url}/admin/?group=north&sort=feedback&desc=1"))
+        .await;
+    browser.wait_page("fleet").await;
+    assert_eq!(browser.count(row).await, 1);
+
+    // The device page: history without raw data; one item shown on request, audited.
+    browser.click(&format!("{row} td a")).await;
+    browser.wait_page("device").await;
+    browser.find("#feedback tr[data-feedback]").await;
+    assert_eq!(browser.count("#feedback tr[data-feedback]").await, 16);
+    assert!(
+        !browser.source().await.contains("data:image"),
+        "no raw item before asking"
+    );
+    browser
+        .click("#feedback tr[data-feedback] button.show-item")
+        .await;
+    browser.find("img#item-content").await;
+    let src = browser
+        .js("return document.getElementById('item-content').src")
+        .await;
+    assert!(
+        src.as_str().unwrap().starts_with("data:image/png;base64,"),
+        "{src}"
+    );
+    assert!(
+        audit(&data)
+            .iter()
+            .any(|(who, what, _)| who == "operator:alice" && what == "show item"),
+        "the view is audited"
+    );
+
+    // Train now: propose, confirm, land on the evaluation report.
+    browser.goto(&format!("{url}/admin/models")).await;
+    browser.wait_page("models").await;
+    browser
+        .click("section[data-model='colours'] button.train")
+        .await;
+    browser.wait_page("confirm").await;
+    assert!(browser
+        .text("#confirm-what")
+        .await
+        .contains("Train colours now"));
+    browser.click("#confirm").await;
+    browser.find("#gate").await;
+    let flash = browser.text("#flash").await;
+    assert!(flash.contains("trained colours"), "{flash}");
+    let candidate = browser.text("#candidate").await;
+    assert_eq!(candidate, "1.1.0", "a new label: a minor version");
+    assert_eq!(browser.text("#outcome").await, "held", "publish = false");
+
+    // Open the report from the models page: per-label precision and recall, and the
+    // confusion matrix as a picture (one cell per pair of the 4 labels).
+    browser.goto(&format!("{url}/admin/models")).await;
+    browser.wait_page("models").await;
+    assert!(
+        browser.count("figure.metrics svg").await == 1,
+        "metrics plot"
+    );
+    browser
+        .click(&format!("tr[data-candidate='{candidate}'] a.report"))
+        .await;
+    browser.find("#feedback_holdout table.per-label").await;
+    for label in ["red", "green", "blue", "flooded"] {
+        let t = browser
+            .text(&format!("#feedback_holdout tr[data-label='{label}']"))
+            .await;
+        assert!(t.contains('%'), "{label}: {t}");
+    }
+    assert!(browser
+        .text("#feedback_holdout tr[data-label='flooded']")
+        .await
+        .contains("(new)"));
+    assert_eq!(
+        browser
+            .count("#feedback_holdout figure.confusion svg rect")
+            .await,
+        1 + 16,
+        "background and 4 x 4 cells"
+    );
+    screenshot(&browser, "report").await;
+
+    // Publish the held candidate to canary, 10%.
+    browser.click("form.action.publish button").await;
+    assert!(browser.text("#confirm-what").await.contains(&format!(
+        "Publish candidate colours {candidate} to channel canary"
+    )));
+    browser.click("#confirm").await;
+    browser.wait_page("models").await;
+    assert!(browser.text("#flash").await.contains("published"));
+    let t = served_targets(&http, &url, &pinned).await;
+    let rel = t
+        .releases
+        .iter()
+        .find(|r| r.model == "colours" && r.version == candidate)
+        .expect("the candidate is published");
+    assert_eq!(
+        (rel.channel.as_str(), rel.percent, rel.withdrawn),
+        ("canary", 10, false)
+    );
+    assert!(t.version > targets_before.version);
+
+    // Widen it (stage): 50% of every group.
+    let release_row = format!("tr[data-release='colours {candidate} canary']");
+    browser
+        .type_into(
+            &format!("{release_row} form.stage input[name=percent]"),
+            "50",
+        )
+        .await;
+    browser
+        .click(&format!("{release_row} form.stage input[name=all_groups]"))
+        .await;
+    browser
+        .click(&format!("{release_row} form.stage button"))
+        .await;
+    assert!(browser
+        .text("#confirm-what")
+        .await
+        .contains("every group, 50% of devices"));
+    browser.click("#confirm").await;
+    browser.wait_page("models").await;
+    assert!(browser.text("#flash").await.contains("staged"));
+    let t = served_targets(&http, &url, &pinned).await;
+    let rel = t
+        .releases
+        .iter()
+        .find(|r| r.model == "colours" && r.version == candidate)
+        .unwrap();
+    assert_eq!((rel.percent, rel.groups.len()), (50, 0), "widened");
+    screenshot(&browser, "models").await;
+
+    // An action without its confirmation does nothing: propose a withdrawal, cancel.
+    browser
+        .click(&format!("{release_row} button.withdraw"))
+        .await;
+    assert!(browser
+        .text("#confirm-what")
+        .await
+        .contains("Withdraw release"));
+    let token = browser
+        .js("return document.querySelector('input[name=token]').value")
+        .await
+        .as_str()
+        .unwrap()
+        .to_string();
+    let csrf = browser
+        .js("return document.querySelector('input[name=csrf]').value")
+        .await
+        .as_str()
+        .unwrap()
+        .to_string();
+    browser.click("#cancel").await;
+    browser.wait_page("models").await;
+    let unchanged = served_targets(&http, &url, &pinned).await;
+    assert_eq!(unchanged.version, t.version, "cancelled: nothing signed");
+    // Forged confirmations from outside the page: no CSRF token, a wrong token, a
+    // foreign Origin. None does anything.
+    let cookie = format!(
+        "outpost_admin={}",
+        browser
+            .cookie("outpost_admin")
+            .await
+            .expect("session cookie")
+    );
+    for (body, origin, status) in [
+        (format!("token={token}"), None, 403),
+        (format!("csrf={csrf}&token=forged"), None, 409),
+        (
+            format!("csrf={csrf}&token={token}"),
+            Some("http://evil.example"),
+            403,
+        ),
+    ] {
+        let mut req = http
+            .post(format!("{url}/admin/confirm"))
+            .header("cookie", &cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.clone());
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        assert_eq!(
+            req.send().await.unwrap().status(),
+            status,
+            "{body} {origin:?}"
+        );
+    }
+    assert_eq!(
+        served_targets(&http, &url, &pinned).await.version,
+        t.version
+    );
+
+    // Withdraw for real: confirm, and the metadata served to agents says so.
+    browser
+        .click(&format!("{release_row} button.withdraw"))
+        .await;
+    browser.click("#confirm").await;
+    browser.wait_page("models").await;
+    assert!(browser.text("#flash").await.contains("withdrew"));
+    assert!(browser.text(&release_row).await.contains("withdrawn"));
+    let after = served_targets(&http, &url, &pinned).await;
+    let rel = after
+        .releases
+        .iter()
+        .find(|r| r.model == "colours" && r.version == candidate)
+        .unwrap();
+    assert!(rel.withdrawn, "withdrawn in the signed metadata");
+    assert_eq!(
+        after
+            .release_for("colours", "canary", "north", "any")
+            .map(|r| r.version.clone()),
+        None,
+        "canary devices get nothing newer"
+    );
+    let log = audit(&data);
+    for action in [
+        "train",
+        "models publish",
+        "models stage",
+        "models withdraw",
+        "show item",
+        "sign in",
+    ] {
+        assert!(
+            log.iter()
+                .any(|(who, what, _)| who == "operator:alice" && what == action),
+            "audit lacks {action} by operator:alice: {log:#?}"
+        );
+    }
+    assert_eq!(
+        log.iter()
+            .filter(|(_, what, _)| what == "models withdraw")
+            .count(),
+        1,
+        "the cancelled and forged ones did nothing"
+    );
+
+    // The loop: feedback per day and label, the label proposed in the field.
+    browser.goto(&format!("{url}/admin/loop")).await;
+    browser.wait_page("loop").await;
+    assert_eq!(browser.count("figure.per-day svg").await, 1);
+    assert!(browser
+        .text("#new-labels tr[data-label='flooded']")
+        .await
+        .contains("not yet"));
+    let latency = browser.text("#latency tbody tr").await;
+    assert!(
+        latency.contains(&format!("colours {candidate} 16 ")),
+        "feedback to release: the 16 decisions of this test: {latency}"
+    );
+    screenshot(&browser, "loop").await;
+
+    // Revoke the device from its page: confirmed, audited, and its next sync is refused.
+    browser.goto(&format!("{url}/admin/")).await;
+    browser.wait_page("fleet").await;
+    browser.click(&format!("{row} td a")).await;
+    browser.wait_page("device").await;
+    browser.click("#revoke").await;
+    assert!(browser
+        .text("#confirm-what")
+        .await
+        .contains("Revoke device field-1"));
+    browser.click("#confirm").await;
+    browser.wait_page("device").await;
+    assert_ne!(browser.text("#revoked").await, "—");
+    run(&[
+        "feedback",
+        "give",
+        tiles.join("red-0.png").to_str().unwrap(),
+        "green",
+    ]);
+    let o = common::agent_cmd(&a, &["sync"]).output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        !o.status.success() && said.contains("revoked"),
+        "a revoked device is refused: {said}"
+    );
+    assert_eq!(common::pending(&a), 1, "the decision waits in the outbox");
+    assert!(audit(&data)
+        .iter()
+        .any(|(who, what, _)| who == "operator:alice" && what == "devices revoke"));
+
+    // Sign out: the cookie no longer opens the pages.
+    browser.click("header form button").await;
+    browser.wait_page("login").await;
+    let r = http
+        .get(format!("{url}/admin/"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "the session ended");
+    eprintln!("dashboard test: {:.1} s", t0.elapsed().as_secs_f64());
+}
