@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use outpost::server::config::ServerConfig;
 use outpost::server::store::{RunStatus, Trigger};
-use outpost::server::store::{ServerStore, SqliteServerStore, Via};
+use outpost::server::store::{ServerStore, Via};
 use outpost::server::{self, AppState};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,6 +20,15 @@ struct Cli {
     /// Where the server keeps its database and files (default: /var/lib/outpost-server).
     #[arg(long, global = true, env = "OUTPOST_SERVER_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Database instead of data_dir/server.db, e.g. postgres://outpost@db:5432/outpost
+    /// (default: `database_url` of the config file).
+    #[arg(
+        long,
+        global = true,
+        env = "OUTPOST_SERVER_DATABASE_URL",
+        hide_env_values = true
+    )]
+    database_url: Option<String>,
     /// More log output.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -279,14 +288,19 @@ fn load_config(cli: &Cli) -> Result<ServerConfig> {
     if let Some(d) = &cli.data_dir {
         cfg.data_dir = d.clone();
     }
+    if let Some(u) = &cli.database_url {
+        cfg.database_url = Some(u.clone());
+    }
     Ok(cfg)
 }
 
-fn open_store(cfg: &ServerConfig) -> Result<Arc<SqliteServerStore>> {
-    let path = cfg.data_dir.join("server.db");
-    Ok(Arc::new(SqliteServerStore::open(&path).with_context(
-        || format!("cannot open {}", path.display()),
-    )?))
+fn open_store(cfg: &ServerConfig) -> Result<Arc<dyn ServerStore>> {
+    let what = match &cfg.database_url {
+        Some(u) if !u.trim().is_empty() => server::store::redact_url(u),
+        _ => cfg.data_dir.join("server.db").display().to_string(),
+    };
+    server::store::open(cfg.database_url.as_deref(), &cfg.data_dir)
+        .with_context(|| format!("cannot open the server database {what}"))
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -300,7 +314,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
                 tracing::info!(address = %listener.local_addr()?, data_dir = %cfg.data_dir.display(), "outpost-server listening");
                 tokio::spawn(server::background::run(store.clone(), cfg.clone()));
-                server::serve(listener, AppState { store, repo: Some(outpost::server::publish::repo_dir(&cfg.data_dir)) }).await?;
+                server::serve(listener, AppState::new(store, Some(outpost::server::publish::repo_dir(&cfg.data_dir)))).await?;
                 anyhow::Ok(())
             })?;
         }
