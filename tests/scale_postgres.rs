@@ -204,3 +204,55 @@ fn two_server_processes_queue_and_claim_one_training_job_once() {
     assert!(owner.is_some());
     assert!(error.is_some());
 }
+
+/// A process claimed a training job and died (its lease ran out, nobody renews it): a
+/// real server process started afterwards takes the job over as its second attempt.
+#[test]
+fn a_server_process_takes_over_the_job_of_a_dead_one() {
+    let Some(schema) = common::pg_schema() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    // Create the schema, then leave the claim of a process that died 10 s ago.
+    let store = outpost::server::store::open(Some(&schema.url), &data).unwrap();
+    let job = store
+        .enqueue_training("crisis-reports", outpost::server::store::Trigger::Auto, 5)
+        .unwrap()
+        .unwrap();
+    let now = outpost::server::unix_now();
+    let claimed = store
+        .claim_training("dead-host:1:00000000", now - 70, now - 10)
+        .unwrap()
+        .unwrap();
+    assert_eq!((claimed.job_id, claimed.attempts), (job, 1));
+    drop(store);
+    let _s = ServerProcess::start_with(
+        &data,
+        common::free_port(),
+        &["--database-url", schema.url.as_str()],
+    );
+    let mut c = schema.client();
+    let start = std::time::Instant::now();
+    let (attempts, owner, state) = loop {
+        let row = c
+            .query_one(
+                "SELECT attempts, owner, state FROM training_jobs WHERE job_id = $1",
+                &[&job],
+            )
+            .unwrap();
+        let (attempts, owner, state): (i32, String, String) = (row.get(0), row.get(1), row.get(2));
+        if attempts > 1 && state != "running" {
+            break (attempts, owner, state);
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "the dead process's job was not taken over"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    assert_eq!(attempts, 2);
+    assert_ne!(owner, "dead-host:1:00000000");
+    // Nothing is published here, so the retry fails fast; what matters is that it ran again.
+    assert_eq!(state, "failed");
+}
