@@ -253,6 +253,13 @@ fn a_server_process_takes_over_the_job_of_a_dead_one() {
     };
     assert_eq!(attempts, 2);
     assert_ne!(owner, "dead-host:1:00000000");
+    let (code, out, err) =
+        common::server_cmd(&data, &["--database-url", schema.url.as_str(), "jobs"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("crisis-reports") && out.contains("attempts 2") && out.contains(&owner),
+        "{out}"
+    );
     // Nothing is published here, so the retry fails fast; what matters is that it ran again.
     assert_eq!(state, "failed");
 }

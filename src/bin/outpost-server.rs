@@ -90,6 +90,13 @@ enum Command {
         /// Only this model.
         model: Option<String>,
     },
+    /// Training jobs (queued, running, done, failed), newest first: which server process
+    /// took each, how often, and until when its lease holds.
+    Jobs {
+        /// How many jobs.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
     /// Drift reported by the devices: per device and model the latest state, since when and
     /// the likely cause, then per group.
     Drift,
@@ -495,6 +502,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     r.trigger,
                     r.started_at,
                     r.reason
+                );
+            }
+        }
+        Command::Jobs { limit } => {
+            let jobs = store.training_jobs(limit)?;
+            if jobs.is_empty() {
+                println!("no training jobs yet (serving processes queue them when a model is due)");
+            }
+            for j in jobs {
+                println!(
+                    "#{:<4} {:<16} {:<8} {:<7} attempts {} run {} owner {} lease until {}  {}{}",
+                    j.job_id,
+                    j.model_name,
+                    j.state,
+                    j.trigger,
+                    j.attempts,
+                    j.run_id
+                        .map(|r| format!("#{r}"))
+                        .unwrap_or_else(|| "-".into()),
+                    j.owner.as_deref().unwrap_or("-"),
+                    j.lease_until
+                        .map(|t| t.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    j.enqueued_at,
+                    j.error.map(|e| format!("  {e}")).unwrap_or_default()
                 );
             }
         }
