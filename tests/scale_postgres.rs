@@ -263,3 +263,41 @@ fn a_server_process_takes_over_the_job_of_a_dead_one() {
     // Nothing is published here, so the retry fails fast; what matters is that it ran again.
     assert_eq!(state, "failed");
 }
+
+/// `database_url` from the config file and from `$OUTPOST_SERVER_DATABASE_URL` both reach
+/// PostgreSQL (and nothing is written to data_dir/server.db).
+#[test]
+fn database_url_comes_from_the_config_or_the_environment() {
+    let Some(schema) = common::pg_schema() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let config = tmp.path().join("server.toml");
+    std::fs::write(&config, format!("database_url = {:?}\n", schema.url)).unwrap();
+    let run = |args: &[&str], env: Option<&str>| {
+        let mut c = std::process::Command::new(common::server_bin());
+        c.arg("--data-dir").arg(&data).args(args);
+        c.env_remove("OUTPOST_SERVER_DATABASE_URL");
+        if let Some(u) = env {
+            c.env("OUTPOST_SERVER_DATABASE_URL", u);
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let cfg = config.to_str().unwrap();
+    run(
+        &["--config", cfg, "devices", "add", "--name", "from-config"],
+        None,
+    );
+    run(&["devices", "add", "--name", "from-env"], Some(&schema.url));
+    let names: Vec<String> = schema
+        .client()
+        .query("SELECT name FROM devices ORDER BY name", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(names, ["from-config", "from-env"]);
+    assert!(!data.join("server.db").exists());
+}
