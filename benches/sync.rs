@@ -112,10 +112,7 @@ fn main() {
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let state = AppState {
-            store: server_store.clone(),
-            repo: None,
-        };
+        let state = AppState::new(server_store.clone(), None);
         rt.spawn(async move { axum::serve(listener, outpost::server::router(state)).await });
         let data = tmp.path().join("agent");
         let db = data.join("agent.db");

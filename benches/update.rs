@@ -125,10 +125,10 @@ impl Bench {
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
         let port = listener.local_addr().unwrap().port();
-        let state = AppState {
-            store: store.clone(),
-            repo: Some(outpost::server::publish::repo_dir(&server_data)),
-        };
+        let state = AppState::new(
+            store.clone(),
+            Some(outpost::server::publish::repo_dir(&server_data)),
+        );
         rt.spawn(async move { axum::serve(listener, outpost::server::router(state)).await });
         Bench {
             _tmp: tmp,

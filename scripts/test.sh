@@ -14,6 +14,8 @@ if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null
   fi
 fi
 export OUTPOST_ORT_LIB="$PWD/.ort/libonnxruntime.so.1.31.1"
+# PostgreSQL runs on the CI machine: its storage tests must run, not skip.
+export OUTPOST_REQUIRE_POSTGRES="${OUTPOST_REQUIRE_POSTGRES:-1}"
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --all-targets

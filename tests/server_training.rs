@@ -151,8 +151,23 @@ fn field_labels_retrain_gate_sign_and_publish() {
         "new labels: a minor version"
     );
 
-    // The stored report: new labels learnt, held-out split stratified (40 of 200).
+    // It ran as a training job of the serving process: one job, done, pointing at the run.
     let c = rusqlite::Connection::open(data.join("server.db")).unwrap();
+    let jobs: Vec<(String, String, i64, Option<i64>)> = c
+        .prepare("SELECT model_name, state, attempts, run_id FROM training_jobs")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(
+        (jobs[0].0.as_str(), jobs[0].1.as_str(), jobs[0].2),
+        ("landcover", "done", 1)
+    );
+    assert!(jobs[0].3.is_some());
+
+    // The stored report: new labels learnt, held-out split stratified (40 of 200).
     let report: String = c
         .query_row(
             "SELECT report FROM training_runs WHERE candidate_version = '1.1.0'",

@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use outpost::server::config::ServerConfig;
 use outpost::server::store::RunStatus;
-use outpost::server::store::{ServerStore, SqliteServerStore, Via};
+use outpost::server::store::{ServerStore, Via};
 use outpost::server::{self, AppState};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,6 +20,15 @@ struct Cli {
     /// Where the server keeps its database and files (default: /var/lib/outpost-server).
     #[arg(long, global = true, env = "OUTPOST_SERVER_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Database instead of data_dir/server.db, e.g. postgres://outpost@db:5432/outpost
+    /// (default: `database_url` of the config file).
+    #[arg(
+        long,
+        global = true,
+        env = "OUTPOST_SERVER_DATABASE_URL",
+        hide_env_values = true
+    )]
+    database_url: Option<String>,
     /// More log output.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -85,6 +94,13 @@ enum Command {
     Runs {
         /// Only this model.
         model: Option<String>,
+    },
+    /// Training jobs (queued, running, done, failed), newest first: which server process
+    /// took each, how often, and until when its lease holds.
+    Jobs {
+        /// How many jobs.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
     },
     /// Drift reported by the devices: per device and model the latest state, since when and
     /// the likely cause, then per group.
@@ -310,14 +326,19 @@ fn load_config(cli: &Cli) -> Result<ServerConfig> {
     if let Some(d) = &cli.data_dir {
         cfg.data_dir = d.clone();
     }
+    if let Some(u) = &cli.database_url {
+        cfg.database_url = Some(u.clone());
+    }
     Ok(cfg)
 }
 
-fn open_store(cfg: &ServerConfig) -> Result<Arc<SqliteServerStore>> {
-    let path = cfg.data_dir.join("server.db");
-    Ok(Arc::new(SqliteServerStore::open(&path).with_context(
-        || format!("cannot open {}", path.display()),
-    )?))
+fn open_store(cfg: &ServerConfig) -> Result<Arc<dyn ServerStore>> {
+    let what = match &cfg.database_url {
+        Some(u) if !u.trim().is_empty() => server::store::redact_url(u),
+        _ => cfg.data_dir.join("server.db").display().to_string(),
+    };
+    server::store::open(cfg.database_url.as_deref(), &cfg.data_dir)
+        .with_context(|| format!("cannot open the server database {what}"))
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -333,7 +354,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 tracing::info!("operators' dashboard: http://{}/admin/ (accounts: outpost-server admin add NAME)", listener.local_addr()?);
                 tokio::spawn(server::background::run(store.clone(), cfg.clone()));
                 let dashboard = server::dashboard::Dashboard::new(store.clone(), cfg.clone());
-                let app = server::router(AppState { store, repo: Some(outpost::server::publish::repo_dir(&cfg.data_dir)) })
+                let app = server::router(AppState::new(store, Some(outpost::server::publish::repo_dir(&cfg.data_dir))))
                     .merge(server::dashboard::router(dashboard));
                 server::serve_app(listener, app).await?;
                 anyhow::Ok(())
@@ -507,6 +528,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     r.trigger,
                     r.started_at,
                     r.reason
+                );
+            }
+        }
+        Command::Jobs { limit } => {
+            let jobs = store.training_jobs(limit)?;
+            if jobs.is_empty() {
+                println!("no training jobs yet (serving processes queue them when a model is due)");
+            }
+            for j in jobs {
+                println!(
+                    "#{:<4} {:<16} {:<8} {:<7} attempts {} run {} owner {} lease until {}  {}{}",
+                    j.job_id,
+                    j.model_name,
+                    j.state,
+                    j.trigger,
+                    j.attempts,
+                    j.run_id
+                        .map(|r| format!("#{r}"))
+                        .unwrap_or_else(|| "-".into()),
+                    j.owner.as_deref().unwrap_or("-"),
+                    j.lease_until
+                        .map(|t| t.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    j.enqueued_at,
+                    j.error.map(|e| format!("  {e}")).unwrap_or_default()
                 );
             }
         }

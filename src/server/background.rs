@@ -1,13 +1,16 @@
 //! Work the serving process does on its own, beside the API:
 //! - **automatic retraining**: every few seconds, each model whose feedback grew by
 //!   `training.auto_train_after` rows since its last run (or by `training.drift_train_after`
-//!   rows when a device reports it drifted) is retrained (one run at a time,
-//!   on a blocking thread so the API keeps answering);
+//!   rows when a device reports it drifted) gets a training job in the store's job table;
+//!   each process then claims at most one free job and trains it (on a blocking thread so
+//!   the API keeps answering). With several server processes on one PostgreSQL database,
+//!   the job table makes sure exactly one of them runs each job; a job whose process died
+//!   is taken over once its lease runs out;
 //! - **fresh timestamps**: the timestamp metadata expires after a day (so a replayed old
 //!   state goes stale quickly); it is re-signed when less than half a day is left.
 
 use super::config::ServerConfig;
-use super::store::{ServerStore, Trigger};
+use super::store::{ServerStore, ServerStoreError, TrainingJob, Trigger};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,8 +47,138 @@ pub fn due_models(store: &dyn ServerStore, after: i64, drift_after: i64) -> Vec<
         .collect()
 }
 
-/// Runs until the process ends.
+/// How long a claimed training job stays ours without renewal. The worker renews it every
+/// third of this while it trains; a process that dies stops renewing, and once the lease has
+/// run out another process takes the job over.
+pub const JOB_LEASE: Duration = Duration::from_secs(60);
+
+/// This process's name in the job table: host, pid and a random part (pids are reused).
+pub fn worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    let rand = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}:{}:{}", std::process::id(), &rand[..8])
+}
+
+/// Queues a training job for every model [`due_models`] names (a model with a job queued or
+/// running already gets no second one). Returns the ids of new jobs.
+pub fn enqueue_due(store: &dyn ServerStore, after: i64, drift_after: i64) -> Vec<i64> {
+    let mut queued = Vec::new();
+    let recent = store.training_jobs(100).unwrap_or_default();
+    for model in due_models(store, after, drift_after) {
+        let seen = store.model_feedback_count(&model).unwrap_or(0);
+        // A job that failed on this very feedback (no release to train from, say) is not
+        // queued again every few seconds: new feedback, or an operator, starts the next.
+        if recent
+            .iter()
+            .any(|j| j.model_name == model && j.state == "failed" && j.feedback_seen >= seen)
+        {
+            continue;
+        }
+        match store.enqueue_training(&model, Trigger::Auto, seen) {
+            Ok(Some(id)) => {
+                tracing::info!(model = %model, job = id, "enough new feedback: training queued");
+                queued.push(id);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(model = %model, error = %e, "cannot queue training"),
+        }
+    }
+    queued
+}
+
+/// What [`work_one`] did with the job it claimed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobOutcome {
+    /// Trained: the run it produced (if `train` reported one).
+    Done(Option<i64>),
+    /// A finished run had already seen the feedback the job was queued for.
+    Skipped,
+    /// `train` failed with this message.
+    Failed(String),
+    /// The lease ran out while training and another process took the job over.
+    LostLease,
+}
+
+/// Claims one training job, if any is free, and runs `train` on it while a helper thread
+/// renews the lease every third of `lease`. Returns the job and what became of it.
+pub fn work_one(
+    store: &dyn ServerStore,
+    owner: &str,
+    lease: Duration,
+    train: impl FnOnce(&TrainingJob) -> Result<Option<i64>, String>,
+) -> Result<Option<(TrainingJob, JobOutcome)>, ServerStoreError> {
+    let lease_secs = lease.as_secs().max(1) as i64;
+    let now = super::unix_now();
+    let Some(job) = store.claim_training(owner, now, now + lease_secs)? else {
+        return Ok(None);
+    };
+    tracing::info!(model = %job.model_name, job = job.job_id, attempt = job.attempts, "training job claimed");
+    // Another process may have trained this model on this feedback already (the job was
+    // queued again between its run's end and our look): then there is nothing to do. A run
+    // that never finished (its process died) does not count.
+    let covered = store
+        .runs(Some(&job.model_name))?
+        .iter()
+        .any(|r| r.finished_at.is_some() && r.feedback_seen >= job.feedback_seen);
+    if covered {
+        store.finish_training(job.job_id, owner, None, None)?;
+        return Ok(Some((job, JobOutcome::Skipped)));
+    }
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let lost = std::sync::atomic::AtomicBool::new(false);
+    let (job_ref, lost_ref) = (&job, &lost);
+    let result = std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let every = Duration::from_secs((lease_secs as u64 / 3).max(1));
+            // Renews until `stop_tx` is dropped (training ended) or the lease is lost.
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(every)
+            {
+                let until = super::unix_now() + lease_secs;
+                match store.renew_training(job_ref.job_id, owner, until) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(
+                            job = job_ref.job_id,
+                            "training job lease lost to another process"
+                        );
+                        lost_ref.store(true, std::sync::atomic::Ordering::Relaxed);
+                        break;
+                    }
+                    Err(e) => tracing::warn!(
+                        job = job_ref.job_id,
+                        error = %e,
+                        "cannot renew the training job lease"
+                    ),
+                }
+            }
+        });
+        let r = train(&job);
+        drop(stop_tx);
+        r
+    });
+    let (run_id, error) = match &result {
+        Ok(run) => (*run, None),
+        Err(e) => (None, Some(e.as_str())),
+    };
+    if !store.finish_training(job.job_id, owner, run_id, error)?
+        || lost.load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return Ok(Some((job, JobOutcome::LostLease)));
+    }
+    let outcome = match result {
+        Ok(run) => JobOutcome::Done(run),
+        Err(e) => JobOutcome::Failed(e),
+    };
+    Ok(Some((job, outcome)))
+}
+
+/// Runs until the process ends. Every server process runs this loop; the job table makes
+/// sure each training job is run by exactly one of them.
 pub async fn run(store: Arc<dyn ServerStore>, cfg: ServerConfig) {
+    let owner = worker_id();
+    tracing::info!(worker = %owner, "background work started");
     let mut ticker = tokio::time::interval(CHECK_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -56,42 +189,48 @@ pub async fn run(store: Arc<dyn ServerStore>, cfg: ServerConfig) {
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "cannot re-sign the timestamp metadata"),
         }
-        let due = due_models(
-            store.as_ref(),
-            cfg.training.auto_train_after,
-            cfg.training.drift_train_after,
-        );
-        for model in due {
-            let (store, cfg) = (store.clone(), cfg.clone());
-            tracing::info!(model = %model, "enough new feedback: retraining");
-            let result = tokio::task::spawn_blocking(move || {
-                if let Err(e) = crate::model::runtime::init(cfg.ort_lib.as_deref()) {
-                    return Err(e.to_string());
-                }
-                super::ops::with_training_lock(|| {
+        // The store may be PostgreSQL's blocking client: never call it on an async thread.
+        let (store, cfg, owner) = (store.clone(), cfg.clone(), owner.clone());
+        let result = tokio::task::spawn_blocking(move || {
+            enqueue_due(
+                store.as_ref(),
+                cfg.training.auto_train_after,
+                cfg.training.drift_train_after,
+            );
+            work_one(store.as_ref(), &owner, JOB_LEASE, |job| {
+                crate::model::runtime::init(cfg.ort_lib.as_deref()).map_err(|e| e.to_string())?;
+                // One run at a time in this process (the dashboard's "train now" too).
+                let o = super::ops::with_training_lock(|| {
                     super::training::run(
                         store.as_ref(),
                         &cfg.data_dir,
-                        &model,
+                        &job.model_name,
                         &cfg.training,
-                        Trigger::Auto,
+                        job.trigger(),
                     )
                 })
-                .map(|o| (model, o))
-                .map_err(|e| e.to_string())
-            })
-            .await;
-            match result {
-                Ok(Ok((model, o))) => tracing::info!(
-                    model = %model,
+                .map_err(|e| e.to_string())?;
+                tracing::info!(
+                    model = %job.model_name,
                     version = %o.report.candidate_version,
                     status = o.status.as_str(),
                     reason = %o.reason,
                     "training run finished"
-                ),
-                Ok(Err(e)) => tracing::warn!(error = %e, "training run failed"),
-                Err(e) => tracing::error!(error = %e, "training task panicked"),
+                );
+                Ok(Some(o.run_id))
+            })
+        })
+        .await;
+        match result {
+            Ok(Ok(Some((job, JobOutcome::Failed(e))))) => {
+                tracing::warn!(model = %job.model_name, error = %e, "training run failed")
             }
+            Ok(Ok(Some((job, outcome)))) => {
+                tracing::info!(model = %job.model_name, job = job.job_id, outcome = ?outcome, "training job ended")
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "training job queue unavailable"),
+            Err(e) => tracing::error!(error = %e, "training task panicked"),
         }
     }
 }

@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 pub struct ServerConfig {
     /// Database, keys, repository, candidates.
     pub data_dir: PathBuf,
+    /// Where the server's tables live: unset for the embedded SQLite file
+    /// `data_dir/server.db`; `postgres://user@host:5432/db` for PostgreSQL, which several
+    /// server processes can share (see README, "Scaling out").
+    pub database_url: Option<String>,
     /// Address of the agents' API.
     pub listen: String,
     /// Hours an enrollment code stays valid.
@@ -24,6 +28,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             data_dir: PathBuf::from("/var/lib/outpost-server"),
+            database_url: None,
             listen: "127.0.0.1:8480".into(),
             enrollment_valid_hours: 72,
             ort_lib: None,
@@ -79,6 +84,7 @@ mod tests {
         let c: super::ServerConfig =
             toml::from_str(include_str!("../../config/server.toml")).unwrap();
         assert_eq!(c.listen, "127.0.0.1:8480");
+        assert_eq!(c.database_url, None);
         let d = super::TrainingSettings::default();
         assert_eq!(c.training.holdout_percent, d.holdout_percent);
         assert_eq!(c.training.auto_train_after, d.auto_train_after);

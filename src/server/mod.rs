@@ -9,7 +9,8 @@
 //!
 //! | method and path | who | what |
 //! |---|---|---|
-//! | `GET /v1/health` | anyone | liveness and protocol version |
+//! | `GET /v1/health` | anyone (and load balancers) | protocol version; 200 if the store answers, 503 if not |
+//! | `GET /metrics` | the operator's Prometheus | requests, sync batches, ingest lag, training, devices by version, drift ([`metrics`]) |
 //! | `POST /v1/enroll` | a device with a one-time code | registers its Ed25519 public key |
 //! | `POST /v1/feedback` | a signed, enrolled, unrevoked device | a zstd-compressed [`UploadBatch`]; answers an [`UploadAck`] |
 //! | `POST /v1/device/models` | a signed device | JSON [`protocol::DeviceModelsReport`] (versions running, updates refused or rolled back); answers its group |
@@ -26,6 +27,7 @@
 pub mod background;
 pub mod config;
 pub mod dashboard;
+pub mod metrics;
 pub mod ops;
 pub mod publish;
 pub mod store;
@@ -56,6 +58,19 @@ pub struct AppState {
     pub store: Arc<dyn ServerStore>,
     /// The signed repository (metadata and content-addressed bundle files), if any.
     pub repo: Option<std::path::PathBuf>,
+    /// This process's counters for `/metrics`.
+    pub metrics: Arc<metrics::Metrics>,
+}
+
+impl AppState {
+    /// State over `store`, serving `repo`, with fresh metrics.
+    pub fn new(store: Arc<dyn ServerStore>, repo: Option<std::path::PathBuf>) -> AppState {
+        AppState {
+            store,
+            repo,
+            metrics: Arc::new(metrics::Metrics::new()),
+        }
+    }
 }
 
 /// An API error: status and a message that says what to do.
@@ -97,6 +112,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/device/models", post(device_models))
         .route("/v1/metadata/{name}", get(metadata))
         .route("/v1/targets/sha256/{hash}", get(target))
+        .route("/metrics", get(metrics_text))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::map_response(stamp))
         .with_state(state)
@@ -124,8 +141,73 @@ fn check_protocol(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok", "protocol": PROTOCOL_VERSION }))
+/// Counts each request and its latency by route (the route pattern, not the path, so ids in
+/// paths do not make a new series each).
+async fn track(
+    State(st): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "other".into());
+    let method = req.method().as_str().to_string();
+    let started = std::time::Instant::now();
+    let res = next.run(req).await;
+    st.metrics
+        .latency
+        .with_label_values(&[route.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    st.metrics
+        .requests
+        .with_label_values(&[route.as_str(), method.as_str(), res.status().as_str()])
+        .inc();
+    res
+}
+
+/// How long the health check waits for the store.
+const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// 200 `{"status":"ok"}` when the store answers within 3 s; 503 otherwise, so a load
+/// balancer stops sending agents to a process that lost its database.
+async fn health(State(st): State<AppState>) -> Response {
+    let store = st.store.clone();
+    let ping = tokio::time::timeout(HEALTH_TIMEOUT, blocking(move || store.ping())).await;
+    let problem = match ping {
+        Ok(Ok(Ok(()))) => None,
+        Ok(Ok(Err(e))) => Some(e.to_string()),
+        Ok(Err(_)) => Some("the store check could not run".to_string()),
+        Err(_) => Some(format!(
+            "the store did not answer within {HEALTH_TIMEOUT:?}"
+        )),
+    };
+    match problem {
+        None => {
+            Json(serde_json::json!({ "status": "ok", "protocol": PROTOCOL_VERSION, "store": "ok" }))
+                .into_response()
+        }
+        Some(p) => {
+            tracing::warn!(problem = %p, "health check: store unavailable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({ "status": "unavailable", "protocol": PROTOCOL_VERSION, "store": p })),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// `/metrics`: the Prometheus text exposition.
+async fn metrics_text(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let (store, metrics) = (st.store.clone(), st.metrics.clone());
+    let text = blocking(move || metrics.render(store.as_ref())).await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        text,
+    )
+        .into_response())
 }
 
 async fn enroll(
@@ -153,9 +235,9 @@ async fn enroll(
             store::ServerStoreError::BadCode => ApiError(StatusCode::FORBIDDEN, e.to_string()),
             other => internal(other),
         })?;
-    let _ = st
-        .store
-        .audit("device", "enroll", &format!("{} ({})", d.name, d.device_id));
+    let store = st.store.clone();
+    let detail = format!("{} ({})", d.name, d.device_id);
+    let _ = blocking(move || store.audit("device", "enroll", &detail)).await;
     tracing::info!(device = %d.name, "device enrolled");
     Ok(Json(EnrollResponse {
         device_id: d.device_id,
@@ -282,9 +364,33 @@ async fn upload(
     let store = st.store.clone();
     let n = batch.records.len();
     let id = device_id.clone();
-    let r = blocking(move || store.ingest(&id, &batch.records, Via::Http))
-        .await?
-        .map_err(internal)?;
+    let (r, records) = blocking(move || {
+        store
+            .ingest(&id, &batch.records, Via::Http)
+            .map(|r| (r, batch.records))
+    })
+    .await?
+    .map_err(internal)?;
+    let now = time::OffsetDateTime::now_utc();
+    let fresh: std::collections::HashSet<&str> = r.stored_now.iter().map(String::as_str).collect();
+    let lags: Vec<f64> = records
+        .iter()
+        .filter(|x| fresh.contains(x.feedback_id.as_str()))
+        .filter_map(|x| {
+            time::OffsetDateTime::parse(
+                &x.created_at,
+                &time::format_description::well_known::Rfc3339,
+            )
+            .ok()
+        })
+        .map(|t| (now - t).as_seconds_f64())
+        .collect();
+    st.metrics.record_batch(
+        r.acked.len() - r.duplicates,
+        r.duplicates,
+        r.refused.len(),
+        &lags,
+    );
     tracing::info!(device = %device_id, records = n, new = r.acked.len() - r.duplicates, duplicates = r.duplicates, refused = r.refused.len(), "feedback batch");
     Ok(Json(UploadAck {
         acked: r.acked,

@@ -431,3 +431,141 @@ pub fn pending(root: &Path) -> i64 {
     )
     .unwrap()
 }
+
+/// A fresh schema in the test PostgreSQL database, dropped with everything in it when this
+/// value is dropped. `url` points the server at it (`search_path`).
+pub struct PgSchema {
+    /// `postgres://...?options=-csearch_path%3D<schema>`.
+    pub url: String,
+    /// The schema's name.
+    pub name: String,
+    admin: String,
+}
+
+/// PostgreSQL for the tests: `$OUTPOST_TEST_POSTGRES` or
+/// `postgres://postgres@127.0.0.1:5432/test`. Creates a schema `t_<random>`; `None` (with a
+/// SKIP message) when PostgreSQL is unreachable, unless `OUTPOST_REQUIRE_POSTGRES=1`, which
+/// makes that a failure (CI sets it: there PostgreSQL must be running).
+pub fn pg_schema() -> Option<PgSchema> {
+    let admin = std::env::var("OUTPOST_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let mut client = match postgres::Client::connect(&admin, postgres::NoTls) {
+        Ok(c) => c,
+        Err(e) => {
+            if std::env::var("OUTPOST_REQUIRE_POSTGRES").as_deref() == Ok("1") {
+                panic!("PostgreSQL at {admin} is required (OUTPOST_REQUIRE_POSTGRES=1): {e}");
+            }
+            eprintln!("SKIP: PostgreSQL not reachable at {admin} ({e}); set OUTPOST_TEST_POSTGRES");
+            return None;
+        }
+    };
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    client
+        .batch_execute(&format!("CREATE SCHEMA {name}"))
+        .expect("create test schema");
+    let sep = if admin.contains('?') { '&' } else { '?' };
+    Some(PgSchema {
+        url: format!("{admin}{sep}options=-csearch_path%3D{name}"),
+        name,
+        admin,
+    })
+}
+
+impl PgSchema {
+    /// A direct connection into the schema (for checks the store does not offer).
+    pub fn client(&self) -> postgres::Client {
+        postgres::Client::connect(&self.url, postgres::NoTls).expect("connect to test schema")
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        if let Ok(mut c) = postgres::Client::connect(&self.admin, postgres::NoTls) {
+            let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
+        }
+    }
+}
+
+/// Fills the agent database `db` with `n` report items, a prediction each and one pending
+/// feedback decision each (in the outbox, ready to sync). `salt` makes the items distinct
+/// between agents. Embeddings are 384 pseudo-random float values, as real ones are.
+pub fn seed_feedback(db: &Path, n: usize, salt: &str) {
+    use outpost::store::feedback::{LabelSpace, NewFeedback};
+    use outpost::store::{NewItem, NewPrediction, Store};
+    let mut store = Store::open(db).unwrap();
+    let run = store.begin_run(&["test".into()]).unwrap();
+    let labels: Vec<String> = (0..8).map(|i| format!("category_{i}")).collect();
+    let mut items = Vec::new();
+    let mut preds = Vec::new();
+    for i in 0..n {
+        let id = outpost::hash::sha256_hex(format!("{salt} report {i}").as_bytes());
+        let mut x = outpost::hash::sha256_hex(id.as_bytes())
+            .bytes()
+            .fold(1u64, |a, b| a.wrapping_mul(31).wrapping_add(b as u64));
+        let emb: Vec<f32> = (0..384)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x % 20_001) as f32 / 10_000.0 - 1.0
+            })
+            .collect();
+        items.push(NewItem {
+            item_id: id.clone(),
+            kind: "text",
+            source: "reports.csv".into(),
+            locator: Some(format!("row {i}")),
+            size: None,
+            geometry: None,
+            content: format!("{salt} report {i}: we need water").into_bytes(),
+            content_type: "text/plain",
+        });
+        preds.push(NewPrediction {
+            item_id: id,
+            model_name: "crisis-reports".into(),
+            model_version: "1.0.0".into(),
+            labels: vec!["category_1".into()],
+            top_label: "category_1".into(),
+            top_score: 0.7,
+            scores: vec![0.1; 8],
+            embedding: emb,
+            truncated: false,
+            preprocess_ms: 0.0,
+            infer_ms: 0.0,
+        });
+    }
+    store.save_batch(run, &items, &preds).unwrap();
+    let space = LabelSpace {
+        labels: labels.clone(),
+        multi_label: true,
+    };
+    for (i, it) in items.iter().enumerate() {
+        store
+            .give_feedback(
+                &NewFeedback {
+                    item_id: it.item_id.clone(),
+                    model_name: "crisis-reports".into(),
+                    labels: vec![labels[i % 8].clone()],
+                    annotator: "test".into(),
+                    include_content: false,
+                    declared_new: Vec::new(),
+                },
+                &space,
+            )
+            .unwrap();
+    }
+}
+
+/// The feedback ids waiting in an agent's outbox.
+pub fn outbox_ids(db: &Path) -> Vec<String> {
+    let c = rusqlite::Connection::open(db).unwrap();
+    let mut st = c
+        .prepare("SELECT feedback_id FROM outbox ORDER BY 1")
+        .unwrap();
+    let ids = st
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<Vec<String>, _>>()
+        .unwrap();
+    ids
+}

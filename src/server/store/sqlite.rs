@@ -1,510 +1,12 @@
-//! The server's storage, behind a trait so the PostgreSQL store of the scale-out issue can
-//! sit beside the embedded SQLite default. Exactly-once ingest is a database constraint
-//! (the feedback id is the primary key), not an in-process lock, so it also holds with
-//! several server processes.
+//! The embedded default store: one SQLite file in the data folder (WAL, `synchronous = FULL`).
+//! Right for one server process; several processes on one machine also work (SQLite locks
+//! the file), but scaling past one machine is what [`super::postgres`] is for.
 
-use crate::protocol::{FeedbackRecord, Refused};
+use super::*;
 use crate::store::{now, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 use std::sync::Mutex;
-
-/// Migrations of the server database.
-pub const SERVER_MIGRATIONS: &[(u32, &str, &str)] = &[
-    (
-        1,
-        "server/0001_devices_feedback.sql",
-        include_str!("../../migrations/server/0001_devices_feedback.sql"),
-    ),
-    (
-        2,
-        "server/0002_training.sql",
-        include_str!("../../migrations/server/0002_training.sql"),
-    ),
-    (
-        3,
-        "server/0003_device_models.sql",
-        include_str!("../../migrations/server/0003_device_models.sql"),
-    ),
-    (
-        4,
-        "server/0004_drift.sql",
-        include_str!("../../migrations/server/0004_drift.sql"),
-    ),
-    (
-        5,
-        "server/0005_dashboard.sql",
-        include_str!("../../migrations/server/0005_dashboard.sql"),
-    ),
-];
-
-/// Errors of the server store.
-#[derive(Debug, thiserror::Error)]
-pub enum ServerStoreError {
-    /// Database failure.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// A device name is taken.
-    #[error("a device named {0:?} exists already")]
-    NameTaken(String),
-    /// No such device.
-    #[error("no device {0:?}")]
-    NoDevice(String),
-    /// The enrollment code is wrong, used or expired.
-    #[error("the enrollment code is unknown, already used or expired; ask the operator for a new one (outpost-server devices add)")]
-    BadCode,
-}
-
-impl From<rusqlite::Error> for ServerStoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        ServerStoreError::Store(StoreError::Sqlite(e))
-    }
-}
-
-/// A device as the server knows it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Device {
-    /// Id.
-    pub device_id: String,
-    /// Name.
-    pub name: String,
-    /// Group.
-    pub group: String,
-    /// Ed25519 public key, once enrolled.
-    #[serde(skip)]
-    pub public_key: Option<Vec<u8>>,
-    /// When it enrolled.
-    pub enrolled_at: Option<String>,
-    /// When it was revoked.
-    pub revoked_at: Option<String>,
-    /// Last authenticated request.
-    pub last_seen: Option<String>,
-    /// Feedback stored from it.
-    pub feedback: i64,
-    /// Feedback waiting in its outbox when it last reported (`None`: never reported).
-    pub pending_feedback: Option<i64>,
-}
-
-/// A device's model as it last reported it, with its most recent failure of that model.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct DeviceModelRow {
-    /// Device id.
-    pub device_id: String,
-    /// Model name.
-    pub model: String,
-    /// Version serving on the device.
-    pub active_version: Option<String>,
-    /// Version pinned on the device.
-    pub pinned: Option<String>,
-    /// When the device reported it (server clock).
-    pub reported_at: String,
-    /// Refused or rolled-back versions, newest first: (version, kind, reason, at).
-    pub failures: Vec<(Option<String>, String, String, String)>,
-}
-
-/// What an ingest did.
-#[derive(Debug, Clone, Default)]
-pub struct IngestResult {
-    /// Ids stored now or before (acknowledged).
-    pub acked: Vec<String>,
-    /// How many were already stored.
-    pub duplicates: usize,
-    /// Refused records.
-    pub refused: Vec<Refused>,
-}
-
-/// Where a record came from.
-#[derive(Debug, Clone, Copy)]
-pub enum Via {
-    /// Over HTTP from the device.
-    Http,
-    /// Imported from a USB file.
-    Usb,
-}
-
-/// The server's storage operations.
-pub trait ServerStore: Send + Sync {
-    /// Registers a device awaiting enrollment with the sha256 of its one-time code.
-    fn add_device(
-        &self,
-        name: &str,
-        group: &str,
-        code_sha256: &str,
-        expires_at: &str,
-    ) -> Result<Device, ServerStoreError>;
-    /// Enrolls the device whose code hash matches, storing its public key; clears the code.
-    fn enroll(&self, code_sha256: &str, public_key: &[u8]) -> Result<Device, ServerStoreError>;
-    /// A device by id.
-    fn device(&self, device_id: &str) -> Result<Option<Device>, ServerStoreError>;
-    /// Every device.
-    fn devices(&self) -> Result<Vec<Device>, ServerStoreError>;
-    /// Revokes a device (by name or id).
-    fn revoke(&self, name_or_id: &str) -> Result<Device, ServerStoreError>;
-    /// Records a nonce; false if it was seen before (a replay).
-    fn use_nonce(
-        &self,
-        device_id: &str,
-        nonce: &str,
-        expires_at: i64,
-        now_unix: i64,
-    ) -> Result<bool, ServerStoreError>;
-    /// Marks a device as seen now.
-    fn touch(&self, device_id: &str) -> Result<(), ServerStoreError>;
-    /// Records which model versions a device runs and the updates it refused or rolled
-    /// back (see [`crate::protocol::DeviceModelsReport`]).
-    fn record_device_models(
-        &self,
-        device_id: &str,
-        report: &crate::protocol::DeviceModelsReport,
-    ) -> Result<(), ServerStoreError>;
-    /// What every device last reported: per device, its models and its latest failures.
-    fn device_models(&self) -> Result<Vec<DeviceModelRow>, ServerStoreError>;
-    /// Stores each record once.
-    fn ingest(
-        &self,
-        device_id: &str,
-        records: &[FeedbackRecord],
-        via: Via,
-    ) -> Result<IngestResult, ServerStoreError>;
-    /// Number of stored feedback records.
-    fn feedback_count(&self) -> Result<i64, ServerStoreError>;
-    /// Appends to the audit log.
-    fn audit(&self, actor: &str, action: &str, detail: &str) -> Result<(), ServerStoreError>;
-    /// The newest audit records, newest first.
-    fn audit_log(&self, limit: usize) -> Result<Vec<AuditRecord>, ServerStoreError>;
-
-    /// Models that have feedback.
-    fn feedback_models(&self) -> Result<Vec<String>, ServerStoreError>;
-    /// Feedback rows received for `model` (every row, superseded ones included): the
-    /// automatic trigger compares it with the last run's `feedback_seen`.
-    fn model_feedback_count(&self, model: &str) -> Result<i64, ServerStoreError>;
-    /// The decisions to train on for `model`: per device and item the latest decision,
-    /// without decisions a later one supersedes, with the split each was given (if any).
-    fn training_feedback(&self, model: &str) -> Result<Vec<TrainingRow>, ServerStoreError>;
-    /// Records splits for decisions that had none. Existing splits never change.
-    fn save_splits(&self, splits: &[(String, Split)]) -> Result<(), ServerStoreError>;
-    /// Starts a training run record; returns its id.
-    fn start_run(
-        &self,
-        model: &str,
-        base_version: &str,
-        trigger: Trigger,
-        feedback_seen: i64,
-    ) -> Result<i64, ServerStoreError>;
-    /// Completes a run record.
-    fn finish_run(&self, run_id: i64, end: &RunEnd) -> Result<(), ServerStoreError>;
-    /// Marks the run of a candidate as published (by an operator, after it was held).
-    fn mark_published(
-        &self,
-        model: &str,
-        version: &str,
-        reason: &str,
-    ) -> Result<(), ServerStoreError>;
-    /// Training runs, newest first (all models if `model` is `None`).
-    fn runs(&self, model: Option<&str>) -> Result<Vec<TrainingRun>, ServerStoreError>;
-
-    /// Stores drift windows a device sent (each window id once); returns how many were new.
-    fn store_drift(
-        &self,
-        device_id: &str,
-        windows: &[(i64, crate::drift::DriftWindow)],
-    ) -> Result<usize, ServerStoreError>;
-    /// Per device and model, the latest drift window and since when its state holds.
-    fn drift_latest(&self) -> Result<Vec<DeviceDrift>, ServerStoreError>;
-
-    // The operators' dashboard.
-
-    /// Creates an operator account or replaces its password hash; true if it was created.
-    fn set_admin(&self, name: &str, password_hash: &str) -> Result<bool, ServerStoreError>;
-    /// Deletes an operator account and its sessions; false if there was none.
-    fn remove_admin(&self, name: &str) -> Result<bool, ServerStoreError>;
-    /// The password hash (PHC string) of an operator account.
-    fn admin_password_hash(&self, name: &str) -> Result<Option<String>, ServerStoreError>;
-    /// Stores a sign-in session (by the sha256 of its cookie value).
-    fn create_session(
-        &self,
-        token_sha256: &str,
-        admin: &str,
-        csrf: &str,
-        expires_at: i64,
-    ) -> Result<(), ServerStoreError>;
-    /// A live session; expired ones are deleted on the way.
-    fn session(
-        &self,
-        token_sha256: &str,
-        now_unix: i64,
-    ) -> Result<Option<AdminSession>, ServerStoreError>;
-    /// Ends a session (sign out).
-    fn delete_session(&self, token_sha256: &str) -> Result<(), ServerStoreError>;
-    /// Feedback received per day (server clock), model and label.
-    fn feedback_per_day(&self) -> Result<Vec<FeedbackDay>, ServerStoreError>;
-    /// Labels reviewers introduced in the field (marked as new), per model.
-    fn field_labels(&self) -> Result<Vec<FieldLabel>, ServerStoreError>;
-    /// When each feedback row of `model` was received (server clock), oldest first.
-    fn feedback_received(&self, model: &str) -> Result<Vec<String>, ServerStoreError>;
-    /// The newest feedback of a device, without its content (`limit` rows).
-    fn device_feedback(
-        &self,
-        device_id: &str,
-        limit: usize,
-    ) -> Result<Vec<FeedbackSummary>, ServerStoreError>;
-    /// One feedback row with its raw content, for an audited "show item" request.
-    fn feedback_item(&self, feedback_id: &str) -> Result<Option<FeedbackItem>, ServerStoreError>;
-    /// The drift windows of one device, newest first (`limit` rows).
-    fn device_drift(
-        &self,
-        device_id: &str,
-        limit: usize,
-    ) -> Result<Vec<crate::drift::DriftWindow>, ServerStoreError>;
-    /// Every refused or rolled-back update a device reported, newest first:
-    /// (model, version, kind, reason, at).
-    fn device_failures(&self, device_id: &str) -> Result<Vec<ModelFailureRow>, ServerStoreError>;
-}
-
-/// A signed-in operator's session.
-#[derive(Debug, Clone)]
-pub struct AdminSession {
-    /// The operator's name.
-    pub admin: String,
-    /// The token the page's forms must carry.
-    pub csrf: String,
-}
-
-/// Feedback rows received on one day for one label of one model.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct FeedbackDay {
-    /// `YYYY-MM-DD` (server clock, UTC).
-    pub day: String,
-    /// Model.
-    pub model: String,
-    /// Label given.
-    pub label: String,
-    /// Rows.
-    pub count: i64,
-}
-
-/// A label reviewers introduced in the field.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct FieldLabel {
-    /// Model.
-    pub model: String,
-    /// The new label.
-    pub label: String,
-    /// Feedback rows giving it.
-    pub count: i64,
-    /// Devices that gave it.
-    pub devices: i64,
-    /// First received (server clock).
-    pub first_at: String,
-}
-
-/// A feedback row as the dashboard lists it: no embedding, no content.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct FeedbackSummary {
-    /// Id.
-    pub feedback_id: String,
-    /// Model.
-    pub model: String,
-    /// Version the reviewer saw.
-    pub model_version: String,
-    /// `image` or `text`.
-    pub kind: String,
-    /// `confirm` or `correct`.
-    pub action: String,
-    /// Labels given.
-    pub labels: Vec<String>,
-    /// Received (server clock).
-    pub received_at: String,
-    /// Whether raw content travelled with it.
-    pub has_content: bool,
-}
-
-/// A feedback row with its raw content.
-#[derive(Debug, Clone)]
-pub struct FeedbackItem {
-    /// The row without content.
-    pub summary: FeedbackSummary,
-    /// The device that sent it.
-    pub device_id: String,
-    /// The item's content hash.
-    pub item_id: String,
-    /// Who decided.
-    pub annotator: String,
-    /// When (device clock).
-    pub created_at: String,
-    /// Raw tile or report, if it travelled.
-    pub content: Option<Vec<u8>>,
-    /// Its content type.
-    pub content_type: Option<String>,
-}
-
-/// A refused or rolled-back update as a device reported it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ModelFailureRow {
-    /// Model (empty when the metadata itself was refused).
-    pub model: String,
-    /// Version.
-    pub version: Option<String>,
-    /// `refused` or `rolled_back`.
-    pub kind: String,
-    /// Why.
-    pub reason: String,
-    /// When (device clock).
-    pub at: String,
-}
-
-/// A device's latest drift state for one model, as the server shows it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct DeviceDrift {
-    /// Device name.
-    pub device: String,
-    /// Its group.
-    pub group: String,
-    /// The latest window.
-    pub latest: crate::drift::DriftWindow,
-    /// Start of the first window of the current run of windows in the latest state.
-    pub since: String,
-    /// Windows received from this device for this model.
-    pub windows: i64,
-}
-
-/// An operator action or automatic decision, as recorded.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct AuditRecord {
-    /// Sequence number.
-    pub audit_id: i64,
-    /// When (server clock, RFC 3339).
-    pub at: String,
-    /// `operator`, `trainer` or a device.
-    pub actor: String,
-    /// The command or event.
-    pub action: String,
-    /// What it did.
-    pub detail: String,
-}
-
-/// Whether a decision is trained on or held out for evaluation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Split {
-    /// Used for training.
-    Train,
-    /// Kept out of training; candidate and current model are compared on it.
-    Holdout,
-}
-
-impl Split {
-    /// The SQL spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Split::Train => "train",
-            Split::Holdout => "holdout",
-        }
-    }
-}
-
-/// A field decision as training sees it.
-#[derive(Debug, Clone)]
-pub struct TrainingRow {
-    /// Feedback id.
-    pub feedback_id: String,
-    /// The device that sent it (a stratum of the held-out split).
-    pub device_id: String,
-    /// Labels given.
-    pub labels: Vec<String>,
-    /// The item's embedding, little-endian float16.
-    pub embedding_f16: Vec<u8>,
-    /// The split given earlier, if any.
-    pub split: Option<Split>,
-}
-
-/// What started a training run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Trigger {
-    /// `outpost-server train`.
-    Operator,
-    /// Enough new feedback arrived while serving.
-    Auto,
-}
-
-/// How a training run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RunStatus {
-    /// Still running (or the process died: see `finished_at`).
-    Running,
-    /// The candidate passed the gate and was published.
-    Published,
-    /// The candidate regressed (or publishing was not asked for): kept for an operator.
-    Held,
-    /// Training could not complete.
-    Failed,
-}
-
-impl RunStatus {
-    fn parse(s: &str) -> RunStatus {
-        match s {
-            "published" => RunStatus::Published,
-            "held" => RunStatus::Held,
-            "failed" => RunStatus::Failed,
-            _ => RunStatus::Running,
-        }
-    }
-    /// The SQL spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunStatus::Running => "running",
-            RunStatus::Published => "published",
-            RunStatus::Held => "held",
-            RunStatus::Failed => "failed",
-        }
-    }
-}
-
-/// The end of a run, as recorded.
-#[derive(Debug, Clone)]
-pub struct RunEnd {
-    /// Outcome.
-    pub status: RunStatus,
-    /// Why (held or failed), or what was published.
-    pub reason: String,
-    /// The candidate's version, if one was built.
-    pub candidate_version: Option<String>,
-    /// Evaluation report (JSON).
-    pub report: Option<String>,
-    /// Where the candidate bundle is.
-    pub bundle_dir: Option<String>,
-}
-
-/// A training run, as recorded.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct TrainingRun {
-    /// Id.
-    pub run_id: i64,
-    /// Model.
-    pub model_name: String,
-    /// The release it started from.
-    pub base_version: String,
-    /// The candidate it built.
-    pub candidate_version: Option<String>,
-    /// What started it.
-    pub trigger: String,
-    /// Outcome.
-    pub status: RunStatus,
-    /// Why.
-    pub reason: String,
-    /// Feedback rows for the model when it started.
-    pub feedback_seen: i64,
-    /// Evaluation report (JSON).
-    pub report: Option<String>,
-    /// Candidate bundle folder.
-    pub bundle_dir: Option<String>,
-    /// Start (server clock).
-    pub started_at: String,
-    /// End.
-    pub finished_at: Option<String>,
-}
 
 /// The embedded default: one SQLite file.
 pub struct SqliteServerStore {
@@ -554,6 +56,23 @@ fn row_to_device(r: &rusqlite::Row<'_>) -> rusqlite::Result<Device> {
         last_seen: r.get(6)?,
         feedback: r.get(7)?,
         pending_feedback: r.get(8)?,
+    })
+}
+
+fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<TrainingJob> {
+    Ok(TrainingJob {
+        job_id: r.get(0)?,
+        model_name: r.get(1)?,
+        trigger: r.get(2)?,
+        feedback_seen: r.get(3)?,
+        state: r.get(4)?,
+        attempts: r.get(5)?,
+        owner: r.get(6)?,
+        lease_until: r.get(7)?,
+        run_id: r.get(8)?,
+        error: r.get(9)?,
+        enqueued_at: r.get(10)?,
+        finished_at: r.get(11)?,
     })
 }
 
@@ -824,6 +343,8 @@ impl ServerStore for SqliteServerStore {
                         continue;
                     }
                     out.duplicates += 1;
+                } else {
+                    out.stored_now.push(r.feedback_id.clone());
                 }
                 out.acked.push(r.feedback_id.clone());
             }
@@ -1088,32 +609,140 @@ impl ServerStore for SqliteServerStore {
                 },
             ))
         })?;
-        let mut out: Vec<DeviceDrift> = Vec::new();
-        let mut run_open = false;
-        for row in rows {
-            let (device, group, w) = row?;
-            match out.last_mut() {
-                Some(last) if last.device == device && last.latest.model_name == w.model_name => {
-                    last.windows += 1;
-                    if run_open && w.state == last.latest.state {
-                        last.since = w.started_at.clone();
-                    } else {
-                        run_open = false;
-                    }
-                }
-                _ => {
-                    run_open = true;
-                    out.push(DeviceDrift {
-                        device,
-                        group,
-                        since: w.started_at.clone(),
-                        latest: w,
-                        windows: 1,
-                    });
-                }
-            }
-        }
-        Ok(out)
+        let rows: Vec<_> = rows.collect::<Result<_, _>>()?;
+        Ok(group_drift(rows))
+    }
+
+    fn enqueue_training(
+        &self,
+        model: &str,
+        trigger: Trigger,
+        feedback_seen: i64,
+    ) -> Result<Option<i64>, ServerStoreError> {
+        let conn = self.conn();
+        let n = conn.execute(
+            "INSERT INTO training_jobs (model_name, trigger, feedback_seen, state, enqueued_at)
+             VALUES (?1, ?2, ?3, 'queued', ?4) ON CONFLICT DO NOTHING",
+            params![model, trigger_str(trigger), feedback_seen, now()],
+        )?;
+        Ok((n == 1).then(|| conn.last_insert_rowid()))
+    }
+
+    fn claim_training(
+        &self,
+        owner: &str,
+        now_unix: i64,
+        lease_until: i64,
+    ) -> Result<Option<TrainingJob>, ServerStoreError> {
+        let mut conn = self.conn();
+        // IMMEDIATE: the write lock is taken before reading, so two processes on one file
+        // cannot both see the same job as free.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute(
+            "UPDATE training_jobs SET state = 'failed', finished_at = ?1,
+                    error = 'its process died ' || attempts || ' times while training; given up'
+             WHERE state = 'running' AND lease_until < ?2 AND attempts >= ?3",
+            params![now(), now_unix, MAX_JOB_ATTEMPTS],
+        )?;
+        let id: Option<i64> = tx
+            .query_row(
+                "SELECT job_id FROM training_jobs
+                 WHERE state = 'queued' OR (state = 'running' AND lease_until < ?1)
+                 ORDER BY job_id LIMIT 1",
+                [now_unix],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(id) = id else {
+            tx.commit()?;
+            return Ok(None);
+        };
+        tx.execute(
+            "UPDATE training_jobs SET state = 'running', owner = ?1, lease_until = ?2,
+                    attempts = attempts + 1
+             WHERE job_id = ?3",
+            params![owner, lease_until, id],
+        )?;
+        let job = tx.query_row(
+            &format!("SELECT {JOB_COLUMNS} FROM training_jobs WHERE job_id = ?1"),
+            [id],
+            row_to_job,
+        )?;
+        tx.commit()?;
+        Ok(Some(job))
+    }
+
+    fn renew_training(
+        &self,
+        job_id: i64,
+        owner: &str,
+        lease_until: i64,
+    ) -> Result<bool, ServerStoreError> {
+        let n = self.conn().execute(
+            "UPDATE training_jobs SET lease_until = ?1
+             WHERE job_id = ?2 AND owner = ?3 AND state = 'running'",
+            params![lease_until, job_id, owner],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn finish_training(
+        &self,
+        job_id: i64,
+        owner: &str,
+        run_id: Option<i64>,
+        error: Option<&str>,
+    ) -> Result<bool, ServerStoreError> {
+        let n = self.conn().execute(
+            "UPDATE training_jobs SET state = ?1, run_id = ?2, error = ?3, finished_at = ?4
+             WHERE job_id = ?5 AND owner = ?6 AND state = 'running'",
+            params![
+                if error.is_some() { "failed" } else { "done" },
+                run_id,
+                error,
+                now(),
+                job_id,
+                owner
+            ],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn training_jobs(&self, limit: usize) -> Result<Vec<TrainingJob>, ServerStoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(&format!(
+            "SELECT {JOB_COLUMNS} FROM training_jobs ORDER BY job_id DESC LIMIT ?1"
+        ))?;
+        let rows = st.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], row_to_job)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn ping(&self) -> Result<(), ServerStoreError> {
+        self.conn()
+            .query_row("SELECT EXISTS (SELECT 1 FROM devices)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    fn stats(&self) -> Result<StoreStats, ServerStoreError> {
+        let conn = self.conn();
+        let one = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0));
+        let three = |sql: &str| -> rusqlite::Result<Vec<(String, String, i64)>> {
+            let mut st = conn.prepare(sql)?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect()
+        };
+        let mut st = conn.prepare(STATS_JOBS)?;
+        let jobs = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        Ok(StoreStats {
+            feedback: one(STATS_FEEDBACK)?,
+            devices: one(STATS_DEVICES)?,
+            runs: three(STATS_RUNS)?,
+            jobs,
+            versions: three(STATS_VERSIONS)?,
+            drift: three(STATS_DRIFT)?,
+        })
     }
 
     fn set_admin(&self, name: &str, password_hash: &str) -> Result<bool, ServerStoreError> {
@@ -1213,23 +842,8 @@ impl ServerStore for SqliteServerStore {
                 r.get::<_, i64>(3)?,
             ))
         })?;
-        let mut out: std::collections::BTreeMap<(String, String, String), i64> = Default::default();
-        for row in rows {
-            let (day, model, labels, n) = row?;
-            let labels: Vec<String> = serde_json::from_str(&labels).unwrap_or_default();
-            for l in labels {
-                *out.entry((day.clone(), model.clone(), l)).or_default() += n;
-            }
-        }
-        Ok(out
-            .into_iter()
-            .map(|((day, model, label), count)| FeedbackDay {
-                day,
-                model,
-                label,
-                count,
-            })
-            .collect())
+        let rows = rows.collect::<Result<Vec<_>, _>>()?;
+        Ok(feedback_days(rows))
     }
 
     fn field_labels(&self) -> Result<Vec<FieldLabel>, ServerStoreError> {
@@ -1246,29 +860,8 @@ impl ServerStore for SqliteServerStore {
                 r.get::<_, String>(3)?,
             ))
         })?;
-        type Acc = (i64, std::collections::BTreeSet<String>, String);
-        let mut out: std::collections::BTreeMap<(String, String), Acc> = Default::default();
-        for row in rows {
-            let (model, labels, device, at) = row?;
-            let labels: Vec<String> = serde_json::from_str(&labels).unwrap_or_default();
-            for l in labels {
-                let e = out
-                    .entry((model.clone(), l))
-                    .or_insert_with(|| (0, Default::default(), at.clone()));
-                e.0 += 1;
-                e.1.insert(device.clone());
-            }
-        }
-        Ok(out
-            .into_iter()
-            .map(|((model, label), (count, devices, first_at))| FieldLabel {
-                model,
-                label,
-                count,
-                devices: devices.len() as i64,
-                first_at,
-            })
-            .collect())
+        let rows = rows.collect::<Result<Vec<_>, _>>()?;
+        Ok(field_labels_of(rows))
     }
 
     fn feedback_received(&self, model: &str) -> Result<Vec<String>, ServerStoreError> {
