@@ -453,7 +453,7 @@ pub fn pg_schema() -> Option<PgSchema> {
         Ok(c) => c,
         Err(e) => {
             if std::env::var("OUTPOST_REQUIRE_POSTGRES").as_deref() == Ok("1") {
-                panic!("PostgreSQL at {admin} is required (OUTPOST_REQUIRE_POSTGRES=1): {e}");
+                panic!("PostgreSQL at {admin} is required (OUTPOST_REQUIRE_POSTGRES=1): {e}. Start it, point OUTPOST_TEST_POSTGRES at one, or run with OUTPOST_REQUIRE_POSTGRES=0 to skip these tests");
             }
             eprintln!("SKIP: PostgreSQL not reachable at {admin} ({e}); set OUTPOST_TEST_POSTGRES");
             return None;
