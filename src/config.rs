@@ -195,6 +195,8 @@ pub struct AgentConfig {
     pub drift: crate::drift::DriftSettings,
     /// Model updates.
     pub update: UpdateConfig,
+    /// How long reviewed and synced items stay on the laptop (`outpost purge`).
+    pub retention: crate::store::retention::RetentionSettings,
 }
 
 fn default_config_file() -> Option<PathBuf> {

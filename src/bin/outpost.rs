@@ -187,6 +187,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Delete reviewed items whose decisions the server acknowledged (retention policy):
+    /// the tile or report, its predictions and embeddings, its decisions. Unreviewed items
+    /// and anything not yet synced stay. Securely: freed pages are zeroed and the database
+    /// rebuilt (VACUUM).
+    Purge {
+        /// Only items whose last decision was acknowledged at least this many days ago
+        /// (default: retention.purge_after_days in the config, 30).
+        #[arg(long, value_name = "DAYS")]
+        older_than_days: Option<u32>,
+        /// Count what would go, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// What is waiting, when the last sync succeeded, and why the last one failed.
     Status {
         /// Print JSON.
@@ -634,6 +647,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     Ok(ExitCode::FAILURE)
                 }
             }
+        }
+        Command::Purge {
+            older_than_days,
+            dry_run,
+        } => {
+            let store = Store::open(&cfg.database_path())?;
+            let days = older_than_days.unwrap_or(cfg.retention.purge_after_days);
+            let r = outpost::store::retention::purge(&store, days, dry_run)?;
+            println!(
+                "{} {} reviewed and synced items older than {days} days ({} predictions, {} decisions)",
+                if dry_run { "would purge" } else { "purged" },
+                r.items,
+                r.predictions,
+                r.feedback
+            );
+            if r.kept_unsynced > 0 {
+                println!(
+                    "kept {} reviewed items whose decisions are not synced yet (run `outpost sync`)",
+                    r.kept_unsynced
+                );
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Sync => {
             let rt = tokio::runtime::Runtime::new()?;

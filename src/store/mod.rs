@@ -9,6 +9,7 @@
 pub mod feedback;
 pub mod migrate;
 pub mod queue;
+pub mod retention;
 pub mod usb;
 
 use half::f16;

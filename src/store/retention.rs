@@ -1,0 +1,131 @@
+//! Retention: raw items that were reviewed and whose decisions the server acknowledged are
+//! removed from the laptop after `retention.purge_after_days` (`outpost purge`).
+//!
+//! An item is purged whole: the item row (tile bytes or report text, its file path and
+//! place), its predictions (scores and embeddings) and its feedback (labels and embedding)
+//! with their acknowledged outbox rows. Items never reviewed stay (they still wait for a
+//! person), and so does every item with a decision not yet acknowledged by the server, so
+//! no field work is lost. The deletion runs with SQLite's `secure_delete` on, then the WAL
+//! is checkpointed and truncated and the database is rebuilt with `VACUUM`, so the bytes
+//! are gone from the database file and its journal, not just unlinked. (Copies the file
+//! system or an SSD keeps of old blocks are out of SQLite's reach: that is what encryption
+//! at rest is for.)
+
+use super::{Store, StoreError};
+use rusqlite::params;
+
+/// Retention settings (`[retention]` in the agent config).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Days after the server acknowledged an item's last decision before the item is
+    /// purged by `outpost purge`. 0 purges every reviewed and synced item.
+    pub purge_after_days: u32,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        RetentionSettings {
+            purge_after_days: 30,
+        }
+    }
+}
+
+/// What a purge removed (or, for a dry run, would remove).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PurgeReport {
+    /// Items removed.
+    pub items: usize,
+    /// Their predictions.
+    pub predictions: usize,
+    /// Their feedback decisions (all acknowledged by the server).
+    pub feedback: usize,
+    /// Items kept because a decision on them still waits to be synced.
+    pub kept_unsynced: usize,
+    /// Whether nothing was deleted (dry run).
+    pub dry_run: bool,
+}
+
+/// Items every decision of which the server acknowledged, the last before `cutoff`.
+const PURGEABLE: &str = "
+    SELECT i.item_id FROM items i
+    WHERE EXISTS (SELECT 1 FROM feedback f WHERE f.item_id = i.item_id)
+      AND NOT EXISTS (
+          SELECT 1 FROM feedback f LEFT JOIN outbox o ON o.feedback_id = f.feedback_id
+          WHERE f.item_id = i.item_id AND o.acked_at IS NULL)
+      AND (SELECT MAX(o.acked_at) FROM feedback f JOIN outbox o ON o.feedback_id = f.feedback_id
+           WHERE f.item_id = i.item_id) <= ?1";
+
+/// Reviewed items with a decision the server has not acknowledged yet.
+const UNSYNCED: &str = "
+    SELECT COUNT(DISTINCT f.item_id) FROM feedback f
+    LEFT JOIN outbox o ON o.feedback_id = f.feedback_id
+    WHERE o.acked_at IS NULL";
+
+/// Removes what the policy says: reviewed items whose decisions were all acknowledged more
+/// than `older_than_days` days ago. `dry_run` counts without deleting.
+pub fn purge(
+    store: &Store,
+    older_than_days: u32,
+    dry_run: bool,
+) -> Result<PurgeReport, StoreError> {
+    // Same form as every stored timestamp (RFC 3339 UTC), so text order is time order.
+    let cutoff = (time::OffsetDateTime::now_utc()
+        - time::Duration::days(i64::from(older_than_days)))
+    .format(&time::format_description::well_known::Rfc3339)
+    .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into());
+    let conn = store.conn();
+    let ids: Vec<String> = {
+        let mut st = conn.prepare(PURGEABLE)?;
+        let rows = st.query_map([&cutoff], |r| r.get(0))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let mut report = PurgeReport {
+        kept_unsynced: conn.query_row(UNSYNCED, [], |r| r.get::<_, i64>(0))? as usize,
+        dry_run,
+        ..Default::default()
+    };
+    let count = |sql: &str, id: &str| -> Result<usize, StoreError> {
+        Ok(conn.query_row(sql, [id], |r| r.get::<_, i64>(0))? as usize)
+    };
+    for id in &ids {
+        report.predictions += count("SELECT COUNT(*) FROM predictions WHERE item_id = ?1", id)?;
+        report.feedback += count("SELECT COUNT(*) FROM feedback WHERE item_id = ?1", id)?;
+    }
+    report.items = ids.len();
+    if dry_run || ids.is_empty() {
+        return Ok(report);
+    }
+    conn.pragma_update(None, "secure_delete", "ON")?;
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let deleted = (|| -> rusqlite::Result<()> {
+        for id in &ids {
+            conn.execute(
+                "DELETE FROM outbox WHERE feedback_id IN (SELECT feedback_id FROM feedback WHERE item_id = ?1)",
+                params![id],
+            )?;
+            conn.execute("DELETE FROM feedback WHERE item_id = ?1", params![id])?;
+            conn.execute("DELETE FROM predictions WHERE item_id = ?1", params![id])?;
+            conn.execute("DELETE FROM items WHERE item_id = ?1", params![id])?;
+        }
+        Ok(())
+    })();
+    match deleted {
+        Ok(()) => conn.execute_batch("COMMIT")?,
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e.into());
+        }
+    }
+    // Rebuild the file without the freed pages, and empty the write-ahead log.
+    conn.execute_batch(
+        "PRAGMA wal_checkpoint(TRUNCATE); VACUUM; PRAGMA wal_checkpoint(TRUNCATE);",
+    )?;
+    tracing::info!(
+        items = report.items,
+        predictions = report.predictions,
+        feedback = report.feedback,
+        "purged reviewed and synced items"
+    );
+    Ok(report)
+}

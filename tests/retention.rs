@@ -1,0 +1,122 @@
+//! Retention (issue 11, first part): `outpost purge` removes reviewed items whose decisions
+//! the server acknowledged, and the bytes are really gone. Real agent binary with tiny real
+//! models, a real `outpost-server` for the acknowledgements; the proof searches every file
+//! under the data folder (database, WAL, shared memory) for the report's text, the tile's
+//! bytes and the embedding's bytes.
+
+mod common;
+
+use common::{add_device, agent, ServerProcess};
+use std::path::Path;
+
+/// Every file under `dir` that contains `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut hits = Vec::new();
+    for e in walkdir::WalkDir::new(dir).into_iter().flatten() {
+        if !e.file_type().is_file() {
+            continue;
+        }
+        let bytes = std::fs::read(e.path()).unwrap_or_default();
+        if bytes.windows(needle.len()).any(|w| w == needle) {
+            hits.push(e.path().display().to_string());
+        }
+    }
+    hits
+}
+
+#[test]
+fn purge_removes_reviewed_synced_items_and_keeps_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    common::make_image_bundle(&root.join("models/colours"), "colours", "1.0.0");
+    common::make_text_bundle(&root.join("models/reports"), "reports", "1.0.0");
+    let inputs = root.join("inputs");
+    std::fs::create_dir_all(&inputs).unwrap();
+    let secret = "ZULU-7 family of five trapped at the old mill need water";
+    let other = "YANKEE-3 the bridge on route nine is down";
+    let pending = "XRAY-5 clinic out of insulin since monday";
+    std::fs::write(inputs.join("alpha.txt"), secret).unwrap();
+    std::fs::write(inputs.join("bravo.txt"), other).unwrap();
+    std::fs::write(inputs.join("charlie.txt"), pending).unwrap();
+    common::solid_png(&inputs.join("t0.png"), 16, 16, [10, 200, 30]);
+    let tile_bytes = std::fs::read(inputs.join("t0.png")).unwrap();
+    let (code, out, err) = agent(
+        root,
+        &["analyze", inputs.to_str().unwrap(), "--no-progress"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    // The input folder is the user's; only the agent's own data folder is searched.
+    std::fs::remove_dir_all(&inputs).unwrap();
+
+    // Reviewed: alpha and the tile, then synced. bravo is never reviewed.
+    let labels = root.join("labels.csv");
+    std::fs::write(&labels, "source,label\nalpha.txt,water\nt0.png,green\n").unwrap();
+    let (code, out, err) = agent(root, &["feedback", "import", labels.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let server = ServerProcess::start(&root.join("server"), common::free_port());
+    let code_ = add_device(&root.join("server"), "laptop");
+    let (code, out, err) = agent(root, &["enroll", &server.url, &code_]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = agent(root, &["sync"]);
+    assert_eq!(code, 0, "{out}{err}");
+    // charlie is reviewed after the sync: its decision waits in the outbox.
+    std::fs::write(&labels, "source,label\ncharlie.txt,food\n").unwrap();
+    let (code, out, err) = agent(root, &["feedback", "import", labels.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    drop(server);
+
+    let data = root.join("data");
+    let db = data.join("agent.db");
+    let embedding: Vec<u8> = {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.query_row(
+            "SELECT p.embedding FROM predictions p JOIN items i USING (item_id)
+             WHERE i.source LIKE '%alpha.txt'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert!(!files_containing(&data, secret.as_bytes()).is_empty());
+
+    // A dry run deletes nothing; the default policy (30 days) keeps today's items.
+    let (code, out, _) = agent(root, &["purge", "--dry-run", "--older-than-days", "0"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("would purge 2 reviewed and synced items"),
+        "{out}"
+    );
+    assert!(
+        out.contains("kept 1 reviewed items whose decisions are not synced"),
+        "{out}"
+    );
+    let (_, out, _) = agent(root, &["purge"]);
+    assert!(out.contains("purged 0 "), "{out}");
+    assert!(!files_containing(&data, secret.as_bytes()).is_empty());
+
+    let (code, out, err) = agent(root, &["purge", "--older-than-days", "0"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("purged 2 reviewed and synced items")
+            && out.contains("(2 predictions, 2 decisions)"),
+        "{out}"
+    );
+    for (what, needle) in [
+        ("the report text", secret.as_bytes()),
+        ("the tile", tile_bytes.as_slice()),
+        ("the embedding", embedding.as_slice()),
+    ] {
+        let hits = files_containing(&data, needle);
+        assert!(hits.is_empty(), "{what} is still in {hits:?}");
+    }
+    // Unreviewed and unsynced items stay, with their outbox.
+    assert!(!files_containing(&data, other.as_bytes()).is_empty());
+    assert!(!files_containing(&data, pending.as_bytes()).is_empty());
+    assert_eq!(common::pending(root), 1, "the unsynced decision is kept");
+    let (code, out, err) = agent(root, &["export", "--all", "--format", "csv"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !out.contains("alpha.txt") && out.contains("bravo.txt"),
+        "{out}"
+    );
+}
