@@ -67,6 +67,10 @@ pub const HEADER_SIGNATURE: &str = "x-outpost-signature";
 /// Header on server responses with the server's clock (unix seconds), so an agent whose
 /// clock is wrong can correct its timestamps.
 pub const HEADER_SERVER_TIME: &str = "x-outpost-server-time";
+
+/// The error message of a `403` that means "this device was revoked": the agent wipes its
+/// item data per `retention.on_revoked` when it sees it.
+pub const REVOKED_MESSAGE: &str = "this device has been revoked";
 /// How far a request's timestamp may be from the server's clock, in seconds.
 pub const REPLAY_WINDOW_SECS: i64 = 300;
 

@@ -120,3 +120,68 @@ fn purge_removes_reviewed_synced_items_and_keeps_the_rest() {
         "{out}"
     );
 }
+
+#[test]
+fn a_revoked_device_wipes_synced_item_data_and_keeps_unsynced_decisions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    common::make_text_bundle(&root.join("models/reports"), "reports", "1.0.0");
+    let inputs = root.join("inputs");
+    std::fs::create_dir_all(&inputs).unwrap();
+    let synced = "ZULU-7 family of five trapped at the old mill need water";
+    let unreviewed = "YANKEE-3 the bridge on route nine is down";
+    let unsynced = "XRAY-5 clinic out of insulin since monday";
+    std::fs::write(inputs.join("alpha.txt"), synced).unwrap();
+    std::fs::write(inputs.join("bravo.txt"), unreviewed).unwrap();
+    std::fs::write(inputs.join("charlie.txt"), unsynced).unwrap();
+    let (code, out, err) = agent(
+        root,
+        &["analyze", inputs.to_str().unwrap(), "--no-progress"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    std::fs::remove_dir_all(&inputs).unwrap();
+    let server_data = root.join("server");
+    let server = ServerProcess::start(&server_data, common::free_port());
+    let code_ = add_device(&server_data, "stolen-laptop");
+    let (code, out, err) = agent(root, &["enroll", &server.url, &code_]);
+    assert_eq!(code, 0, "{out}{err}");
+    let labels = root.join("labels.csv");
+    std::fs::write(&labels, "source,label\nalpha.txt,water\n").unwrap();
+    assert_eq!(
+        agent(root, &["feedback", "import", labels.to_str().unwrap()]).0,
+        0
+    );
+    let (code, out, err) = agent(root, &["sync"]);
+    assert_eq!(code, 0, "{out}{err}");
+    std::fs::write(&labels, "source,label\ncharlie.txt,food\n").unwrap();
+    assert_eq!(
+        agent(root, &["feedback", "import", labels.to_str().unwrap()]).0,
+        0
+    );
+
+    assert!(root.join("data/device.key").is_file());
+    // The operator revokes the laptop; its next sync is refused and it wipes (default policy).
+    let (code, out, err) =
+        common::server_cmd(&server_data, &["devices", "revoke", "stolen-laptop"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = agent(root, &["sync"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("revoked") && err.contains("wiped 2 items") && err.contains("kept 1 items"),
+        "{err}"
+    );
+    let data = root.join("data");
+    for text in [synced, unreviewed] {
+        let hits = files_containing(&data, text.as_bytes());
+        assert!(hits.is_empty(), "{text:?} is still in {hits:?}");
+    }
+    assert!(
+        !files_containing(&data, unsynced.as_bytes()).is_empty(),
+        "the decision that never reached the server is kept"
+    );
+    assert_eq!(common::pending(root), 1);
+    assert!(!data.join("device.key").exists(), "the device key is wiped");
+    let (_, out, _) = agent(root, &["status"]);
+    assert!(out.contains("revoked by the server"), "{out}");
+    drop(server);
+}

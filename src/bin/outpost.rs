@@ -553,6 +553,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 idle_check: std::time::Duration::from_secs(idle_check_secs.max(1)),
                 max_backoff: std::time::Duration::from_secs(max_backoff_secs.max(1)),
                 bandwidth_bytes_per_sec: bandwidth_kbps.map(|k| k * 1000),
+                on_revoked: cfg.retention.on_revoked,
                 ..Default::default()
             };
             let rt = tokio::runtime::Runtime::new()?;
@@ -672,10 +673,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Sync => {
             let rt = tokio::runtime::Runtime::new()?;
-            let r = rt.block_on(outpost::sync::sync_once(
+            let r = match rt.block_on(outpost::sync::sync_once(
                 &cfg.database_path(),
                 &cfg.data_dir(),
-            ))?;
+            )) {
+                Err(outpost::sync::SyncError::Revoked) => {
+                    let policy = cfg.retention.on_revoked;
+                    let w = outpost::sync::after_revocation(
+                        &cfg.database_path(),
+                        &cfg.data_dir(),
+                        policy,
+                    )?;
+                    eprintln!("error: {}", outpost::sync::SyncError::Revoked);
+                    eprintln!(
+                        "retention.on_revoked = {}: wiped {} items and {}; kept {} items whose decisions never reached the server",
+                        serde_json::to_string(&policy).unwrap_or_default(),
+                        w.items,
+                        if w.key_deleted { "the device key" } else { "no key (none was there)" },
+                        w.kept_unsynced
+                    );
+                    return Ok(ExitCode::FAILURE);
+                }
+                r => r?,
+            };
             println!(
                 "sent {} decisions in {} batches ({} bytes); {} were already on the server",
                 r.acked, r.batches, r.bytes_sent, r.duplicates

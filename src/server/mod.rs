@@ -302,7 +302,7 @@ async fn authenticate(
     if device.revoked_at.is_some() {
         return Err(ApiError(
             StatusCode::FORBIDDEN,
-            "this device has been revoked".into(),
+            protocol::REVOKED_MESSAGE.into(),
         ));
     }
     let Some(key) = device.public_key.clone() else {

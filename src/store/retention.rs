@@ -21,14 +21,30 @@ pub struct RetentionSettings {
     /// Days after the server acknowledged an item's last decision before the item is
     /// purged by `outpost purge`. 0 purges every reviewed and synced item.
     pub purge_after_days: u32,
+    /// What the agent wipes when the server says this device was revoked.
+    pub on_revoked: RevokedPolicy,
 }
 
 impl Default for RetentionSettings {
     fn default() -> Self {
         RetentionSettings {
             purge_after_days: 30,
+            on_revoked: RevokedPolicy::WipeSynced,
         }
     }
+}
+
+/// What a revoked device wipes (`retention.on_revoked`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RevokedPolicy {
+    /// Every item, prediction and decision except the items with decisions the server
+    /// never received (they stay, so no field work is lost), and the device key.
+    WipeSynced,
+    /// Everything about items, the unsynced outbox too, and the device key.
+    WipeAll,
+    /// Nothing (the operator will collect the laptop).
+    Keep,
 }
 
 /// What a purge removed (or, for a dry run, would remove).
@@ -61,6 +77,94 @@ const UNSYNCED: &str = "
     SELECT COUNT(DISTINCT f.item_id) FROM feedback f
     LEFT JOIN outbox o ON o.feedback_id = f.feedback_id
     WHERE o.acked_at IS NULL";
+
+/// Items with no decision waiting for the server (`WipeSynced`), or every item (`WipeAll`).
+const WIPE_SYNCED: &str = "
+    SELECT i.item_id FROM items i
+    WHERE NOT EXISTS (
+        SELECT 1 FROM feedback f LEFT JOIN outbox o ON o.feedback_id = f.feedback_id
+        WHERE f.item_id = i.item_id AND o.acked_at IS NULL)";
+const WIPE_ALL: &str = "SELECT item_id FROM items";
+
+/// What a revocation wipe removed.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct WipeReport {
+    /// Items removed.
+    pub items: usize,
+    /// Items kept because a decision on them never reached the server.
+    pub kept_unsynced: usize,
+    /// Whether the device key file was deleted.
+    pub key_deleted: bool,
+}
+
+/// Wipes item data after the server revoked this device, per `policy`. The device key goes
+/// too (it is refused anyway); enrolling again gives the laptop a new one.
+pub fn wipe_after_revocation(
+    store: &Store,
+    data_dir: &std::path::Path,
+    policy: RevokedPolicy,
+) -> Result<WipeReport, StoreError> {
+    let mut report = WipeReport::default();
+    let sql = match policy {
+        RevokedPolicy::Keep => return Ok(report),
+        RevokedPolicy::WipeSynced => WIPE_SYNCED,
+        RevokedPolicy::WipeAll => WIPE_ALL,
+    };
+    let ids: Vec<String> = {
+        let mut st = store.conn().prepare(sql)?;
+        let rows = st.query_map([], |r| r.get(0))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    report.items = delete_items(store, &ids)?;
+    report.kept_unsynced = store
+        .conn()
+        .query_row("SELECT COUNT(*) FROM items", [], |r| r.get::<_, i64>(0))?
+        as usize;
+    let key = data_dir.join("device.key");
+    report.key_deleted = key.exists() && std::fs::remove_file(&key).is_ok();
+    tracing::warn!(
+        items = report.items,
+        kept_unsynced = report.kept_unsynced,
+        key_deleted = report.key_deleted,
+        "this device was revoked: item data wiped"
+    );
+    Ok(report)
+}
+
+/// Deletes items with everything that refers to them, zeroing freed pages, then rebuilds
+/// the file and truncates the WAL. Returns the number of items deleted.
+fn delete_items(store: &Store, ids: &[String]) -> Result<usize, StoreError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let conn = store.conn();
+    conn.pragma_update(None, "secure_delete", "ON")?;
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let deleted = (|| -> rusqlite::Result<()> {
+        for id in ids {
+            conn.execute(
+                "DELETE FROM outbox WHERE feedback_id IN (SELECT feedback_id FROM feedback WHERE item_id = ?1)",
+                params![id],
+            )?;
+            conn.execute("DELETE FROM feedback WHERE item_id = ?1", params![id])?;
+            conn.execute("DELETE FROM predictions WHERE item_id = ?1", params![id])?;
+            conn.execute("DELETE FROM items WHERE item_id = ?1", params![id])?;
+        }
+        Ok(())
+    })();
+    match deleted {
+        Ok(()) => conn.execute_batch("COMMIT")?,
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e.into());
+        }
+    }
+    // Rebuild the file without the freed pages, and empty the write-ahead log.
+    conn.execute_batch(
+        "PRAGMA wal_checkpoint(TRUNCATE); VACUUM; PRAGMA wal_checkpoint(TRUNCATE);",
+    )?;
+    Ok(ids.len())
+}
 
 /// Removes what the policy says: reviewed items whose decisions were all acknowledged more
 /// than `older_than_days` days ago. `dry_run` counts without deleting.
@@ -96,31 +200,7 @@ pub fn purge(
     if dry_run || ids.is_empty() {
         return Ok(report);
     }
-    conn.pragma_update(None, "secure_delete", "ON")?;
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    let deleted = (|| -> rusqlite::Result<()> {
-        for id in &ids {
-            conn.execute(
-                "DELETE FROM outbox WHERE feedback_id IN (SELECT feedback_id FROM feedback WHERE item_id = ?1)",
-                params![id],
-            )?;
-            conn.execute("DELETE FROM feedback WHERE item_id = ?1", params![id])?;
-            conn.execute("DELETE FROM predictions WHERE item_id = ?1", params![id])?;
-            conn.execute("DELETE FROM items WHERE item_id = ?1", params![id])?;
-        }
-        Ok(())
-    })();
-    match deleted {
-        Ok(()) => conn.execute_batch("COMMIT")?,
-        Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
-            return Err(e.into());
-        }
-    }
-    // Rebuild the file without the freed pages, and empty the write-ahead log.
-    conn.execute_batch(
-        "PRAGMA wal_checkpoint(TRUNCATE); VACUUM; PRAGMA wal_checkpoint(TRUNCATE);",
-    )?;
+    delete_items(store, &ids)?;
     tracing::info!(
         items = report.items,
         predictions = report.predictions,

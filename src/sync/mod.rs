@@ -49,6 +49,10 @@ pub enum SyncError {
         /// The server's message.
         message: String,
     },
+    /// The server revoked this device (the operator's decision; enrolling again needs a
+    /// new code).
+    #[error("the server revoked this device: ask the operator; item data is wiped per retention.on_revoked")]
+    Revoked,
     /// The server speaks another protocol version.
     #[error("protocol mismatch: {0}")]
     Protocol(String),
@@ -117,6 +121,8 @@ pub async fn error_from(res: reqwest::Response) -> SyncError {
     };
     if status == 426 {
         SyncError::Protocol(message)
+    } else if status == 403 && message == crate::protocol::REVOKED_MESSAGE {
+        SyncError::Revoked
     } else {
         SyncError::Server { status, message }
     }
@@ -410,6 +416,27 @@ pub async fn sync_once(store_path: &Path, data_dir: &Path) -> Result<PushReport,
     result
 }
 
+/// What a revoked device does (`retention.on_revoked`): wipes item data and its key, and
+/// remembers why, for `outpost status`.
+pub fn after_revocation(
+    store_path: &Path,
+    data_dir: &Path,
+    policy: crate::store::retention::RevokedPolicy,
+) -> Result<crate::store::retention::WipeReport, SyncError> {
+    let store = Store::open(store_path)?;
+    let r = crate::store::retention::wipe_after_revocation(&store, data_dir, policy)?;
+    store.set_state(
+        "last_sync_error",
+        &format!(
+            "revoked by the server at {}: {} items wiped, {} kept (decisions never synced)",
+            crate::store::now(),
+            r.items,
+            r.kept_unsynced
+        ),
+    )?;
+    Ok(r)
+}
+
 /// Settings of the background sync loop (`outpost run`).
 #[derive(Debug, Clone)]
 pub struct LoopOptions {
@@ -421,6 +448,8 @@ pub struct LoopOptions {
     pub idle_check: Duration,
     /// Upload cap in bytes per second (pauses between batches), if any.
     pub bandwidth_bytes_per_sec: Option<u64>,
+    /// What to wipe when the server says this device was revoked.
+    pub on_revoked: crate::store::retention::RevokedPolicy,
 }
 
 impl Default for LoopOptions {
@@ -430,6 +459,7 @@ impl Default for LoopOptions {
             max_backoff: Duration::from_secs(600),
             idle_check: Duration::from_secs(60),
             bandwidth_bytes_per_sec: None,
+            on_revoked: crate::store::retention::RevokedPolicy::WipeSynced,
         }
     }
 }
@@ -499,6 +529,21 @@ pub async fn run_loop(
                     } else {
                         opts.idle_check
                     }
+                }
+                Err(SyncError::Revoked) => {
+                    let (p, d, policy) = (store_path.clone(), data_dir.clone(), opts.on_revoked);
+                    match tokio::task::spawn_blocking(move || after_revocation(&p, &d, policy))
+                        .await
+                    {
+                        Ok(Ok(r)) => tracing::warn!(
+                            wiped = r.items,
+                            kept_unsynced = r.kept_unsynced,
+                            "the server revoked this device; sync stops"
+                        ),
+                        Ok(Err(e)) => tracing::error!(error = %e, "revoked, but the wipe failed"),
+                        Err(e) => tracing::error!(error = %e, "revoked, but the wipe panicked"),
+                    }
+                    return;
                 }
                 Err(e) if e.is_transient() => {
                     failures += 1;
