@@ -185,3 +185,61 @@ fn a_revoked_device_wipes_synced_item_data_and_keeps_unsynced_decisions() {
     assert!(out.contains("revoked by the server"), "{out}");
     drop(server);
 }
+
+#[test]
+fn outpost_run_applies_the_retention_policy_by_itself() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    common::make_text_bundle(&root.join("models/reports"), "reports", "1.0.0");
+    let inputs = root.join("inputs");
+    std::fs::create_dir_all(&inputs).unwrap();
+    let secret = "ZULU-7 family of five trapped at the old mill need water";
+    std::fs::write(inputs.join("alpha.txt"), secret).unwrap();
+    assert_eq!(
+        agent(
+            root,
+            &["analyze", inputs.to_str().unwrap(), "--no-progress"]
+        )
+        .0,
+        0
+    );
+    std::fs::remove_dir_all(&inputs).unwrap();
+    let server_data = root.join("server");
+    let server = ServerProcess::start(&server_data, common::free_port());
+    let code_ = add_device(&server_data, "laptop");
+    assert_eq!(agent(root, &["enroll", &server.url, &code_]).0, 0);
+    let labels = root.join("labels.csv");
+    std::fs::write(&labels, "source,label\nalpha.txt,water\n").unwrap();
+    assert_eq!(
+        agent(root, &["feedback", "import", labels.to_str().unwrap()]).0,
+        0
+    );
+
+    // `outpost run` with a policy of 0 days, checked every second: it syncs the decision,
+    // then purges the item on its own.
+    let mut run = common::agent_cmd(root, &["run", "--listen", "127.0.0.1:0"])
+        .env("OUTPOST__RETENTION__PURGE_AFTER_DAYS", "0")
+        .env("OUTPOST__RETENTION__CHECK_INTERVAL_SECS", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let data = root.join("data");
+    let t = std::time::Instant::now();
+    let gone = loop {
+        if common::pending(root) == 0 && files_containing(&data, secret.as_bytes()).is_empty() {
+            break true;
+        }
+        if t.elapsed() > std::time::Duration::from_secs(20) {
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let _ = run.kill();
+    let _ = run.wait();
+    assert!(
+        gone,
+        "the synced report was not purged by `outpost run` within 20 s"
+    );
+    drop(server);
+}

@@ -573,6 +573,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     ))),
                     _ => None,
                 };
+                let retention = tokio::spawn(outpost::store::retention::run_loop(
+                    cfg.database_path(),
+                    cfg.retention.clone(),
+                    rx.clone(),
+                ));
                 let sync = tokio::spawn(outpost::sync::run_loop(
                     cfg.database_path(),
                     cfg.data_dir(),
@@ -587,6 +592,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     })
                     .await?;
                 let _ = sync.await;
+                let _ = retention.await;
                 if let Some(u) = update {
                     let _ = u.await;
                 }

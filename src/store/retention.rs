@@ -23,6 +23,8 @@ pub struct RetentionSettings {
     pub purge_after_days: u32,
     /// What the agent wipes when the server says this device was revoked.
     pub on_revoked: RevokedPolicy,
+    /// Seconds between automatic purges in `outpost run` (0: only `outpost purge`).
+    pub check_interval_secs: u64,
 }
 
 impl Default for RetentionSettings {
@@ -30,6 +32,7 @@ impl Default for RetentionSettings {
         RetentionSettings {
             purge_after_days: 30,
             on_revoked: RevokedPolicy::WipeSynced,
+            check_interval_secs: 3600,
         }
     }
 }
@@ -208,4 +211,37 @@ pub fn purge(
         "purged reviewed and synced items"
     );
     Ok(report)
+}
+
+/// `outpost run`'s retention task: purges by policy at start and every
+/// `check_interval_secs` until `shutdown` changes. A failed purge is logged and retried at
+/// the next tick (a busy database is not an emergency).
+pub async fn run_loop(
+    db: std::path::PathBuf,
+    settings: RetentionSettings,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    if settings.check_interval_secs == 0 {
+        return;
+    }
+    let every = std::time::Duration::from_secs(settings.check_interval_secs);
+    loop {
+        let (p, days) = (db.clone(), settings.purge_after_days);
+        let result = tokio::task::spawn_blocking(move || -> Result<PurgeReport, StoreError> {
+            purge(&Store::open(&p)?, days, false)
+        })
+        .await;
+        match result {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "retention purge failed; will retry"),
+            Err(e) => tracing::error!(error = %e, "retention purge panicked"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+    }
 }
