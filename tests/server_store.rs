@@ -432,6 +432,30 @@ fn dashboard_accounts_sessions_and_feedback_views(s: Arc<dyn ServerStore>) {
     assert!(s.session("tok-4", 1_000).unwrap().is_none());
     assert!(s.admin_password_hash("alice").unwrap().is_none());
 
+    // Proposed dashboard actions: taken once, only by their session, only before expiry.
+    s.put_confirmation("t-1", "sess-a", "{\"Train\":{\"model\":\"m\"}}", 2_000)
+        .unwrap();
+    assert!(s
+        .take_confirmation("t-1", "sess-b", 1_000)
+        .unwrap()
+        .is_none());
+    assert!(s
+        .take_confirmation("t-1", "sess-a", 3_000)
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        s.take_confirmation("t-1", "sess-a", 1_000)
+            .unwrap()
+            .as_deref(),
+        Some("{\"Train\":{\"model\":\"m\"}}")
+    );
+    assert!(
+        s.take_confirmation("t-1", "sess-a", 1_000)
+            .unwrap()
+            .is_none(),
+        "used once"
+    );
+
     // Feedback views: per day and label, labels new in the field, a device's rows, one item.
     let d = device(s.as_ref(), "viewer");
     let mut recs: Vec<FeedbackRecord> = (0..3)

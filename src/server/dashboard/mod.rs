@@ -48,7 +48,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long a proposed action waits for its confirmation.
 pub const CONFIRM_WITHIN: Duration = Duration::from_secs(300);
@@ -58,8 +58,9 @@ const STYLE_CSS: &str = include_str!("assets/style.css");
 const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; \
                    form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
 
-/// An operator action, as proposed and then confirmed.
-#[derive(Debug, Clone, PartialEq)]
+/// An operator action, as proposed and then confirmed (kept as JSON in the database in
+/// between, so any server process can confirm it).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Action {
     /// `models publish VERSION --model MODEL`: a candidate kept by a training run.
     Publish {
@@ -222,18 +223,11 @@ impl Action {
     }
 }
 
-struct Pending {
-    session: String,
-    action: Action,
-    at: Instant,
-}
-
 /// The dashboard's state.
 pub struct Dashboard {
     store: Arc<dyn ServerStore>,
     cfg: ServerConfig,
     throttle: auth::Throttle,
-    pending: Mutex<HashMap<String, Pending>>,
     flash: Mutex<HashMap<String, String>>,
 }
 
@@ -244,7 +238,6 @@ impl Dashboard {
             store,
             cfg,
             throttle: auth::Throttle::default(),
-            pending: Mutex::new(HashMap::new()),
             flash: Mutex::new(HashMap::new()),
         }
     }
@@ -560,18 +553,12 @@ async fn propose(
         *name = dev.name;
     }
     let token = auth::new_token();
-    {
-        let mut p = d.pending.lock().unwrap_or_else(|p| p.into_inner());
-        p.retain(|_, v| v.at.elapsed() < CONFIRM_WITHIN);
-        p.insert(
-            token.clone(),
-            Pending {
-                session: hash,
-                action: action.clone(),
-                at: Instant::now(),
-            },
-        );
-    }
+    let json = serde_json::to_string(&action).map_err(internal)?;
+    let (store, token_hash) = (d.store.clone(), crate::hash::sha256_hex(token.as_bytes()));
+    let expires = crate::server::unix_now() + CONFIRM_WITHIN.as_secs() as i64;
+    blocking(move || store.put_confirmation(&token_hash, &hash, &json, expires))
+        .await?
+        .map_err(internal)?;
     let frame = views::Frame {
         admin: s.admin,
         csrf: s.csrf,
@@ -588,19 +575,23 @@ async fn confirm(
 ) -> Result<Response, PageError> {
     let (hash, s) = post_session(&d, &headers, f.get("csrf")).await?;
     let token = f.get("token").cloned().unwrap_or_default();
-    let pending = d
-        .pending
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&token)
-        .filter(|p| p.session == hash && p.at.elapsed() < CONFIRM_WITHIN)
+    let (store, token_hash, session) = (
+        d.store.clone(),
+        crate::hash::sha256_hex(token.as_bytes()),
+        hash.clone(),
+    );
+    let taken =
+        blocking(move || store.take_confirmation(&token_hash, &session, crate::server::unix_now()))
+            .await?
+            .map_err(internal)?;
+    let action: Action = taken
+        .and_then(|j| serde_json::from_str(&j).ok())
         .ok_or_else(|| {
             PageError(
                 StatusCode::CONFLICT,
                 "this confirmation is unknown, used already or expired: propose the action again; nothing was done".into(),
             )
         })?;
-    let action = pending.action;
     let who = actor(&s);
     let d2 = d.clone();
     let a = action.clone();

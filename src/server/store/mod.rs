@@ -91,6 +91,11 @@ pub const SERVER_MIGRATIONS: &[(u32, &str, &str)] = &[
         "server/0006_dashboard.sql",
         include_str!("../../../migrations/server/0006_dashboard.sql"),
     ),
+    (
+        7,
+        "server/0007_confirmations.sql",
+        include_str!("../../../migrations/server/0007_confirmations.sql"),
+    ),
 ];
 
 /// Errors of the server store.
@@ -346,6 +351,22 @@ pub trait ServerStore: Send + Sync {
     ) -> Result<Option<AdminSession>, ServerStoreError>;
     /// Ends a session (sign out).
     fn delete_session(&self, token_sha256: &str) -> Result<(), ServerStoreError>;
+    /// Keeps a proposed dashboard action (JSON) until it is confirmed or expires.
+    fn put_confirmation(
+        &self,
+        token_sha256: &str,
+        session_sha256: &str,
+        action_json: &str,
+        expires_at: i64,
+    ) -> Result<(), ServerStoreError>;
+    /// Takes a proposed action once: only for the session that proposed it and before it
+    /// expires; the row is gone afterwards (a second take finds nothing).
+    fn take_confirmation(
+        &self,
+        token_sha256: &str,
+        session_sha256: &str,
+        now_unix: i64,
+    ) -> Result<Option<String>, ServerStoreError>;
     /// Feedback received per day (server clock), model and label.
     fn feedback_per_day(&self) -> Result<Vec<FeedbackDay>, ServerStoreError>;
     /// Labels reviewers introduced in the field (marked as new), per model.

@@ -58,6 +58,11 @@ pub const POSTGRES_MIGRATIONS: &[(u32, &str, &str)] = &[
         "server-postgres/0006_dashboard.sql",
         include_str!("../../../migrations/server-postgres/0006_dashboard.sql"),
     ),
+    (
+        7,
+        "server-postgres/0007_confirmations.sql",
+        include_str!("../../../migrations/server-postgres/0007_confirmations.sql"),
+    ),
 ];
 
 type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
@@ -941,6 +946,44 @@ impl ServerStore for PostgresServerStore {
             &[&token_sha256],
         )?;
         Ok(())
+    }
+
+    fn put_confirmation(
+        &self,
+        token_sha256: &str,
+        session_sha256: &str,
+        action_json: &str,
+        expires_at: i64,
+    ) -> Result<(), ServerStoreError> {
+        let mut c = self.conn()?;
+        c.execute(
+            "DELETE FROM admin_confirmations WHERE expires_at < $1",
+            &[&crate::server::unix_now()],
+        )?;
+        c.execute(
+            "INSERT INTO admin_confirmations (token_sha256, session_sha256, action, expires_at)
+             VALUES ($1, $2, $3, $4)",
+            &[&token_sha256, &session_sha256, &action_json, &expires_at],
+        )?;
+        Ok(())
+    }
+
+    fn take_confirmation(
+        &self,
+        token_sha256: &str,
+        session_sha256: &str,
+        now_unix: i64,
+    ) -> Result<Option<String>, ServerStoreError> {
+        // One statement: two processes confirming at once cannot both get the row.
+        Ok(self
+            .conn()?
+            .query_opt(
+                "DELETE FROM admin_confirmations
+                 WHERE token_sha256 = $1 AND session_sha256 = $2 AND expires_at >= $3
+                 RETURNING action",
+                &[&token_sha256, &session_sha256, &now_unix],
+            )?
+            .map(|r| r.get(0)))
     }
 
     fn feedback_per_day(&self) -> Result<Vec<FeedbackDay>, ServerStoreError> {

@@ -828,6 +828,45 @@ impl ServerStore for SqliteServerStore {
         Ok(())
     }
 
+    fn put_confirmation(
+        &self,
+        token_sha256: &str,
+        session_sha256: &str,
+        action_json: &str,
+        expires_at: i64,
+    ) -> Result<(), ServerStoreError> {
+        let conn = self.conn();
+        conn.execute(
+            "DELETE FROM admin_confirmations WHERE expires_at < ?1",
+            [crate::server::unix_now()],
+        )?;
+        conn.execute(
+            "INSERT INTO admin_confirmations (token_sha256, session_sha256, action, expires_at)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![token_sha256, session_sha256, action_json, expires_at],
+        )?;
+        Ok(())
+    }
+
+    fn take_confirmation(
+        &self,
+        token_sha256: &str,
+        session_sha256: &str,
+        now_unix: i64,
+    ) -> Result<Option<String>, ServerStoreError> {
+        // One statement: two processes confirming at once cannot both get the row.
+        Ok(self
+            .conn()
+            .query_row(
+                "DELETE FROM admin_confirmations
+                 WHERE token_sha256 = ?1 AND session_sha256 = ?2 AND expires_at >= ?3
+                 RETURNING action",
+                params![token_sha256, session_sha256, now_unix],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     fn feedback_per_day(&self) -> Result<Vec<FeedbackDay>, ServerStoreError> {
         let conn = self.conn();
         let mut st = conn.prepare(

@@ -1,0 +1,10 @@
+-- The dashboard's proposed actions waiting for their confirmation, in the database so that
+-- any server process behind a load balancer can confirm what another one proposed. A row
+-- is taken (deleted) exactly once; the token and the session are kept only as sha256.
+CREATE TABLE admin_confirmations (
+    token_sha256   TEXT PRIMARY KEY,
+    session_sha256 TEXT NOT NULL,
+    action         TEXT NOT NULL,             -- JSON of the proposed action
+    expires_at     INTEGER NOT NULL           -- unix seconds
+);
+CREATE INDEX admin_confirmations_expiry ON admin_confirmations (expires_at);
