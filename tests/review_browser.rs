@@ -13,14 +13,17 @@
 //! output); otherwise it starts the same server in-process with `outpost::review`.
 
 mod common;
+#[path = "common/webdriver.rs"]
+mod webdriver;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap};
-use std::io::{BufRead, Read, Write};
+use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use webdriver::Browser;
 
 const ANNOTATOR: &str = "browser-tester";
 
@@ -311,177 +314,18 @@ async fn start_server(env: &Env) -> (String, Server) {
 // ---------------------------------------------------------------------------------------
 // WebDriver
 
-fn tool(env_var: &str, default: &str) -> PathBuf {
-    let p = std::env::var_os(env_var)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(default));
-    assert!(
-        p.is_file(),
-        "{} not found: this test needs a real browser. Install Debian's packages with \
-         `apt-get install -y chromium chromium-driver` (scripts/test.sh does), or set {env_var}.",
-        p.display(),
-    );
-    p
+/// What the review test does with the shared WebDriver client: keyboard input and the
+/// page's own state.
+trait ReviewPage {
+    async fn press(&self, keys: &[&str]);
+    async fn key_actions(&self, actions: Vec<Value>);
+    async fn type_text(&self, text: &str);
+    async fn state(&self) -> PageState;
+    async fn wait(&self, what: &str, ok: impl Fn(&PageState) -> bool) -> PageState;
+    async fn go_to(&self, item: &str) -> PageState;
 }
 
-/// Kills chromedriver and the browser it started (its process group) even when the test
-/// fails, after asking chromedriver to close the session.
-struct DriverGuard {
-    child: Child,
-    port: u16,
-    session: Option<String>,
-    _profile: tempfile::TempDir,
-}
-
-fn raw_delete(port: u16, path: &str) {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    if let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
-        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-        let _ = write!(
-            s,
-            "DELETE {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-        );
-        let mut sink = Vec::new();
-        let _ = s.read_to_end(&mut sink);
-    }
-}
-
-impl Drop for DriverGuard {
-    fn drop(&mut self) {
-        if let Some(id) = self.session.take() {
-            raw_delete(self.port, &format!("/session/{id}"));
-        }
-        // chromedriver was started in its own process group: end the group (the browser
-        // and its helpers included), by its id.
-        let pgid = self.child.id();
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{pgid}")])
-            .stderr(Stdio::null())
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct Browser {
-    http: reqwest::Client,
-    base: String,
-    session: String,
-    /// Ends chromedriver and the browser when the test ends, passed or failed.
-    _guard: DriverGuard,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Browser {
-    async fn start() -> Browser {
-        let driver = tool("OUTPOST_CHROMEDRIVER", "/usr/bin/chromedriver");
-        let chromium = tool("OUTPOST_CHROMIUM", "/usr/bin/chromium");
-        let port = free_port();
-        let profile = tempfile::tempdir().unwrap();
-        use std::os::unix::process::CommandExt;
-        let child = Command::new(&driver)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", driver.display()));
-        let mut guard = DriverGuard {
-            child,
-            port,
-            session: None,
-            _profile: profile,
-        };
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap();
-        let base = format!("http://127.0.0.1:{port}");
-        let t0 = Instant::now();
-        loop {
-            if let Ok(r) = http.get(format!("{base}/status")).send().await {
-                if let Ok(v) = r.json::<Value>().await {
-                    if v["value"]["ready"] == true {
-                        break;
-                    }
-                }
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(15),
-                "chromedriver did not become ready"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let caps = json!({
-            "capabilities": { "alwaysMatch": {
-                "browserName": "chrome",
-                "goog:chromeOptions": {
-                    "binary": chromium.display().to_string(),
-                    "args": [
-                        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                        "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                        "--disable-sync", "--window-size=1440,960", "--force-device-scale-factor=1",
-                        format!("--user-data-dir={}", guard._profile.path().display()),
-                    ]
-                }
-            }}
-        });
-        let r: Value = http
-            .post(format!("{base}/session"))
-            .json(&caps)
-            .send()
-            .await
-            .expect("chromedriver answers")
-            .json()
-            .await
-            .unwrap();
-        let session = r["value"]["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("cannot start Chromium over WebDriver: {r}"))
-            .to_string();
-        guard.session = Some(session.clone());
-        Browser {
-            http,
-            base,
-            session,
-            _guard: guard,
-        }
-    }
-
-    async fn cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let url = format!("{}/session/{}{path}", self.base, self.session);
-        let mut req = self.http.request(method, &url);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let r = req.send().await.expect("chromedriver answers");
-        let status = r.status();
-        let v: Value = r.json().await.unwrap_or(Value::Null);
-        assert!(status.is_success(), "WebDriver {path}: {status} {v}");
-        v["value"].clone()
-    }
-
-    async fn goto(&self, url: &str) {
-        self.cmd(reqwest::Method::POST, "/url", Some(json!({ "url": url })))
-            .await;
-    }
-
-    async fn js(&self, script: &str) -> Value {
-        self.cmd(
-            reqwest::Method::POST,
-            "/execute/sync",
-            Some(json!({ "script": script, "args": [] })),
-        )
-        .await
-    }
-
+impl ReviewPage for Browser {
     /// Presses keys one after the other (each down then up), as a person would.
     async fn press(&self, keys: &[&str]) {
         let mut actions = Vec::new();
@@ -506,16 +350,6 @@ impl Browser {
         let keys: Vec<String> = text.chars().map(String::from).collect();
         let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
         self.press(&refs).await;
-    }
-
-    async fn screenshot(&self) -> Vec<u8> {
-        let v = self.cmd(reqwest::Method::GET, "/screenshot", None).await;
-        {
-            use base64::Engine;
-            base64::engine::general_purpose::STANDARD
-                .decode(v.as_str().expect("base64 screenshot"))
-                .expect("valid base64 screenshot")
-        }
     }
 
     async fn state(&self) -> PageState {
