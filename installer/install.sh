@@ -29,6 +29,10 @@ Options:
   --models-from DIR     take the model bundles from DIR (default: the bundle's or checkout's models/)
   --ort-lib FILE        take the ONNX Runtime library from FILE
                         (default: the bundle's lib/, or .ort/ of a source checkout)
+  --encrypt             agent, unattended boxes: encrypt the data folder with a key sealed
+                        by systemd-creds (TPM2 where there is one, else the host key; needs
+                        root), and hand it to the service with LoadCredentialEncrypted=.
+                        Laptops use `outpost encrypt --passphrase` instead (README)
   -h, --help            this help
 EOF
 }
@@ -38,7 +42,7 @@ die() {
   exit 1
 }
 
-role="" prefix="" force_systemd=0 from_binaries="" models_from="" ort_lib=""
+role="" prefix="" force_systemd=0 from_binaries="" models_from="" ort_lib="" encrypt=0
 while [ $# -gt 0 ]; do
   case "$1" in
     agent | server)
@@ -56,6 +60,7 @@ while [ $# -gt 0 ]; do
       shift
       ;;
     --systemd) force_systemd=1 ;;
+    --encrypt) encrypt=1 ;;
     -h | --help)
       usage
       exit 0
@@ -67,6 +72,11 @@ done
 if [ -z "$role" ]; then
   usage >&2
   exit 2
+fi
+if [ "$encrypt" = 1 ]; then
+  [ "$role" = agent ] || die "--encrypt is for the agent (the server's data lives at headquarters)"
+  [ "$(id -u)" = 0 ] || die "--encrypt seals the key with systemd-creds, which needs root: run it with sudo"
+  command -v systemd-creds >/dev/null 2>&1 || die "--encrypt needs systemd-creds (systemd 250 or newer); on a laptop use \`outpost encrypt --passphrase\` after installing"
 fi
 
 # --- Where things go ------------------------------------------------------------------
@@ -261,6 +271,26 @@ fi
 render_unit "$here/$UNIT" >"$work/$UNIT"
 put_file "$work/$UNIT" "$UNIT_DIR/$UNIT" 0644
 
+# Encryption at rest for an unattended box: the data key sealed by systemd-creds, unsealed by
+# systemd for the service (the service user cannot read the host key itself).
+encrypt_note=""
+if [ "$encrypt" = 1 ]; then
+  if [ -f "$DATA_DIR/data-key.json" ]; then
+    encrypt_note="already encrypted (kept)"
+  else
+    if ! log=$("$BIN_DIR/$BIN" --config "$CONF_DIR/$CONF" encrypt --systemd-creds 2>&1); then
+      die "could not encrypt $DATA_DIR:"$'\n'"$log"
+    fi
+    printf '%s\n' "$log"
+    encrypt_note="encrypted; key sealed in $DATA_DIR/data-key.cred (write down the recovery key above)"
+  fi
+  if [ "$system" = 1 ]; then chown -R "$SVC_USER:$SVC_USER" "$DATA_DIR"; fi
+  install -d -m 0755 "$UNIT_DIR/$UNIT.d"
+  printf '%s\n' "# Written by install.sh --encrypt: systemd unseals the data key for the service." \
+    "[Service]" "LoadCredentialEncrypted=outpost-data-key:$DATA_DIR/data-key.cred" >"$work/encryption.conf"
+  put_file "$work/encryption.conf" "$UNIT_DIR/$UNIT.d/encryption.conf" 0644
+fi
+
 run_as="$BIN_DIR/$BIN --config $CONF_DIR/$CONF"
 service_note="not enabled (installed under --prefix; add --systemd to enable it)"
 if [ "$system" = 1 ]; then
@@ -292,7 +322,7 @@ Outpost $role $version $([ "$upgrade" = 1 ] && echo upgraded || echo installed).
   runtime:  $LIB_DIR/$ORT_LIB
   models:   $models_note
   config:   $CONF_DIR/$CONF: $conf_note
-  data:     $DATA_DIR$([ "$new_data" = 1 ] || echo " (kept)")
+  data:     $DATA_DIR$([ "$new_data" = 1 ] || echo " (kept)")${encrypt_note:+; $encrypt_note}
   service:  $UNIT_DIR/$UNIT: $service_note
   remove:   $([ "$system" = 1 ] && echo "sudo ")bash $SHARE_DIR/uninstall.sh $role${prefix:+ --prefix $root} (keeps data and config; --purge removes them)
 EOF

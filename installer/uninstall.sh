@@ -98,6 +98,9 @@ if [ "$system" = 1 ]; then
 else
   rm -f -- "$UNIT_DIR/$UNIT"
 fi
+# The drop-in install.sh --encrypt wrote (the sealed key itself stays with the data).
+rm -f -- "$UNIT_DIR/$UNIT.d/encryption.conf"
+rmdir -- "$UNIT_DIR/$UNIT.d" 2>/dev/null || true
 
 rm -f -- "$BIN_DIR/$BIN"
 if [ "$installed" = 1 ]; then

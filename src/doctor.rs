@@ -162,9 +162,10 @@ impl fmt::Display for DoctorReport {
 pub fn check(cfg: &AgentConfig) -> DoctorReport {
     let mut checks = vec![runtime_check(cfg)];
     checks.extend(model_checks(&cfg.models_dir()));
+    let data_dir = cfg.data_dir();
+    checks.push(encryption_check(&data_dir));
     let (db, server_url) = database_check(&cfg.database_path());
     checks.push(db);
-    let data_dir = cfg.data_dir();
     checks.push(data_dir_check(&data_dir));
     checks.push(disk_check(&data_dir));
     let now = unix_now();
@@ -323,6 +324,37 @@ fn model_checks(dir: &Path) -> Vec<Check> {
     checks
 }
 
+/// Whether item data is encrypted at rest, and unlocked.
+fn encryption_check(data_dir: &Path) -> Check {
+    use crate::store::vault::{self, KeyMode, Protection};
+    const NAME: &str = "encryption";
+    // An unattended (systemd-creds) key unseals without asking; try it so the report is true.
+    let _ = vault::unlock_unattended(data_dir);
+    match vault::protection(data_dir) {
+        Ok(Protection::Plain) => Check::problem(
+            NAME,
+            Status::Warn,
+            "item data (reports, tiles, embeddings, labels) is stored unencrypted",
+            "on a laptop: `outpost encrypt --passphrase`; on an unattended box: `outpost encrypt --systemd-creds` (existing data is converted)",
+        ),
+        Ok(Protection::Unlocked(mode)) => Check::ok(
+            NAME,
+            format!("the database is encrypted (SQLCipher); key kept by {}", mode.as_str()),
+        ),
+        Ok(Protection::Locked(KeyMode::Passphrase)) => Check::ok(
+            NAME,
+            "the database is encrypted (SQLCipher) and locked; commands that read items ask for the passphrase",
+        ),
+        Ok(Protection::Locked(KeyMode::SystemdCreds)) => Check::problem(
+            NAME,
+            Status::Fail,
+            "the database is encrypted but its sealed key did not open",
+            "run as root on the machine that sealed it (systemd-creds needs the same host key or TPM); `outpost status` shows the exact error",
+        ),
+        Err(e) => Check::problem(NAME, Status::Fail, e.to_string(), "restore data-key.json from a backup, or use the recovery key"),
+    }
+}
+
 /// The database check, and the server URL recorded at enrollment (if any).
 fn database_check(path: &Path) -> (Check, Option<String>) {
     use rusqlite::{Connection, OpenFlags};
@@ -356,6 +388,35 @@ fn database_check(path: &Path) -> (Check, Option<String>) {
             )
         }
     };
+    match crate::store::vault::key_for_database(path) {
+        Ok(Some(key)) => {
+            let _ = crate::store::vault::apply_key(&conn, &key);
+        }
+        Ok(None) => {}
+        Err(crate::store::vault::VaultError::Locked { .. }) => {
+            return (
+                Check::ok(
+                    NAME,
+                    format!(
+                        "{}: encrypted and locked, so its integrity was not checked",
+                        path.display()
+                    ),
+                ),
+                None,
+            )
+        }
+        Err(e) => {
+            return (
+                Check::problem(
+                    NAME,
+                    Status::Fail,
+                    e.to_string(),
+                    "restore data-key.json from a backup, or use the recovery key",
+                ),
+                None,
+            )
+        }
+    }
     let _ = conn.busy_timeout(Duration::from_secs(5));
     let integrity: Result<Vec<String>, rusqlite::Error> = conn
         .prepare("PRAGMA integrity_check")

@@ -109,6 +109,10 @@ pub struct EnrollResponse {
     pub name: String,
     /// Its group.
     pub group: String,
+    /// The device's key for sealed USB feedback files (base64, 32 bytes): see
+    /// [`crate::store::usb`]. Absent from servers older than sealed exports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export_key: Option<String>,
 }
 
 /// `POST /v1/feedback` body (zstd-compressed JSON).

@@ -549,3 +549,95 @@ fn scripts_are_shellcheck_clean_and_name_the_runtime_the_agent_loads() {
         Err(_) => eprintln!("SKIP shellcheck: not installed (apt-get install shellcheck)"),
     }
 }
+
+/// `install.sh agent --encrypt` on an unattended box: the data folder is encrypted with a
+/// key sealed by systemd-creds, the service gets a drop-in that hands the key over
+/// (`LoadCredentialEncrypted=`), the installed agent works without anyone typing anything,
+/// and uninstalling removes the drop-in but keeps the sealed key with the data.
+#[test]
+fn install_with_encrypt_seals_the_data_key_for_the_service() {
+    let have = Command::new("systemd-creds")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !have || !is_root {
+        eprintln!("SKIP: install.sh --encrypt needs systemd-creds and root (have: {have}, root: {is_root})");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().canonicalize().unwrap();
+    let l = Layout {
+        prefix: root.join("prefix"),
+    };
+    let bins = built_binaries();
+    let lib = common::ort_lib();
+    let tiny = tiny_models(&root);
+    let r = script(
+        "install.sh",
+        &[
+            &"agent",
+            &"--prefix",
+            &l.prefix,
+            &"--from-binaries",
+            &bins,
+            &"--ort-lib",
+            &lib,
+            &"--models-from",
+            &tiny,
+            &"--encrypt",
+        ],
+    )
+    .ok("install.sh agent --encrypt");
+    assert!(r.out.contains("Recovery key"), "{}", r.out);
+    assert!(r.out.contains("key sealed in"), "{}", r.out);
+    let data = l.agent_data();
+    assert!(data.join("data-key.json").is_file());
+    assert!(data.join("data-key.cred").is_file());
+    let dropin = l.unit("outpost-agent.service.d").join("encryption.conf");
+    let conf = std::fs::read_to_string(&dropin).unwrap();
+    assert!(
+        conf.lines().any(|x| x
+            == format!(
+                "LoadCredentialEncrypted=outpost-data-key:{}",
+                data.join("data-key.cred").display()
+            )),
+        "{conf}"
+    );
+    let tile = root.join("red.png");
+    common::solid_png(&tile, 32, 32, [220, 30, 20]);
+    l.agent(&[&"analyze", &tile, &"--no-progress"])
+        .ok("installed outpost analyze, encrypted");
+    let db = std::fs::read(data.join("agent.db")).unwrap();
+    assert!(
+        !db.windows(15).any(|w| w == b"SQLite format 3"),
+        "the database is not encrypted"
+    );
+    let report = l.doctor();
+    assert_eq!(check(&report, "encryption").0, "ok", "{report:#}");
+    // Installing again keeps the key (it is never re-made over existing data).
+    let before = std::fs::read(data.join("data-key.json")).unwrap();
+    script(
+        "install.sh",
+        &[
+            &"agent",
+            &"--prefix",
+            &l.prefix,
+            &"--from-binaries",
+            &bins,
+            &"--ort-lib",
+            &lib,
+            &"--models-from",
+            &tiny,
+            &"--encrypt",
+        ],
+    )
+    .ok("upgrade with --encrypt");
+    assert_eq!(std::fs::read(data.join("data-key.json")).unwrap(), before);
+    script("uninstall.sh", &[&"agent", &"--prefix", &l.prefix]).ok("uninstall");
+    assert!(!dropin.exists(), "the drop-in is left behind");
+    assert!(data.join("data-key.cred").is_file(), "the sealed key went with the program");
+}

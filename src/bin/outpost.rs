@@ -200,6 +200,38 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Encrypt the agent's data at rest (SQLCipher; an existing database is converted).
+    ///
+    /// --passphrase (laptops): the key is wrapped under a passphrase (Argon2id), asked for
+    /// by every command that reads items. --systemd-creds (unattended boxes, as root): the
+    /// key is sealed by systemd-creds (TPM2 where present, else the host key). Prints a
+    /// recovery key once: keep it away from the device.
+    Encrypt {
+        /// Keep the key under a passphrase.
+        #[arg(
+            long,
+            conflicts_with = "systemd_creds",
+            required_unless_present = "systemd_creds"
+        )]
+        passphrase: bool,
+        /// Seal the key with systemd-creds.
+        #[arg(long)]
+        systemd_creds: bool,
+        /// Read the new passphrase from this file instead of asking twice.
+        #[arg(long, value_name = "FILE", requires = "passphrase")]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Change the passphrase (only the 32-byte key is rewrapped; the database is not
+    /// re-encrypted). The current passphrase is asked for, or $OUTPOST_PASSPHRASE_FILE read.
+    Passphrase {
+        /// The passphrase is lost: prove the right to the data with the recovery key
+        /// printed by `outpost encrypt` instead (read from this file, or asked for with `-`).
+        #[arg(long, value_name = "FILE")]
+        recovery_key: Option<PathBuf>,
+        /// Read the new passphrase from this file instead of asking twice.
+        #[arg(long, value_name = "FILE")]
+        new_passphrase_file: Option<PathBuf>,
+    },
     /// What is waiting, when the last sync succeeded, and why the last one failed.
     Status {
         /// Print JSON.
@@ -265,11 +297,15 @@ enum FeedbackCommand {
         allow_new_labels: bool,
     },
     /// Write every pending decision to one checksummed file for a USB stick (when there is
-    /// no network at all). The decisions stay pending until the agent syncs; the server
-    /// imports each decision once, however often it arrives.
+    /// no network at all). An enrolled agent seals it so that only its server can read it.
+    /// The decisions stay pending until the agent syncs; the server imports each decision
+    /// once, however often it arrives.
     Export {
         /// The file to write.
         file: PathBuf,
+        /// Write it unencrypted even though this device could seal it (or has no key to).
+        #[arg(long)]
+        plain: bool,
     },
 }
 
@@ -378,9 +414,158 @@ fn load_models(cfg: &AgentConfig, only: Option<&str>) -> Result<Vec<Arc<LoadedMo
     Ok(models)
 }
 
+/// Whether a command reads or writes item data (so needs the data key when encrypted).
+fn reads_items(c: &Command) -> bool {
+    !matches!(
+        c,
+        Command::Doctor { .. }
+            | Command::Bench { .. }
+            | Command::Encrypt { .. }
+            | Command::Passphrase { .. }
+            | Command::Run { .. }
+            | Command::Review { .. }
+            | Command::Models {
+                command: ModelsCommand::Verify | ModelsCommand::Hash { .. }
+            }
+    )
+}
+
+/// Reads a secret from a file (trailing newline dropped).
+fn read_secret_file(path: &Path) -> Result<zeroize::Zeroizing<String>> {
+    let s = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the passphrase file {}", path.display()))?;
+    Ok(zeroize::Zeroizing::new(
+        s.trim_end_matches(['\n', '\r']).to_string(),
+    ))
+}
+
+/// Unlocks the data folder if it is encrypted: a sealed key unseals by itself; a
+/// passphrase comes from $OUTPOST_PASSPHRASE_FILE or is asked for on the terminal (three
+/// tries). `interactive_only_if_tty`: without a terminal and without the variable, return
+/// `Ok(false)` (still locked) instead of failing.
+fn unlock(cfg: &AgentConfig, may_stay_locked: bool) -> Result<bool> {
+    use outpost::store::vault::{self, KeyMode, Protection, VaultError};
+    use std::io::IsTerminal;
+    let dir = cfg.data_dir();
+    match vault::protection(&dir)? {
+        Protection::Plain | Protection::Unlocked(_) => Ok(true),
+        Protection::Locked(KeyMode::SystemdCreds) => {
+            vault::unlock_unattended(&dir)?;
+            Ok(true)
+        }
+        Protection::Locked(KeyMode::Passphrase) => {
+            if let Some(f) = std::env::var_os(vault::PASSPHRASE_FILE_ENV) {
+                let p = read_secret_file(Path::new(&f))?;
+                vault::unlock_with_passphrase(&dir, &p)?;
+                return Ok(true);
+            }
+            if !std::io::stdin().is_terminal() {
+                if may_stay_locked {
+                    return Ok(false);
+                }
+                return Err(vault::key_for_database(&cfg.database_path())
+                    .err()
+                    .map(anyhow::Error::from)
+                    .unwrap_or_else(|| anyhow::anyhow!("the agent's data is locked")));
+            }
+            for _ in 0..3 {
+                let p = zeroize::Zeroizing::new(rpassword::prompt_password(format!(
+                    "Passphrase for {}: ",
+                    dir.display()
+                ))?);
+                match vault::unlock_with_passphrase(&dir, &p) {
+                    Ok(_) => return Ok(true),
+                    Err(VaultError::WrongPassphrase) => eprintln!("wrong passphrase"),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            bail!("three wrong passphrases: nothing was read or changed")
+        }
+    }
+}
+
+/// A new passphrase: from a file, or typed twice on the terminal.
+fn new_passphrase(file: Option<&Path>) -> Result<zeroize::Zeroizing<String>> {
+    if let Some(f) = file {
+        return read_secret_file(f);
+    }
+    let a = zeroize::Zeroizing::new(rpassword::prompt_password("New passphrase: ")?);
+    let b = zeroize::Zeroizing::new(rpassword::prompt_password("The same again: ")?);
+    if a != b {
+        bail!("the two passphrases differ: nothing was changed");
+    }
+    Ok(a)
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     let cfg = load_config(&cli)?;
+    if reads_items(&cli.command) {
+        unlock(&cfg, false)?;
+    }
     match cli.command {
+        Command::Encrypt {
+            passphrase,
+            systemd_creds: _,
+            passphrase_file,
+        } => {
+            use outpost::store::vault::{self, KeyMode};
+            let dir = cfg.data_dir();
+            let (mode, pass) = if passphrase {
+                (
+                    KeyMode::Passphrase,
+                    Some(new_passphrase(passphrase_file.as_deref())?),
+                )
+            } else {
+                (KeyMode::SystemdCreds, None)
+            };
+            let r = vault::set_up(&dir, mode, pass.as_deref().map(|s| s.as_str()))?;
+            println!(
+                "{} is now encrypted (SQLCipher, key kept by {}){}",
+                dir.display(),
+                r.mode.as_str(),
+                if r.converted_database {
+                    "; the existing database was converted and the plain file overwritten"
+                } else {
+                    ""
+                }
+            );
+            println!();
+            println!("Recovery key (shown once; write it down and keep it away from this device):");
+            println!("  {}", r.recovery_key.as_str());
+            println!(
+                "If the {} is lost, `outpost passphrase --recovery-key -` sets a new passphrase with it.",
+                if mode == KeyMode::Passphrase { "passphrase" } else { "sealed key (new disk, new TPM)" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Passphrase {
+            recovery_key,
+            new_passphrase_file,
+        } => {
+            use outpost::store::vault::{self, Secret};
+            let dir = cfg.data_dir();
+            let old: zeroize::Zeroizing<String> = match &recovery_key {
+                Some(f) if f.as_os_str() == "-" => {
+                    zeroize::Zeroizing::new(rpassword::prompt_password("Recovery key: ")?)
+                }
+                Some(f) => read_secret_file(f)?,
+                None => match std::env::var_os(vault::PASSPHRASE_FILE_ENV) {
+                    Some(f) => read_secret_file(Path::new(&f))?,
+                    None => {
+                        zeroize::Zeroizing::new(rpassword::prompt_password("Current passphrase: ")?)
+                    }
+                },
+            };
+            let secret = if recovery_key.is_some() {
+                Secret::RecoveryKey(&old)
+            } else {
+                Secret::Passphrase(&old)
+            };
+            let new = new_passphrase(new_passphrase_file.as_deref())?;
+            vault::change_passphrase(&dir, secret, &new)?;
+            println!("passphrase changed (the database was not re-encrypted; the recovery key stays the same)");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Analyze {
             inputs,
             format,
@@ -510,6 +695,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             annotator,
             include_content,
         } => {
+            if !unlock(&cfg, true)? {
+                eprintln!("The agent's data is encrypted and locked: type the passphrase on the review page.");
+            }
             let opts = review_options(&cfg, listen, annotator, include_content)?;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(outpost::review::serve(opts))?;
@@ -522,6 +710,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             idle_check_secs,
             max_backoff_secs,
         } => {
+            if !unlock(&cfg, true)? {
+                eprintln!("The agent's data is encrypted and locked: type the passphrase on the review page. Sync, updates and retention start once it is unlocked.");
+            }
             let mut opts = review_options(&cfg, listen, annotator, false)?;
             let wake = Arc::new(tokio::sync::Notify::new());
             opts.on_feedback = Some(wake.clone());
@@ -564,27 +755,41 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     "Review page: {}  (sync runs in the background; Ctrl-C to stop)",
                     server.url()
                 );
+                // The background loops read the database: they start once it is unlocked.
+                let data_dir = cfg.data_dir();
                 let update = match (&serving, updates) {
-                    (Some(active), true) => Some(tokio::spawn(outpost::update::run::run_loop(
-                        update_opts,
-                        active.clone(),
-                        interval,
-                        rx.clone(),
-                    ))),
+                    (Some(active), true) => {
+                        let (d, active, mut rx) = (data_dir.clone(), active.clone(), rx.clone());
+                        Some(tokio::spawn(async move {
+                            if outpost::store::vault::wait_open(&d, &mut rx).await {
+                                outpost::update::run::run_loop(update_opts, active, interval, rx)
+                                    .await
+                            }
+                        }))
+                    }
                     _ => None,
                 };
-                let retention = tokio::spawn(outpost::store::retention::run_loop(
-                    cfg.database_path(),
-                    cfg.retention.clone(),
-                    rx.clone(),
-                ));
-                let sync = tokio::spawn(outpost::sync::run_loop(
-                    cfg.database_path(),
-                    cfg.data_dir(),
-                    loop_opts,
-                    wake,
-                    rx,
-                ));
+                let retention = {
+                    let (d, db, r, mut rx) = (
+                        data_dir.clone(),
+                        cfg.database_path(),
+                        cfg.retention.clone(),
+                        rx.clone(),
+                    );
+                    tokio::spawn(async move {
+                        if outpost::store::vault::wait_open(&d, &mut rx).await {
+                            outpost::store::retention::run_loop(db, r, rx).await
+                        }
+                    })
+                };
+                let sync = {
+                    let (d, db, mut rx) = (data_dir.clone(), cfg.database_path(), rx);
+                    tokio::spawn(async move {
+                        if outpost::store::vault::wait_open(&d, &mut rx).await {
+                            outpost::sync::run_loop(db, d, loop_opts, wake, rx).await
+                        }
+                    })
+                };
                 server
                     .run(async move {
                         let _ = tokio::signal::ctrl_c().await;
@@ -1504,13 +1709,39 @@ fn feedback_command(cfg: &AgentConfig, command: FeedbackCommand) -> Result<ExitC
                 return Ok(ExitCode::from(EXIT_PARTIAL));
             }
         }
-        FeedbackCommand::Export { file } => {
+        FeedbackCommand::Export { file, plain } => {
+            use base64::Engine;
             let records = store.pending_records(usize::MAX >> 1)?;
-            let header = outpost::store::usb::write(&file, &records, store.state("device_id")?)?;
+            let key = store
+                .state("export_key")?
+                .and_then(|k| base64::engine::general_purpose::STANDARD.decode(k).ok())
+                .and_then(|k| <[u8; 32]>::try_from(k).ok())
+                .map(outpost::store::usb::ExportKey)
+                .filter(|_| !plain);
+            let encrypted = !matches!(
+                outpost::store::vault::protection(&cfg.data_dir())?,
+                outpost::store::vault::Protection::Plain
+            );
+            if key.is_none() && encrypted && !plain {
+                bail!(
+                    "this agent's data is encrypted, but it has no export key to seal the file with (it is not enrolled, or enrolled before sealed exports): enroll it, or pass --plain to write the decisions unencrypted"
+                );
+            }
+            let header = outpost::store::usb::write(
+                &file,
+                &records,
+                store.state("device_id")?,
+                key.as_ref(),
+            )?;
             println!(
-                "wrote {} pending decisions to {} (sha256 {}); they stay pending here until the agent syncs",
+                "wrote {} pending decisions to {} ({}, sha256 {}); they stay pending here until the agent syncs",
                 header.records,
                 file.display(),
+                if key.is_some() {
+                    "sealed for the server this device enrolled with"
+                } else {
+                    "NOT encrypted: keep the stick safe"
+                },
                 &header.sha256[..16]
             );
         }

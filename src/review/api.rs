@@ -39,6 +39,8 @@ pub(crate) fn router(app: Shared) -> Router {
         .route("/app.js", get(app_js))
         .route("/style.css", get(style_css))
         .route("/api/session", get(session))
+        .route("/api/lock", get(lock_state))
+        .route("/api/unlock", post(unlock))
         .route("/api/models", get(models))
         .route("/api/filters", get(filters))
         .route("/api/queue", get(queue_page))
@@ -82,6 +84,13 @@ impl ApiError {
     }
     fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+    /// 423: the data is encrypted and no one has typed the passphrase yet.
+    fn locked() -> ApiError {
+        ApiError::new(
+            StatusCode::LOCKED,
+            "the agent is locked: its data is encrypted; type the passphrase on this page to unlock it",
+        )
     }
 }
 
@@ -129,10 +138,11 @@ where
 {
     let app = app.clone();
     tokio::task::spawn_blocking(move || {
-        let mut store = app.store.lock().map_err(|_| {
+        let mut guard = app.store.lock().map_err(|_| {
             ApiError::internal("the database lock is poisoned; restart `outpost review`")
         })?;
-        f(&mut store, &app)
+        let store = guard.as_mut().ok_or_else(ApiError::locked)?;
+        f(store, &app)
     })
     .await
     .map_err(|e| ApiError::internal(format!("request failed: {e}")))?
@@ -472,6 +482,71 @@ struct SessionInfo {
     send_reports: bool,
     database: String,
     models_dir: String,
+}
+
+/// `GET /api/lock`: whether item data can be read (`{"locked": bool}`).
+async fn lock_state(State(app): State<Shared>) -> Result<Json<serde_json::Value>, ApiError> {
+    let locked = app
+        .store
+        .lock()
+        .map_err(|_| ApiError::internal("the database lock is poisoned"))?
+        .is_none();
+    Ok(Json(serde_json::json!({ "locked": locked })))
+}
+
+#[derive(Deserialize)]
+struct UnlockBody {
+    passphrase: String,
+}
+
+/// `POST /api/unlock {"passphrase"}`: unwraps the data key (Argon2id, on a blocking thread)
+/// and opens the database. 401 for a wrong passphrase (after a one-second pause, so
+/// guessing is slow); nothing is read or written either way until it is right.
+async fn unlock(
+    State(app): State<Shared>,
+    body: Result<Json<UnlockBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(body) = body.map_err(|e| ApiError::bad(e.body_text()))?;
+    let app2 = app.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let passphrase = zeroize::Zeroizing::new(body.passphrase);
+        let mut guard = app2
+            .store
+            .lock()
+            .map_err(|_| ApiError::internal("the database lock is poisoned"))?;
+        if guard.is_some() {
+            return Ok(false);
+        }
+        let data_dir = app2
+            .opts
+            .database
+            .parent()
+            .map(|p| p.to_path_buf())
+            .unwrap_or_default();
+        match crate::store::vault::unlock_with_passphrase(&data_dir, &passphrase) {
+            Ok(_) => {}
+            Err(e @ crate::store::vault::VaultError::WrongPassphrase) => {
+                return Err(ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()))
+            }
+            Err(e) => return Err(ApiError::internal(e.to_string())),
+        }
+        let store =
+            Store::open(&app2.opts.database).map_err(|e| ApiError::internal(e.to_string()))?;
+        *guard = Some(store);
+        tracing::info!("the agent was unlocked from the review page");
+        Ok(true)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("request failed: {e}")))?;
+    match result {
+        Ok(_) => Ok(Json(serde_json::json!({ "locked": false }))),
+        Err(e) => {
+            if e.status == StatusCode::UNAUTHORIZED {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e)
+        }
+    }
 }
 
 async fn session(State(app): State<Shared>) -> Json<SessionInfo> {

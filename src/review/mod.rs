@@ -39,6 +39,8 @@
 //! |---|---|
 //! | `GET /` , `/app.js`, `/style.css` | the page |
 //! | `GET /api/session` | annotator, whether raw content travels with feedback, paths |
+//! | `GET /api/lock` | `{"locked": bool}`: whether the encrypted data still waits for its passphrase |
+//! | `POST /api/unlock` | `{"passphrase"}`: unlocks (401 and a one-second pause if wrong) |
 //! | `GET /api/models` | installed bundles: name, version, task, labels, multi_label, thresholds |
 //! | `GET /api/filters` | models, labels, source folders and days present, for the filter menus |
 //! | `GET /api/queue?model=&label=&folder=&from=&to=&kind=&reviewed=1&offset=&limit=` | a page of the queue, least confident first (`from`/`to`: `YYYY-MM-DD`; `kind`: `image` or `text`; `limit` up to 1000, default 200) |
@@ -51,6 +53,9 @@
 //! | `POST /api/undo` | `{"feedback_id"}`: takes back a decision still in the outbox; returns `{"undone", "item_id", "model_name", "restored", "counters"}` |
 //! | `GET /api/serving` | models serving classification now: `{"models": {name: version}}` (`outpost run` only) |
 //! | `POST /api/classify` | `{"model", "image_base64"}` or `{"model", "text"}`: runs the serving model; returns `{"model", "version", "labels", "scores"}`. A request runs to its end on the model it started with, even if an update swaps in another meanwhile |
+//!
+//! While the agent is locked (see [`crate::store::vault`]), every call that reads or
+//! writes items answers 423 with the reason; the page then shows the passphrase form.
 //!
 //! Status codes: 400 malformed JSON, missing fields, invalid labels, several labels for a
 //! single-label model; 403 foreign `Host` or `Origin`; 404 unknown item, feedback, or no
@@ -124,7 +129,8 @@ pub fn default_annotator() -> String {
 
 /// Shared by every request.
 pub(crate) struct App {
-    pub(crate) store: Mutex<Store>,
+    /// `None` while the agent is locked (encrypted data, passphrase not typed yet).
+    pub(crate) store: Mutex<Option<Store>>,
     pub(crate) opts: ReviewOptions,
     /// The port actually listened on (for the `Host` check).
     pub(crate) port: u16,
@@ -139,12 +145,26 @@ pub struct ReviewServer {
 }
 
 impl ReviewServer {
-    /// Opens the database and binds the listening socket.
+    /// Opens the database and binds the listening socket. If the data is encrypted and
+    /// locked, the page starts locked: it asks for the passphrase, and every API call
+    /// that reads items answers 423 until then.
     pub async fn bind(opts: ReviewOptions) -> anyhow::Result<ReviewServer> {
         let db = opts.database.clone();
-        let store = tokio::task::spawn_blocking(move || Store::open(&db))
+        let store = match tokio::task::spawn_blocking(move || Store::open(&db))
             .await
-            .context("opening the database")??;
+            .context("opening the database")?
+        {
+            Ok(s) => Some(s),
+            Err(crate::store::StoreError::Vault(crate::store::vault::VaultError::Locked {
+                ..
+            })) => {
+                tracing::warn!(
+                    "the agent's data is encrypted and locked: unlock it on the review page"
+                );
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
         let listener = tokio::net::TcpListener::bind(opts.listen)
             .await
             .with_context(|| {

@@ -27,6 +27,7 @@
 pub mod background;
 pub mod config;
 pub mod dashboard;
+pub mod export_key;
 pub mod metrics;
 pub mod ops;
 pub mod publish;
@@ -243,6 +244,7 @@ async fn enroll(
         device_id: d.device_id,
         name: d.name,
         group: d.group,
+        export_key: None,
     }))
 }
 

@@ -11,6 +11,7 @@ pub mod migrate;
 pub mod queue;
 pub mod retention;
 pub mod usb;
+pub mod vault;
 
 use half::f16;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -37,6 +38,17 @@ pub enum StoreError {
         name: String,
         /// SQLite's message.
         reason: String,
+    },
+    /// Encryption at rest refused (locked, wrong key file...).
+    #[error(transparent)]
+    Vault(#[from] vault::VaultError),
+    /// The file is not a database this agent can read with the key it has.
+    #[error("cannot read the database {path}: {hint}")]
+    Unreadable {
+        /// Database file.
+        path: PathBuf,
+        /// What it probably means and what to do.
+        hint: &'static str,
     },
     /// The database was written by a newer agent.
     #[error("the database is at schema version {found} but this agent knows up to {supported}; upgrade the agent (your data is untouched)")]
@@ -133,10 +145,32 @@ impl Store {
                 reason: e.to_string(),
             })?;
         }
+        // Encrypted folders: the key must be unlocked (or unsealable) before anything is read.
+        let key = vault::key_for_database(path)?;
         let conn = Connection::open(path).map_err(|e| StoreError::Open {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
+        if let Some(key) = &key {
+            // SQLCipher: must be the first statement on the connection.
+            vault::apply_key(&conn, key)?;
+        }
+        let readable = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        });
+        if let Err(rusqlite::Error::SqliteFailure(e, _)) = &readable {
+            if e.code == rusqlite::ErrorCode::NotADatabase {
+                return Err(StoreError::Unreadable {
+                    path: path.to_path_buf(),
+                    hint: if key.is_some() {
+                        "it does not open with this folder's data key (was data-key.json replaced?); restore the matching data-key.json"
+                    } else {
+                        "it is encrypted or damaged, and this folder has no data-key.json; restore data-key.json from a backup (without it the data cannot be read)"
+                    },
+                });
+            }
+        }
+        readable?;
         Self::setup(conn, Some(path.to_path_buf()))
     }
 
@@ -147,6 +181,8 @@ impl Store {
 
     fn setup(mut conn: Connection, path: Option<PathBuf>) -> Result<Store, StoreError> {
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        // Sorts and temporary tables stay in memory, never in a temporary file.
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;

@@ -125,6 +125,10 @@ pub fn wipe_after_revocation(
         as usize;
     let key = data_dir.join("device.key");
     report.key_deleted = key.exists() && std::fs::remove_file(&key).is_ok();
+    // The key that seals USB feedback files for that server goes with the device key.
+    store
+        .conn()
+        .execute("DELETE FROM agent_state WHERE key = 'export_key'", [])?;
     tracing::warn!(
         items = report.items,
         kept_unsynced = report.kept_unsynced,

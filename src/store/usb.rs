@@ -13,12 +13,63 @@
 //!
 //! `sha256` covers every byte after the header line, so a damaged or truncated file is
 //! detected before anything is imported.
+//!
+//! **Sealed files** (`outpost-feedback 2`): the records are item data (embeddings, labels,
+//! sometimes report text), and a USB stick is easy to lose, so an enrolled agent seals the
+//! body with ChaCha20-Poly1305 (`ring`) under its **export key**: a key the server gave it at
+//! enrollment, HMAC-SHA256 of a server secret and the device id, so the server can derive it
+//! again from the file's `device_id` and nobody else can. The body is then one base64 line;
+//! the header (cleartext: counts, device, time) is bound to it as associated data.
 
 use crate::protocol::FeedbackRecord;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 const MAGIC: &str = "outpost-feedback 1";
+const MAGIC_SEALED: &str = "outpost-feedback 2";
+
+/// A device's key for sealed feedback files (32 bytes).
+#[derive(Clone)]
+pub struct ExportKey(pub [u8; 32]);
+
+impl std::fmt::Debug for ExportKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExportKey(..)")
+    }
+}
+
+impl ExportKey {
+    /// The export key of `device_id` under the server's secret (HMAC-SHA256).
+    pub fn derive(server_secret: &[u8], device_id: &str) -> ExportKey {
+        let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, server_secret);
+        let tag = ring::hmac::sign(
+            &k,
+            format!("outpost feedback export 1|{device_id}").as_bytes(),
+        );
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        ExportKey(out)
+    }
+
+    fn aead(&self) -> ring::aead::LessSafeKey {
+        ring::aead::LessSafeKey::new(
+            ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &self.0)
+                .expect("32-byte key"),
+        )
+    }
+}
+
+/// What the sealing binds the body to: the header's cleartext fields.
+fn sealed_aad(h: &UsbHeader) -> Vec<u8> {
+    format!(
+        "{MAGIC_SEALED}|{}|{}|{}|{}",
+        h.records,
+        h.created_at,
+        h.protocol,
+        h.device_id.as_deref().unwrap_or("")
+    )
+    .into_bytes()
+}
 
 /// The header line.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,6 +85,9 @@ pub struct UsbHeader {
     /// The enrolled device that wrote the file, if it is enrolled.
     #[serde(default)]
     pub device_id: Option<String>,
+    /// Sealed files: the AEAD nonce (base64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
 }
 
 /// Why a USB file was refused.
@@ -46,6 +100,16 @@ pub enum UsbFileError {
         path: String,
         /// The error.
         source: std::io::Error,
+    },
+    /// A sealed file this reader has no key for, or whose seal does not open.
+    #[error("{path} is sealed for {device}, and {why}; nothing was imported")]
+    Sealed {
+        /// The file.
+        path: String,
+        /// The device named in it.
+        device: String,
+        /// Why it cannot be opened.
+        why: String,
     },
     /// Not an outpost feedback file.
     #[error("{0} is not an Outpost feedback file (it does not start with \"{MAGIC}\")")]
@@ -60,12 +124,16 @@ pub enum UsbFileError {
     },
 }
 
-/// Writes records to `path` (atomically: a temporary file, synced, then renamed).
+/// Writes records to `path` (atomically: a temporary file, synced, then renamed), sealed
+/// under `key` when one is given.
 pub fn write(
     path: &Path,
     records: &[FeedbackRecord],
     device_id: Option<String>,
+    key: Option<&ExportKey>,
 ) -> Result<UsbHeader, UsbFileError> {
+    use base64::Engine;
+    use ring::rand::SecureRandom;
     let io = |source| UsbFileError::Io {
         path: path.display().to_string(),
         source,
@@ -75,15 +143,38 @@ pub fn write(
         body.push_str(&serde_json::to_string(r).map_err(|e| io(std::io::Error::other(e)))?);
         body.push('\n');
     }
-    let header = UsbHeader {
+    let mut header = UsbHeader {
         records: records.len(),
-        sha256: crate::hash::sha256_hex(body.as_bytes()),
+        sha256: String::new(),
         created_at: super::now(),
         protocol: crate::protocol::PROTOCOL_VERSION,
         device_id,
+        nonce: None,
     };
+    let magic = match key {
+        Some(key) => {
+            let mut nonce = [0u8; 12];
+            ring::rand::SystemRandom::new()
+                .fill(&mut nonce)
+                .map_err(|_| io(std::io::Error::other("no system randomness")))?;
+            header.nonce = Some(base64::engine::general_purpose::STANDARD.encode(nonce));
+            let mut buf = std::mem::take(&mut body).into_bytes();
+            key.aead()
+                .seal_in_place_append_tag(
+                    ring::aead::Nonce::assume_unique_for_key(nonce),
+                    ring::aead::Aad::from(sealed_aad(&header)),
+                    &mut buf,
+                )
+                .map_err(|_| io(std::io::Error::other("sealing failed")))?;
+            body = base64::engine::general_purpose::STANDARD.encode(&buf);
+            body.push('\n');
+            MAGIC_SEALED
+        }
+        None => MAGIC,
+    };
+    header.sha256 = crate::hash::sha256_hex(body.as_bytes());
     let text = format!(
-        "{MAGIC}\n{}\n{body}",
+        "{magic}\n{}\n{body}",
         serde_json::to_string(&header).map_err(|e| io(std::io::Error::other(e)))?
     );
     let tmp = path.with_extension("partial");
@@ -97,8 +188,18 @@ pub fn write(
     Ok(header)
 }
 
-/// Reads and checks a USB file.
+/// Reads and checks a USB file that is not sealed (a sealed one is refused: use
+/// [`read_with`]).
 pub fn read(path: &Path) -> Result<(UsbHeader, Vec<FeedbackRecord>), UsbFileError> {
+    read_with(path, &|_| None)
+}
+
+/// Reads and checks a USB file; a sealed one is opened with `key_for(device_id)`.
+pub fn read_with(
+    path: &Path,
+    key_for: &dyn Fn(&str) -> Option<ExportKey>,
+) -> Result<(UsbHeader, Vec<FeedbackRecord>), UsbFileError> {
+    use base64::Engine;
     let p = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|source| UsbFileError::Io {
         path: p.clone(),
@@ -109,8 +210,14 @@ pub fn read(path: &Path) -> Result<(UsbHeader, Vec<FeedbackRecord>), UsbFileErro
         what,
     };
     let text = String::from_utf8(bytes).map_err(|_| damaged("not valid UTF-8".into()))?;
-    let Some(rest) = text.strip_prefix(MAGIC).and_then(|r| r.strip_prefix('\n')) else {
-        return Err(UsbFileError::NotFeedback(p));
+    let (sealed, rest) = match (
+        text.strip_prefix(MAGIC).and_then(|r| r.strip_prefix('\n')),
+        text.strip_prefix(MAGIC_SEALED)
+            .and_then(|r| r.strip_prefix('\n')),
+    ) {
+        (Some(rest), _) => (false, rest),
+        (None, Some(rest)) => (true, rest),
+        (None, None) => return Err(UsbFileError::NotFeedback(p)),
     };
     let (header_line, body) = rest
         .split_once('\n')
@@ -124,6 +231,40 @@ pub fn read(path: &Path) -> Result<(UsbHeader, Vec<FeedbackRecord>), UsbFileErro
             header.sha256
         )));
     }
+    let opened: String;
+    let body = if sealed {
+        let device = header.device_id.clone().unwrap_or_default();
+        let sealed_err = |why: &str| UsbFileError::Sealed {
+            path: p.clone(),
+            device: device.clone(),
+            why: why.into(),
+        };
+        let key = key_for(&device).ok_or_else(|| {
+            sealed_err("this server does not know that device (import it on the server the device enrolled with)")
+        })?;
+        let nonce: [u8; 12] = header
+            .nonce
+            .as_deref()
+            .and_then(|n| base64::engine::general_purpose::STANDARD.decode(n).ok())
+            .and_then(|n| n.try_into().ok())
+            .ok_or_else(|| damaged("no nonce in a sealed file".into()))?;
+        let mut buf = base64::engine::general_purpose::STANDARD
+            .decode(body.trim_end())
+            .map_err(|_| damaged("the sealed body is not base64".into()))?;
+        let plain = key
+            .aead()
+            .open_in_place(
+                ring::aead::Nonce::assume_unique_for_key(nonce),
+                ring::aead::Aad::from(sealed_aad(&header)),
+                &mut buf,
+            )
+            .map_err(|_| sealed_err("its seal does not open with that device's export key (was it altered, or written for another server?)"))?;
+        opened = String::from_utf8(plain.to_vec())
+            .map_err(|_| damaged("the sealed body is not UTF-8".into()))?;
+        opened.as_str()
+    } else {
+        body
+    };
     let mut records = Vec::with_capacity(header.records);
     for (i, line) in body.lines().enumerate() {
         let r: FeedbackRecord =

@@ -156,6 +156,8 @@ pub async fn enroll(
     store.set_state("device_id", &r.device_id)?;
     store.set_state("device_name", &r.name)?;
     store.set_state("device_group", &r.group)?;
+    // Kept in the (encrypted, when set up) database: it seals USB feedback files.
+    store.set_state("export_key", r.export_key.as_deref().unwrap_or(""))?;
     Ok(r)
 }
 

@@ -655,7 +655,36 @@ function fillSelect(id, values, label) {
   }
 }
 
+// Encrypted data: until the passphrase is typed, the API answers 423 and this form shows.
+function waitForUnlock() {
+  return new Promise((resolve) => {
+    $('lock').hidden = false;
+    $('passphrase').focus();
+    $('unlock-form').addEventListener('submit', async (e) => {
+      e.preventDefault();
+      $('unlock').disabled = true;
+      $('unlock-error').textContent = 'Unlocking…';
+      try {
+        await api('/api/unlock', { passphrase: $('passphrase').value });
+        $('passphrase').value = '';
+        $('lock').hidden = true;
+        resolve();
+      } catch (err) {
+        $('unlock-error').textContent = err.message;
+        $('passphrase').select();
+      } finally {
+        $('unlock').disabled = false;
+      }
+    });
+  });
+}
+
 async function start() {
+  try {
+    if ((await api('/api/lock')).locked) await waitForUnlock();
+  } catch (e) {
+    flash(e.message, true);
+  }
   try {
     const [session, facets] = await Promise.all([api('/api/session'), api('/api/filters')]);
     $('annotator').textContent = session.annotator;
