@@ -73,11 +73,13 @@ pub fn enqueue_due(store: &dyn ServerStore, after: i64, drift_after: i64) -> Vec
     let recent = store.training_jobs(100).unwrap_or_default();
     for model in due_models(store, after, drift_after) {
         let seen = store.model_feedback_count(&model).unwrap_or(0);
-        // A job that failed on this very feedback (no release to train from, say) is not
-        // queued again every few seconds: new feedback, or an operator, starts the next.
+        // A job that already covers this very feedback is not queued again: one that failed
+        // on it (no release to train from, say) waits for new feedback or an operator, and
+        // one queued or running (or done) covers it. Any state counts, so a job that another
+        // process queued and that failed between our look and our insert is not missed.
         if recent
             .iter()
-            .any(|j| j.model_name == model && j.state == "failed" && j.feedback_seen >= seen)
+            .any(|j| j.model_name == model && j.feedback_seen >= seen)
         {
             continue;
         }
