@@ -126,10 +126,7 @@ impl Bench {
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
         let port = listener.local_addr().unwrap().port();
-        let state = AppState::new(
-            store.clone(),
-            Some(repo.blobs().clone()),
-        );
+        let state = AppState::new(store.clone(), Some(repo.blobs().clone()));
         rt.spawn(async move { axum::serve(listener, outpost::server::router(state)).await });
         Bench {
             _tmp: tmp,

@@ -52,7 +52,10 @@ fn moto_bin() -> Option<PathBuf> {
             if p.is_file() {
                 return Some(p);
             }
-            format!("scripts/fetch-moto.sh printed no moto_server path ({})", p.display())
+            format!(
+                "scripts/fetch-moto.sh printed no moto_server path ({})",
+                p.display()
+            )
         }
         Ok(o) => format!(
             "scripts/fetch-moto.sh failed: {}",
@@ -246,7 +249,11 @@ fn two_server_processes_share_one_s3_repository() {
         assert!(!targets.releases[0].withdrawn);
 
         // A resumed download from B: Range from an offset, and past the end.
-        let (target, entry) = targets.targets.iter().max_by_key(|(_, e)| e.length).unwrap();
+        let (target, entry) = targets
+            .targets
+            .iter()
+            .max_by_key(|(_, e)| e.length)
+            .unwrap();
         let whole = get(&http, &format!("{}/v1/{}", b.url, target_path(target))).await;
         let r = http
             .get(format!("{}/v1/{}", b.url, target_path(target)))
@@ -372,7 +379,10 @@ fn timestamp_is_resigned_once_and_concurrent_publishes_both_land_on_s3() {
         .blobs()
         .put_new("metadata/2.timestamp.json", b"other".to_vec())
         .unwrap());
-    assert_eq!(first.blobs().get("metadata/2.timestamp.json").unwrap(), before);
+    assert_eq!(
+        first.blobs().get("metadata/2.timestamp.json").unwrap(),
+        before
+    );
 
     // With the PostgreSQL lease (as the serving processes run it).
     let Some(pg) = common::pg_schema() else {
@@ -383,7 +393,11 @@ fn timestamp_is_resigned_once_and_concurrent_publishes_both_land_on_s3() {
     let repos = (0..6)
         .map(|_| s3_repo(&moto, "once", &data).with_lock(store.clone()))
         .collect();
-    assert_eq!(race_refresh(repos), 1, "re-signed exactly once under the lease");
+    assert_eq!(
+        race_refresh(repos),
+        1,
+        "re-signed exactly once under the lease"
+    );
     assert_eq!(timestamp_versions(&first), vec![1, 2, 3]);
 
     // Two processes publish two different models at the same moment: both releases are in
@@ -405,4 +419,18 @@ fn timestamp_is_resigned_once_and_concurrent_publishes_both_land_on_s3() {
     let mut models: Vec<&str> = targets.releases.iter().map(|r| r.model.as_str()).collect();
     models.sort();
     assert_eq!(models, vec!["blue", "colours", "red"]);
+
+    // A process that wrote metadata/6.timestamp.json and died before timestamp.json: under
+    // the lease that version is skipped, so the timestamp does not stay stale for ever.
+    assert_eq!(timestamp_versions(&first), vec![1, 2, 3, 4, 5]);
+    assert!(first
+        .blobs()
+        .put_new(
+            "metadata/6.timestamp.json",
+            b"left by a dead process".to_vec()
+        )
+        .unwrap());
+    let locked = s3_repo(&moto, "once", &data).with_lock(store.clone());
+    let v = publish::refresh_timestamp(&locked, time::Duration::hours(48)).unwrap();
+    assert_eq!(v, Some(7));
 }

@@ -306,18 +306,22 @@ async fn operators_dashboard_in_a_real_browser() {
     browser.click("#confirm").await;
     browser.wait_page("models").await;
     let flash = browser.text("#flash").await;
-    assert!(flash.contains("training of colours queued as job #"), "{flash}");
+    assert!(
+        flash.contains("training of colours queued as job #"),
+        "{flash}"
+    );
     let mut looks = 0;
     while browser.count("tr[data-candidate='1.1.0']").await == 0 {
-        assert!(looks < 120, "the queued training job did not run within a minute");
+        assert!(
+            looks < 120,
+            "the queued training job did not run within a minute"
+        );
         looks += 1;
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         browser.goto(&format!("{url}/admin/models")).await;
         browser.wait_page("models").await;
     }
-    browser
-        .click("tr[data-candidate='1.1.0'] a.report")
-        .await;
+    browser.click("tr[data-candidate='1.1.0'] a.report").await;
     browser.find("#gate").await;
     let candidate = browser.text("#candidate").await;
     assert_eq!(candidate, "1.1.0", "a new label: a minor version");

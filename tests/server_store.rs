@@ -754,9 +754,11 @@ fn a_renewed_lease_keeps_the_job_and_a_dead_claim_is_rerun(s: Arc<dyn ServerStor
     let dead = s.claim_training("dead", now, now + 2).unwrap().unwrap();
     let ran = AtomicUsize::new(0);
     assert!(
-        work_one(s.as_ref(), "alive", Duration::from_secs(30), |_, _| Ok(None))
-            .unwrap()
-            .is_none(),
+        work_one(s.as_ref(), "alive", Duration::from_secs(30), |_, _| Ok(
+            None
+        ))
+        .unwrap()
+        .is_none(),
         "not before the lease ran out"
     );
     std::thread::sleep(Duration::from_millis(3100));
@@ -852,14 +854,32 @@ fn stats_count_the_whole_deployment(s: Arc<dyn ServerStore>) {
 /// again; it is free once given back or once it ran out.
 fn leases_are_exclusive_and_expire_inner(s: &dyn ServerStore) {
     assert!(s.try_lease("repository", "a", 1000, 1100).unwrap());
-    assert!(!s.try_lease("repository", "b", 1050, 1150).unwrap(), "held by a");
-    assert!(s.try_lease("repository", "a", 1050, 1150).unwrap(), "a renews");
-    assert!(s.try_lease("other", "b", 1050, 1150).unwrap(), "names are separate");
+    assert!(
+        !s.try_lease("repository", "b", 1050, 1150).unwrap(),
+        "held by a"
+    );
+    assert!(
+        s.try_lease("repository", "a", 1050, 1150).unwrap(),
+        "a renews"
+    );
+    assert!(
+        s.try_lease("other", "b", 1050, 1150).unwrap(),
+        "names are separate"
+    );
     s.release_lease("repository", "b").unwrap();
-    assert!(!s.try_lease("repository", "b", 1100, 1200).unwrap(), "b cannot free a's");
-    assert!(s.try_lease("repository", "b", 1151, 1250).unwrap(), "a's ran out");
+    assert!(
+        !s.try_lease("repository", "b", 1100, 1200).unwrap(),
+        "b cannot free a's"
+    );
+    assert!(
+        s.try_lease("repository", "b", 1151, 1250).unwrap(),
+        "a's ran out"
+    );
     s.release_lease("repository", "b").unwrap();
-    assert!(s.try_lease("repository", "c", 1160, 1260).unwrap(), "given back");
+    assert!(
+        s.try_lease("repository", "c", 1160, 1260).unwrap(),
+        "given back"
+    );
 }
 
 fn leases_are_exclusive_until_released_or_expired(s: Arc<dyn ServerStore>) {
@@ -881,7 +901,12 @@ fn leases_are_exclusive_until_released_or_expired(s: Arc<dyn ServerStore>) {
 
 fn operator_jobs_carry_their_settings(s: Arc<dyn ServerStore>) {
     let id = s
-        .enqueue_training_with("landcover", Trigger::Operator, 7, Some("{\"tolerance\":0.5}"))
+        .enqueue_training_with(
+            "landcover",
+            Trigger::Operator,
+            7,
+            Some("{\"tolerance\":0.5}"),
+        )
         .unwrap()
         .unwrap();
     assert_eq!(
@@ -892,9 +917,15 @@ fn operator_jobs_carry_their_settings(s: Arc<dyn ServerStore>) {
     );
     let j = s.training_job(id).unwrap().unwrap();
     assert_eq!(j.settings.as_deref(), Some("{\"tolerance\":0.5}"));
-    assert_eq!((j.trigger.as_str(), j.state.as_str()), ("operator", "queued"));
+    assert_eq!(
+        (j.trigger.as_str(), j.state.as_str()),
+        ("operator", "queued")
+    );
     assert!(s.training_job(id + 1000).unwrap().is_none());
     let now = outpost::server::unix_now();
     let claimed = s.claim_training("w", now, now + 60).unwrap().unwrap();
-    assert_eq!(claimed.settings, j.settings, "the claimer gets the settings");
+    assert_eq!(
+        claimed.settings, j.settings,
+        "the claimer gets the settings"
+    );
 }

@@ -136,7 +136,11 @@ fn a_run_whose_job_was_taken_over_stops_and_publishes_nothing() {
     .unwrap()
     .unwrap();
     assert_eq!(outcome, JobOutcome::LostLease);
-    assert_eq!(version(), 2, "nothing published by the process that lost its job");
+    assert_eq!(
+        version(),
+        2,
+        "nothing published by the process that lost its job"
+    );
     let run = &store.runs(Some("colours")).unwrap()[0];
     assert_eq!(run.status.as_str(), "failed", "{run:?}");
     assert!(run.reason.contains("taken over"), "{}", run.reason);

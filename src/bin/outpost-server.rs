@@ -341,7 +341,10 @@ fn open_store(cfg: &ServerConfig) -> Result<Arc<dyn ServerStore>> {
         .with_context(|| format!("cannot open the server database {what}"))
 }
 
-fn open_repo(cfg: &ServerConfig, store: &Arc<dyn ServerStore>) -> Result<server::publish::Repository> {
+fn open_repo(
+    cfg: &ServerConfig,
+    store: &Arc<dyn ServerStore>,
+) -> Result<server::publish::Repository> {
     Ok(server::publish::Repository::open(cfg)
         .context("cannot open the model repository's blob store ([blob_store] in the config)")?
         .with_lock(store.clone()))
@@ -433,8 +436,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     threshold,
                 },
         } => {
-            let root =
-                server::publish::init_keys(&repo, &root_keys_dir, root_keys, threshold)?;
+            let root = server::publish::init_keys(&repo, &root_keys_dir, root_keys, threshold)?;
             store.audit(
                 "operator",
                 "keys init",
@@ -528,7 +530,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 queued.job_id(),
                 std::time::Duration::from_secs(3600),
                 || {
-                    if let Err(e) = server::background::work_once(store.as_ref(), &repo, &cfg, &owner) {
+                    if let Err(e) =
+                        server::background::work_once(store.as_ref(), &repo, &cfg, &owner)
+                    {
                         tracing::warn!(error = %e, "training job queue unavailable");
                     }
                 },
@@ -542,16 +546,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(e) = &job.error {
                 anyhow::bail!("training job #{} failed: {e}", job.job_id);
             }
-            let Some(run) = job
-                .run_id
-                .and_then(|id| store.runs(Some(&model)).ok()?.into_iter().find(|r| r.run_id == id))
-            else {
+            let Some(run) = job.run_id.and_then(|id| {
+                store
+                    .runs(Some(&model))
+                    .ok()?
+                    .into_iter()
+                    .find(|r| r.run_id == id)
+            }) else {
                 anyhow::bail!("training job #{} ended without a run", job.job_id);
             };
             if let Some(report) = &run.report {
                 print_report_value(&serde_json::from_str(report)?);
             }
-            println!("candidate bundle: {}", run.bundle_dir.as_deref().unwrap_or("-"));
+            println!(
+                "candidate bundle: {}",
+                run.bundle_dir.as_deref().unwrap_or("-")
+            );
             println!("{}: {}", run.status.as_str(), run.reason);
             if run.status == RunStatus::Held {
                 return Ok(ExitCode::from(4));
@@ -756,7 +766,12 @@ fn models(
                     break;
                 }
             }
-            for m in ["root.json", "timestamp.json", "snapshot.json", "targets.json"] {
+            for m in [
+                "root.json",
+                "timestamp.json",
+                "snapshot.json",
+                "targets.json",
+            ] {
                 let key = format!("metadata/{m}");
                 blobs.get_to_file(&key, &scratch.join(&key))?;
             }

@@ -176,7 +176,10 @@ pub fn work_one(
             match store.renew_training(job_ref.job_id, owner, until) {
                 Ok(true) => true,
                 Ok(false) => {
-                    tracing::warn!(job = job_ref.job_id, "training job lease lost: the run stops");
+                    tracing::warn!(
+                        job = job_ref.job_id,
+                        "training job lease lost: the run stops"
+                    );
                     lost_ref.store(true, std::sync::atomic::Ordering::Relaxed);
                     false
                 }

@@ -174,7 +174,9 @@ impl BlobStore {
         };
         if let Some(path) = url.strip_prefix("file://") {
             if !path.starts_with('/') {
-                return Err(bad("a file URL needs an absolute path: file:///srv/outpost/repo"));
+                return Err(bad(
+                    "a file URL needs an absolute path: file:///srv/outpost/repo",
+                ));
             }
             return BlobStore::local(Path::new(path));
         }

@@ -26,12 +26,12 @@
 //! every few seconds, and only the one whose put-if-absent of the next version succeeds
 //! writes `timestamp.json`.
 
+use super::blob::{BlobError, BlobStore};
+use super::store::ServerStore;
 use crate::trust::{
     sign, MetaFile, Release, RoleKeys, Root, Signed, SigningKey, Snapshot, TargetFile, Targets,
     Timestamp,
 };
-use super::blob::{BlobError, BlobStore};
-use super::store::ServerStore;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -195,11 +195,7 @@ impl Repository {
         let Some(store) = self.lock.clone() else {
             return Ok(RepoGuard(None));
         };
-        let owner = format!(
-            "{}:{}",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        );
+        let owner = format!("{}:{}", std::process::id(), uuid::Uuid::new_v4().simple());
         let started = std::time::Instant::now();
         loop {
             let now = super::unix_now();
@@ -239,7 +235,11 @@ impl Repository {
         }
         let mut v = from;
         while self.blobs.exists(&format!("metadata/{v}.{role}.json"))? {
-            tracing::warn!(role, version = v, "skipping a version signed but never made current");
+            tracing::warn!(
+                role,
+                version = v,
+                "skipping a version signed but never made current"
+            );
             v += 1;
         }
         Ok(v)
@@ -497,7 +497,10 @@ fn sign_chain(repo: &Repository, mut targets: Targets) -> Result<u64, PublishErr
     // replaced anything another process signed.
     repo.claim_meta(&format!("{version}.targets.json"), tgb.clone())?;
     repo.claim_meta(&format!("{}.snapshot.json", sn.signed.version), snb.clone())?;
-    repo.claim_meta(&format!("{}.timestamp.json", ts.signed.version), tsb.clone())?;
+    repo.claim_meta(
+        &format!("{}.timestamp.json", ts.signed.version),
+        tsb.clone(),
+    )?;
     // Targets and snapshot first, timestamp last: a client never sees a timestamp that
     // points at metadata not written yet.
     repo.write_meta("targets.json", tgb)?;

@@ -245,7 +245,10 @@ pub fn materialise(repo: &Repository, release: &Release) -> Result<Bundle, Train
                 path: to,
                 source: std::io::Error::new(
                     std::io::ErrorKind::NotFound,
-                    format!("{target} is missing from the repository {}", repo.blobs().url()),
+                    format!(
+                        "{target} is missing from the repository {}",
+                        repo.blobs().url()
+                    ),
                 ),
             });
         }

@@ -558,11 +558,7 @@ fn release_form(frame: &Frame, r: &Release) -> String {
 }
 
 /// `GET /admin/models`.
-pub fn models(
-    store: &dyn ServerStore,
-    repo: &Repository,
-    frame: &Frame,
-) -> Result<String, String> {
+pub fn models(store: &dyn ServerStore, repo: &Repository, frame: &Frame) -> Result<String, String> {
     let e = |e: crate::server::store::ServerStoreError| e.to_string();
     let targets = crate::server::training::published_targets(repo);
     let releases: Vec<Release> = targets.map(|t| t.releases).unwrap_or_default();
@@ -938,14 +934,13 @@ pub fn learning_loop(
     // Labels the model does not know yet: proposed in the field, and not among the labels
     // of a live (published, not withdrawn) release built by a training run.
     let runs = store.runs(None).map_err(e)?;
-    let live: BTreeSet<(String, String)> =
-        crate::server::training::published_targets(repo)
-            .map(|t| t.releases)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|r| !r.withdrawn)
-            .map(|r| (r.model, r.version))
-            .collect();
+    let live: BTreeSet<(String, String)> = crate::server::training::published_targets(repo)
+        .map(|t| t.releases)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| !r.withdrawn)
+        .map(|r| (r.model, r.version))
+        .collect();
     let learnt: BTreeSet<(String, String)> = runs
         .iter()
         .filter(|r| {

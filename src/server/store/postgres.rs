@@ -774,7 +774,13 @@ impl ServerStore for PostgresServerStore {
                 "INSERT INTO training_jobs
                      (model_name, trigger, feedback_seen, state, enqueued_at, settings)
                  VALUES ($1, $2, $3, 'queued', $4, $5) ON CONFLICT DO NOTHING RETURNING job_id",
-                &[&model, &trigger_str(trigger), &feedback_seen, &now(), &settings],
+                &[
+                    &model,
+                    &trigger_str(trigger),
+                    &feedback_seen,
+                    &now(),
+                    &settings,
+                ],
             )?
             .map(|r| r.get(0)))
     }
