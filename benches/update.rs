@@ -119,16 +119,14 @@ impl Bench {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().to_path_buf();
         let server_data = root.join("server");
-        outpost::server::publish::init_keys(&server_data, &root.join("root-keys"), 3, 2).unwrap();
+        let repo = outpost::server::publish::Repository::local(&server_data).unwrap();
+        outpost::server::publish::init_keys(&repo, &root.join("root-keys"), 3, 2).unwrap();
         let store = Arc::new(SqliteServerStore::open(&server_data.join("server.db")).unwrap());
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
         let port = listener.local_addr().unwrap().port();
-        let state = AppState::new(
-            store.clone(),
-            Some(outpost::server::publish::repo_dir(&server_data)),
-        );
+        let state = AppState::new(store.clone(), Some(repo.blobs().clone()));
         rt.spawn(async move { axum::serve(listener, outpost::server::router(state)).await });
         Bench {
             _tmp: tmp,
@@ -172,7 +170,8 @@ impl Bench {
     }
 
     fn publish(&self, dir: &Path) {
-        outpost::server::publish::publish(&self.server_data, dir, "stable", &[], 100).unwrap();
+        let repo = outpost::server::publish::Repository::local(&self.server_data).unwrap();
+        outpost::server::publish::publish(&repo, dir, "stable", &[], 100).unwrap();
     }
 }
 

@@ -16,6 +16,10 @@ fi
 export OUTPOST_ORT_LIB="$PWD/.ort/libonnxruntime.so.1.31.1"
 # PostgreSQL runs on the CI machine: its storage tests must run, not skip.
 export OUTPOST_REQUIRE_POSTGRES="${OUTPOST_REQUIRE_POSTGRES:-1}"
+# The S3 blob store is tested against moto's S3 server (PyPI, installed into .venv-moto/):
+# it must be installable here, so its tests cannot silently skip.
+bash scripts/fetch-moto.sh >/dev/null
+export OUTPOST_REQUIRE_S3="${OUTPOST_REQUIRE_S3:-1}"
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --all-targets

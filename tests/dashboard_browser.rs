@@ -23,51 +23,6 @@ use outpost::trust::Targets;
 use std::path::Path;
 use webdriver::Browser;
 
-/// The tiny image bundle with base training data: embeddings near each colour's corner.
-fn bundle_with_base_data(dir: &Path) {
-    common::make_image_bundle(dir, "colours", "1.0.0");
-    let mut emb = Vec::new();
-    let mut labels = Vec::new();
-    for class in 0..3u8 {
-        for i in 0..40 {
-            let jitter = ((i * 7 % 11) as f32 - 5.0) / 50.0;
-            for c in 0..3u8 {
-                let v = if c == class {
-                    0.8 + jitter
-                } else {
-                    -0.8 - jitter
-                };
-                emb.extend_from_slice(&half::f16::from_f32(v).to_le_bytes());
-            }
-            labels.push(class);
-        }
-    }
-    use safetensors::tensor::TensorView;
-    let bytes = safetensors::tensor::serialize(
-        [
-            (
-                "embeddings",
-                TensorView::new(safetensors::Dtype::F16, vec![120, 3], &emb).unwrap(),
-            ),
-            (
-                "labels",
-                TensorView::new(safetensors::Dtype::U8, vec![120], &labels).unwrap(),
-            ),
-        ],
-        None,
-    )
-    .unwrap();
-    std::fs::write(dir.join("base_data.safetensors"), bytes).unwrap();
-    let mut m = outpost::model::bundle::read_manifest(dir).unwrap();
-    m.base_data = Some("base_data.safetensors".into());
-    m.files = outpost::model::bundle::hash_folder(dir).unwrap();
-    std::fs::write(
-        dir.join("manifest.json"),
-        serde_json::to_vec_pretty(&m).unwrap(),
-    )
-    .unwrap();
-}
-
 /// The targets an agent gets from the server over HTTP, verified from the pinned root.
 async fn served_targets(http: &reqwest::Client, url: &str, root: &[u8]) -> Targets {
     let get = |f: &str| {
@@ -117,7 +72,7 @@ async fn operators_dashboard_in_a_real_browser() {
     let root = tmp.path();
     let data = root.join("server");
     let bundle = root.join("colours-1.0.0");
-    bundle_with_base_data(&bundle);
+    common::bundle_with_base_data(&bundle);
 
     // The server: keys, colours 1.0.0 on stable, an operator, no automatic training, and
     // candidates held for an operator.
@@ -336,7 +291,8 @@ async fn operators_dashboard_in_a_real_browser() {
         "the view is audited"
     );
 
-    // Train now: propose, confirm, land on the evaluation report.
+    // Train now: propose, confirm; the page answers at once with the job queued, and the
+    // serving process (the only one here) claims the job and runs it.
     browser.goto(&format!("{url}/admin/models")).await;
     browser.wait_page("models").await;
     browser
@@ -346,11 +302,27 @@ async fn operators_dashboard_in_a_real_browser() {
     assert!(browser
         .text("#confirm-what")
         .await
-        .contains("Train colours now"));
+        .contains("Queue a training job for colours"));
     browser.click("#confirm").await;
-    browser.find("#gate").await;
+    browser.wait_page("models").await;
     let flash = browser.text("#flash").await;
-    assert!(flash.contains("trained colours"), "{flash}");
+    assert!(
+        flash.contains("training of colours queued as job #"),
+        "{flash}"
+    );
+    let mut looks = 0;
+    while browser.count("tr[data-candidate='1.1.0']").await == 0 {
+        assert!(
+            looks < 120,
+            "the queued training job did not run within a minute"
+        );
+        looks += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        browser.goto(&format!("{url}/admin/models")).await;
+        browser.wait_page("models").await;
+    }
+    browser.click("tr[data-candidate='1.1.0'] a.report").await;
+    browser.find("#gate").await;
     let candidate = browser.text("#candidate").await;
     assert_eq!(candidate, "1.1.0", "a new label: a minor version");
     assert_eq!(browser.text("#outcome").await, "held", "publish = false");

@@ -194,7 +194,15 @@ fn two_server_processes_queue_and_claim_one_training_job_once() {
             &[],
         )
         .unwrap();
-    assert_eq!(jobs.len(), 1, "one job for the model, queued once");
+    let rows: Vec<(String, String, Option<String>)> = jobs
+        .iter()
+        .map(|j| (j.get(0), j.get(1), j.get(4)))
+        .collect();
+    assert_eq!(
+        jobs.len(),
+        1,
+        "one job for the model, queued once: {rows:?}"
+    );
     let (model, state, attempts): (String, String, i32) =
         (jobs[0].get(0), jobs[0].get(1), jobs[0].get(2));
     let owner: Option<String> = jobs[0].get(3);

@@ -60,6 +60,8 @@ both!(
     a_renewed_lease_keeps_the_job_and_a_dead_claim_is_rerun,
     stats_count_the_whole_deployment,
     dashboard_accounts_sessions_and_feedback_views,
+    leases_are_exclusive_until_released_or_expired,
+    operator_jobs_carry_their_settings,
 );
 
 const FAR: &str = "2999-01-01T00:00:00Z";
@@ -665,7 +667,7 @@ fn work_one_runs_a_job_once_among_concurrent_workers(s: Arc<dyn ServerStore>) {
                     s.as_ref(),
                     &format!("w{i}"),
                     Duration::from_secs(30),
-                    |job| {
+                    |job, _| {
                         assert_eq!(job.model_name, "landcover");
                         runs.fetch_add(1, Ordering::SeqCst);
                         std::thread::sleep(Duration::from_millis(300));
@@ -686,7 +688,7 @@ fn work_one_runs_a_job_once_among_concurrent_workers(s: Arc<dyn ServerStore>) {
     assert_eq!(s.training_jobs(1).unwrap()[0].state, "done");
     // A failing job is recorded as failed with the message.
     s.enqueue_training("landcover", Trigger::Auto, 6).unwrap();
-    let (_, o) = work_one(s.as_ref(), "w", Duration::from_secs(30), |_| {
+    let (_, o) = work_one(s.as_ref(), "w", Duration::from_secs(30), |_, _| {
         Err("no release".into())
     })
     .unwrap()
@@ -712,7 +714,7 @@ fn work_one_runs_a_job_once_among_concurrent_workers(s: Arc<dyn ServerStore>) {
     )
     .unwrap();
     s.enqueue_training("landcover", Trigger::Auto, 10).unwrap();
-    let (_, o) = work_one(s.as_ref(), "w", Duration::from_secs(30), |_| {
+    let (_, o) = work_one(s.as_ref(), "w", Duration::from_secs(30), |_, _| {
         panic!("must not train")
     })
     .unwrap()
@@ -726,7 +728,7 @@ fn a_renewed_lease_keeps_the_job_and_a_dead_claim_is_rerun(s: Arc<dyn ServerStor
     s.enqueue_training("landcover", Trigger::Auto, 5).unwrap();
     let stolen = Arc::new(AtomicUsize::new(0));
     let (s2, stolen2) = (s.clone(), stolen.clone());
-    let result = work_one(s.as_ref(), "slow", Duration::from_secs(2), move |_| {
+    let result = work_one(s.as_ref(), "slow", Duration::from_secs(2), move |_, _| {
         // Meanwhile another process keeps trying to claim: the renewed lease stops it.
         for _ in 0..16 {
             let now = outpost::server::unix_now();
@@ -752,13 +754,15 @@ fn a_renewed_lease_keeps_the_job_and_a_dead_claim_is_rerun(s: Arc<dyn ServerStor
     let dead = s.claim_training("dead", now, now + 2).unwrap().unwrap();
     let ran = AtomicUsize::new(0);
     assert!(
-        work_one(s.as_ref(), "alive", Duration::from_secs(30), |_| Ok(None))
-            .unwrap()
-            .is_none(),
+        work_one(s.as_ref(), "alive", Duration::from_secs(30), |_, _| Ok(
+            None
+        ))
+        .unwrap()
+        .is_none(),
         "not before the lease ran out"
     );
     std::thread::sleep(Duration::from_millis(3100));
-    let (job, o) = work_one(s.as_ref(), "alive", Duration::from_secs(30), |j| {
+    let (job, o) = work_one(s.as_ref(), "alive", Duration::from_secs(30), |j, _| {
         ran.fetch_add(1, Ordering::SeqCst);
         assert_eq!(j.model_name, "reports");
         Ok(Some(1))
@@ -843,5 +847,85 @@ fn stats_count_the_whole_deployment(s: Arc<dyn ServerStore>) {
             versions: owned(&[("landcover", "1.1.0", 1), ("landcover", "none", 1)]),
             drift: owned(&[("landcover", "drifted", 1), ("landcover", "ok", 1)]),
         }
+    );
+}
+
+/// The `repository` lease: one holder among concurrent takers; its holder may take it
+/// again; it is free once given back or once it ran out.
+fn leases_are_exclusive_and_expire_inner(s: &dyn ServerStore) {
+    assert!(s.try_lease("repository", "a", 1000, 1100).unwrap());
+    assert!(
+        !s.try_lease("repository", "b", 1050, 1150).unwrap(),
+        "held by a"
+    );
+    assert!(
+        s.try_lease("repository", "a", 1050, 1150).unwrap(),
+        "a renews"
+    );
+    assert!(
+        s.try_lease("other", "b", 1050, 1150).unwrap(),
+        "names are separate"
+    );
+    s.release_lease("repository", "b").unwrap();
+    assert!(
+        !s.try_lease("repository", "b", 1100, 1200).unwrap(),
+        "b cannot free a's"
+    );
+    assert!(
+        s.try_lease("repository", "b", 1151, 1250).unwrap(),
+        "a's ran out"
+    );
+    s.release_lease("repository", "b").unwrap();
+    assert!(
+        s.try_lease("repository", "c", 1160, 1260).unwrap(),
+        "given back"
+    );
+}
+
+fn leases_are_exclusive_until_released_or_expired(s: Arc<dyn ServerStore>) {
+    leases_are_exclusive_and_expire_inner(s.as_ref());
+    // Eight takers at once: exactly one gets it.
+    let winners = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for i in 0..8 {
+            let (s, winners) = (s.clone(), &winners);
+            scope.spawn(move || {
+                if s.try_lease("race", &format!("p{i}"), 5000, 5100).unwrap() {
+                    winners.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    assert_eq!(winners.load(Ordering::SeqCst), 1);
+}
+
+fn operator_jobs_carry_their_settings(s: Arc<dyn ServerStore>) {
+    let id = s
+        .enqueue_training_with(
+            "landcover",
+            Trigger::Operator,
+            7,
+            Some("{\"tolerance\":0.5}"),
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        s.enqueue_training_with("landcover", Trigger::Operator, 7, None)
+            .unwrap(),
+        None,
+        "one open job per model"
+    );
+    let j = s.training_job(id).unwrap().unwrap();
+    assert_eq!(j.settings.as_deref(), Some("{\"tolerance\":0.5}"));
+    assert_eq!(
+        (j.trigger.as_str(), j.state.as_str()),
+        ("operator", "queued")
+    );
+    assert!(s.training_job(id + 1000).unwrap().is_none());
+    let now = outpost::server::unix_now();
+    let claimed = s.claim_training("w", now, now + 60).unwrap().unwrap();
+    assert_eq!(
+        claimed.settings, j.settings,
+        "the claimer gets the settings"
     );
 }

@@ -341,20 +341,30 @@ fn open_store(cfg: &ServerConfig) -> Result<Arc<dyn ServerStore>> {
         .with_context(|| format!("cannot open the server database {what}"))
 }
 
+fn open_repo(
+    cfg: &ServerConfig,
+    store: &Arc<dyn ServerStore>,
+) -> Result<server::publish::Repository> {
+    Ok(server::publish::Repository::open(cfg)
+        .context("cannot open the model repository's blob store ([blob_store] in the config)")?
+        .with_lock(store.clone()))
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     let cfg = load_config(&cli)?;
     let store = open_store(&cfg)?;
+    let repo = open_repo(&cfg, &store)?;
     match cli.command {
         Command::Serve { listen } => {
             let listen = listen.unwrap_or(cfg.listen.clone());
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-                tracing::info!(address = %listener.local_addr()?, data_dir = %cfg.data_dir.display(), "outpost-server listening");
+                tracing::info!(address = %listener.local_addr()?, data_dir = %cfg.data_dir.display(), repository = repo.blobs().url(), "outpost-server listening");
                 tracing::info!("operators' dashboard: http://{}/admin/ (accounts: outpost-server admin add NAME)", listener.local_addr()?);
-                tokio::spawn(server::background::run(store.clone(), cfg.clone()));
-                let dashboard = server::dashboard::Dashboard::new(store.clone(), cfg.clone());
-                let app = server::router(AppState::new(store, Some(outpost::server::publish::repo_dir(&cfg.data_dir))))
+                tokio::spawn(server::background::run(store.clone(), repo.clone(), cfg.clone()));
+                let dashboard = server::dashboard::Dashboard::new(store.clone(), cfg.clone(), repo.clone());
+                let app = server::router(AppState::new(store, Some(repo.blobs().clone())))
                     .merge(server::dashboard::router(dashboard));
                 server::serve_app(listener, app).await?;
                 anyhow::Ok(())
@@ -426,8 +436,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     threshold,
                 },
         } => {
-            let root =
-                server::publish::init_keys(&cfg.data_dir, &root_keys_dir, root_keys, threshold)?;
+            let root = server::publish::init_keys(&repo, &root_keys_dir, root_keys, threshold)?;
             store.audit(
                 "operator",
                 "keys init",
@@ -438,10 +447,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 root_keys_dir.display()
             );
             println!(
-                "pin this root on the agents: {}",
-                server::publish::repo_dir(&cfg.data_dir)
-                    .join("metadata/root.json")
-                    .display()
+                "pin this root on the agents: metadata/root.json in {} (also served at <server URL>/v1/metadata/1.root.json)",
+                repo.blobs().url()
             );
             let _ = root;
         }
@@ -455,7 +462,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 },
         } => {
             let r = server::publish::rotate_keys(
-                &cfg.data_dir,
+                &repo,
                 &root_keys_dir,
                 &roles,
                 new_root_keys.map(|n| (n, threshold)),
@@ -485,7 +492,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 "agents pick the new root up on their next sync, however many versions they missed"
             );
         }
-        Command::Models { command } => models(&cfg, store.as_ref(), command)?,
+        Command::Models { command } => models(&cfg, &repo, store.as_ref(), command)?,
         Command::Train {
             model,
             no_publish,
@@ -508,11 +515,55 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(p) = percent {
                 settings.percent = p;
             }
-            let o = server::ops::train(store.as_ref(), &cfg, &model, &settings, "operator")?;
-            print_report(&o.report);
-            println!("candidate bundle: {}", o.bundle_dir.display());
-            println!("{}: {}", o.status.as_str(), o.reason);
-            if o.status == RunStatus::Held {
+            // A job in the job table, so exactly one process runs it: a serving process
+            // may claim it, or this command does (it works the queue while it waits).
+            let queued = server::ops::enqueue_train(store.as_ref(), &model, &settings, "operator")?;
+            match queued {
+                server::ops::Queued::New(j) => println!("training job #{j} queued for {model}"),
+                server::ops::Queued::AlreadyOpen(j) => println!(
+                    "a training job for {model} is already queued or running (#{j}); waiting for it (its own settings apply)"
+                ),
+            }
+            let owner = server::background::worker_id();
+            let job = server::ops::wait_for_job(
+                store.as_ref(),
+                queued.job_id(),
+                std::time::Duration::from_secs(3600),
+                || {
+                    if let Err(e) =
+                        server::background::work_once(store.as_ref(), &repo, &cfg, &owner)
+                    {
+                        tracing::warn!(error = %e, "training job queue unavailable");
+                    }
+                },
+            )?;
+            println!(
+                "job #{} {} (run by {})",
+                job.job_id,
+                job.state,
+                job.owner.as_deref().unwrap_or("-")
+            );
+            if let Some(e) = &job.error {
+                anyhow::bail!("training job #{} failed: {e}", job.job_id);
+            }
+            let Some(run) = job.run_id.and_then(|id| {
+                store
+                    .runs(Some(&model))
+                    .ok()?
+                    .into_iter()
+                    .find(|r| r.run_id == id)
+            }) else {
+                anyhow::bail!("training job #{} ended without a run", job.job_id);
+            };
+            if let Some(report) = &run.report {
+                print_report_value(&serde_json::from_str(report)?);
+            }
+            println!(
+                "candidate bundle: {}",
+                run.bundle_dir.as_deref().unwrap_or("-")
+            );
+            println!("{}: {}", run.status.as_str(), run.reason);
+            if run.status == RunStatus::Held {
                 return Ok(ExitCode::from(4));
             }
         }
@@ -692,20 +743,53 @@ fn admin(store: &dyn ServerStore, command: AdminCommand) -> Result<()> {
     Ok(())
 }
 
-fn models(cfg: &ServerConfig, store: &dyn ServerStore, command: ModelsCommand) -> Result<()> {
-    use outpost::server::publish;
+fn models(
+    cfg: &ServerConfig,
+    repo: &server::publish::Repository,
+    store: &dyn ServerStore,
+    command: ModelsCommand,
+) -> Result<()> {
     match command {
         ModelsCommand::ExportUsb {
             model,
             version,
             out,
         } => {
-            let n = outpost::update::usb::write(
-                &publish::repo_dir(&cfg.data_dir),
-                &model,
-                &version,
-                &out,
-            )?;
+            // The USB writer reads a repository folder: the release's part of the blob store
+            // is copied to a scratch folder first (root versions, metadata, its files).
+            let scratch = cfg.data_dir.join(".export-usb");
+            let _ = std::fs::remove_dir_all(&scratch);
+            let blobs = repo.blobs();
+            for n in 1.. {
+                let key = format!("metadata/{n}.root.json");
+                if !blobs.get_to_file(&key, &scratch.join(&key))? {
+                    break;
+                }
+            }
+            for m in [
+                "root.json",
+                "timestamp.json",
+                "snapshot.json",
+                "targets.json",
+            ] {
+                let key = format!("metadata/{m}");
+                blobs.get_to_file(&key, &scratch.join(&key))?;
+            }
+            let targets = server::training::published_targets(repo)
+                .ok_or_else(|| anyhow::anyhow!("nothing is published in {}", blobs.url()))?;
+            for r in targets
+                .releases
+                .iter()
+                .filter(|r| r.model == model && r.version == version)
+            {
+                for target in r.files.values() {
+                    let key = format!("targets/{target}");
+                    blobs.get_to_file(&key, &scratch.join(&key))?;
+                }
+            }
+            let n = outpost::update::usb::write(&scratch, &model, &version, &out);
+            let _ = std::fs::remove_dir_all(&scratch);
+            let n = n?;
             store.audit(
                 "operator",
                 "models export-usb",
@@ -718,7 +802,7 @@ fn models(cfg: &ServerConfig, store: &dyn ServerStore, command: ModelsCommand) -
             );
         }
         ModelsCommand::List => {
-            let targets = server::training::published_targets(&cfg.data_dir);
+            let targets = server::training::published_targets(repo);
             println!("published releases:");
             for r in targets.iter().flat_map(|t| t.releases.iter()) {
                 println!(
@@ -775,7 +859,7 @@ fn models(cfg: &ServerConfig, store: &dyn ServerStore, command: ModelsCommand) -
         } => {
             let p = server::ops::publish(
                 store,
-                &cfg.data_dir,
+                repo,
                 &bundle,
                 model.as_deref(),
                 &channel,
@@ -806,7 +890,7 @@ fn models(cfg: &ServerConfig, store: &dyn ServerStore, command: ModelsCommand) -
             };
             let (what, v) = server::ops::stage(
                 store,
-                &cfg.data_dir,
+                repo,
                 &model,
                 &version,
                 channel.as_deref(),
@@ -823,7 +907,7 @@ fn models(cfg: &ServerConfig, store: &dyn ServerStore, command: ModelsCommand) -
         } => {
             let v = server::ops::withdraw(
                 store,
-                &cfg.data_dir,
+                repo,
                 &model,
                 &version,
                 channel.as_deref(),
@@ -833,10 +917,6 @@ fn models(cfg: &ServerConfig, store: &dyn ServerStore, command: ModelsCommand) -
         }
     }
     Ok(())
-}
-
-fn print_report(r: &outpost::server::training::Report) {
-    print_report_value(&serde_json::to_value(r).unwrap_or_default());
 }
 
 /// Prints an evaluation report for a person: counts, the two held-out comparisons, the gate.

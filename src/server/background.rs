@@ -6,10 +6,15 @@
 //!   the API keeps answering). With several server processes on one PostgreSQL database,
 //!   the job table makes sure exactly one of them runs each job; a job whose process died
 //!   is taken over once its lease runs out;
+//!   is taken over once its lease runs out. A process whose lease was taken over stops its
+//!   run and publishes nothing (the run checks its lease before publishing);
 //! - **fresh timestamps**: the timestamp metadata expires after a day (so a replayed old
-//!   state goes stale quickly); it is re-signed when less than half a day is left.
+//!   state goes stale quickly); it is re-signed when less than half a day is left, once
+//!   across all processes (under the repository lease, with put-if-absent of the new
+//!   version in the shared blob store: see `publish::refresh_timestamp`).
 
 use super::config::ServerConfig;
+use super::publish::Repository;
 use super::store::{ServerStore, ServerStoreError, TrainingJob, Trigger};
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,11 +73,13 @@ pub fn enqueue_due(store: &dyn ServerStore, after: i64, drift_after: i64) -> Vec
     let recent = store.training_jobs(100).unwrap_or_default();
     for model in due_models(store, after, drift_after) {
         let seen = store.model_feedback_count(&model).unwrap_or(0);
-        // A job that failed on this very feedback (no release to train from, say) is not
-        // queued again every few seconds: new feedback, or an operator, starts the next.
+        // A job that already covers this very feedback is not queued again: one that failed
+        // on it (no release to train from, say) waits for new feedback or an operator, and
+        // one queued or running (or done) covers it. Any state counts, so a job that another
+        // process queued and that failed between our look and our insert is not missed.
         if recent
             .iter()
-            .any(|j| j.model_name == model && j.state == "failed" && j.feedback_seen >= seen)
+            .any(|j| j.model_name == model && j.feedback_seen >= seen)
         {
             continue;
         }
@@ -103,11 +110,16 @@ pub enum JobOutcome {
 
 /// Claims one training job, if any is free, and runs `train` on it while a helper thread
 /// renews the lease every third of `lease`. Returns the job and what became of it.
+///
+/// `train` gets the job and a check, `still_ours`, to call before anything that must not
+/// happen twice (publishing): it renews the lease there and then and answers false once the
+/// lease is lost (renewal found another owner, or the lease ran out and was taken), after
+/// which the run must stop without publishing. The outcome is then [`JobOutcome::LostLease`].
 pub fn work_one(
     store: &dyn ServerStore,
     owner: &str,
     lease: Duration,
-    train: impl FnOnce(&TrainingJob) -> Result<Option<i64>, String>,
+    train: impl FnOnce(&TrainingJob, &(dyn Fn() -> bool + Sync)) -> Result<Option<i64>, String>,
 ) -> Result<Option<(TrainingJob, JobOutcome)>, ServerStoreError> {
     let lease_secs = lease.as_secs().max(1) as i64;
     let now = super::unix_now();
@@ -118,10 +130,12 @@ pub fn work_one(
     // Another process may have trained this model on this feedback already (the job was
     // queued again between its run's end and our look): then there is nothing to do. A run
     // that never finished (its process died) does not count.
-    let covered = store
-        .runs(Some(&job.model_name))?
-        .iter()
-        .any(|r| r.finished_at.is_some() && r.feedback_seen >= job.feedback_seen);
+    // An operator's job always trains (they may have changed the settings).
+    let covered = job.trigger() == Trigger::Auto
+        && store
+            .runs(Some(&job.model_name))?
+            .iter()
+            .any(|r| r.finished_at.is_some() && r.feedback_seen >= job.feedback_seen);
     if covered {
         store.finish_training(job.job_id, owner, None, None)?;
         return Ok(Some((job, JobOutcome::Skipped)));
@@ -154,7 +168,29 @@ pub fn work_one(
                 }
             }
         });
-        let r = train(&job);
+        let still_ours = || {
+            if lost_ref.load(std::sync::atomic::Ordering::Relaxed) {
+                return false;
+            }
+            let until = super::unix_now() + lease_secs;
+            match store.renew_training(job_ref.job_id, owner, until) {
+                Ok(true) => true,
+                Ok(false) => {
+                    tracing::warn!(
+                        job = job_ref.job_id,
+                        "training job lease lost: the run stops"
+                    );
+                    lost_ref.store(true, std::sync::atomic::Ordering::Relaxed);
+                    false
+                }
+                // Unsure is not ours: better a run that is retried than one published twice.
+                Err(e) => {
+                    tracing::warn!(job = job_ref.job_id, error = %e, "cannot confirm the training job lease: the run stops");
+                    false
+                }
+            }
+        };
+        let r = train(&job, &still_ours);
         drop(stop_tx);
         r
     });
@@ -174,51 +210,79 @@ pub fn work_one(
     Ok(Some((job, outcome)))
 }
 
+/// Trains the model of `job`: with the settings the job carries (an operator's `train`)
+/// or the configured ones, one run at a time in this process. `still_ours` is
+/// [`work_one`]'s lease check. Returns the run's id.
+pub fn train_job(
+    store: &dyn ServerStore,
+    repo: &Repository,
+    cfg: &ServerConfig,
+    job: &TrainingJob,
+    still_ours: &(dyn Fn() -> bool + Sync),
+) -> Result<Option<i64>, String> {
+    crate::model::runtime::init(cfg.ort_lib.as_deref()).map_err(|e| e.to_string())?;
+    let settings = match &job.settings {
+        Some(json) => serde_json::from_str(json)
+            .map_err(|e| format!("job #{} carries unreadable settings: {e}", job.job_id))?,
+        None => cfg.training.clone(),
+    };
+    let o = super::ops::with_training_lock(|| {
+        super::training::run(
+            store,
+            repo,
+            &job.model_name,
+            &settings,
+            job.trigger(),
+            still_ours,
+        )
+    })
+    .map_err(|e| e.to_string())?;
+    tracing::info!(
+        model = %job.model_name,
+        version = %o.report.candidate_version,
+        status = o.status.as_str(),
+        reason = %o.reason,
+        "training run finished"
+    );
+    Ok(Some(o.run_id))
+}
+
+/// Claims one free training job, if any, and trains it ([`work_one`] with [`train_job`]).
+pub fn work_once(
+    store: &dyn ServerStore,
+    repo: &Repository,
+    cfg: &ServerConfig,
+    owner: &str,
+) -> Result<Option<(TrainingJob, JobOutcome)>, ServerStoreError> {
+    work_one(store, owner, JOB_LEASE, |job, still_ours| {
+        train_job(store, repo, cfg, job, still_ours)
+    })
+}
+
 /// Runs until the process ends. Every server process runs this loop; the job table makes
 /// sure each training job is run by exactly one of them.
-pub async fn run(store: Arc<dyn ServerStore>, cfg: ServerConfig) {
+pub async fn run(store: Arc<dyn ServerStore>, repo: Repository, cfg: ServerConfig) {
     let owner = worker_id();
     tracing::info!(worker = %owner, "background work started");
     let mut ticker = tokio::time::interval(CHECK_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let dir = cfg.data_dir.clone();
-        match super::publish::refresh_timestamp(&dir, time::Duration::hours(12)) {
-            Ok(Some(v)) => tracing::info!(version = v, "timestamp metadata re-signed"),
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot re-sign the timestamp metadata"),
-        }
-        // The store may be PostgreSQL's blocking client: never call it on an async thread.
-        let (store, cfg, owner) = (store.clone(), cfg.clone(), owner.clone());
+        // The store may be PostgreSQL's blocking client, and the blob store is read from
+        // blocking code: never on an async thread.
+        let (store, repo, cfg, owner) = (store.clone(), repo.clone(), cfg.clone(), owner.clone());
         let result = tokio::task::spawn_blocking(move || {
+            match super::publish::refresh_timestamp(&repo, time::Duration::hours(12)) {
+                Ok(Some(v)) => tracing::info!(version = v, "timestamp metadata re-signed"),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot re-sign the timestamp metadata"),
+            }
             enqueue_due(
                 store.as_ref(),
                 cfg.training.auto_train_after,
                 cfg.training.drift_train_after,
             );
-            work_one(store.as_ref(), &owner, JOB_LEASE, |job| {
-                crate::model::runtime::init(cfg.ort_lib.as_deref()).map_err(|e| e.to_string())?;
-                // One run at a time in this process (the dashboard's "train now" too).
-                let o = super::ops::with_training_lock(|| {
-                    super::training::run(
-                        store.as_ref(),
-                        &cfg.data_dir,
-                        &job.model_name,
-                        &cfg.training,
-                        job.trigger(),
-                    )
-                })
-                .map_err(|e| e.to_string())?;
-                tracing::info!(
-                    model = %job.model_name,
-                    version = %o.report.candidate_version,
-                    status = o.status.as_str(),
-                    reason = %o.reason,
-                    "training run finished"
-                );
-                Ok(Some(o.run_id))
-            })
+            work_once(store.as_ref(), &repo, &cfg, &owner)
         })
         .await;
         match result {

@@ -22,6 +22,9 @@ pub struct ServerConfig {
     pub ort_lib: Option<PathBuf>,
     /// Retraining.
     pub training: TrainingSettings,
+    /// Where the signed model repository is stored (`[blob_store]`): `data_dir/repo` on the
+    /// local disk by default, or an S3 bucket shared by several server processes.
+    pub blob_store: super::blob::BlobStoreConfig,
 }
 
 impl Default for ServerConfig {
@@ -33,6 +36,7 @@ impl Default for ServerConfig {
             enrollment_valid_hours: 72,
             ort_lib: None,
             training: TrainingSettings::default(),
+            blob_store: super::blob::BlobStoreConfig::default(),
         }
     }
 }
@@ -85,6 +89,7 @@ mod tests {
             toml::from_str(include_str!("../../config/server.toml")).unwrap();
         assert_eq!(c.listen, "127.0.0.1:8480");
         assert_eq!(c.database_url, None);
+        assert_eq!(c.blob_store, super::super::blob::BlobStoreConfig::default());
         let d = super::TrainingSettings::default();
         assert_eq!(c.training.holdout_percent, d.holdout_percent);
         assert_eq!(c.training.auto_train_after, d.auto_train_after);

@@ -25,6 +25,7 @@
 //! a bad signature. A device can only write feedback under its own id.
 
 pub mod background;
+pub mod blob;
 pub mod config;
 pub mod dashboard;
 pub mod export_key;
@@ -57,15 +58,16 @@ pub const MAX_BATCH_BYTES: usize = 64 << 20;
 pub struct AppState {
     /// Storage.
     pub store: Arc<dyn ServerStore>,
-    /// The signed repository (metadata and content-addressed bundle files), if any.
-    pub repo: Option<std::path::PathBuf>,
+    /// The blob store of the signed repository (metadata and content-addressed bundle
+    /// files), if any: read on every request, so what any process published is served.
+    pub repo: Option<blob::BlobStore>,
     /// This process's counters for `/metrics`.
     pub metrics: Arc<metrics::Metrics>,
 }
 
 impl AppState {
     /// State over `store`, serving `repo`, with fresh metrics.
-    pub fn new(store: Arc<dyn ServerStore>, repo: Option<std::path::PathBuf>) -> AppState {
+    pub fn new(store: Arc<dyn ServerStore>, repo: Option<blob::BlobStore>) -> AppState {
         AppState {
             store,
             repo,
@@ -484,13 +486,17 @@ async fn metadata(
             format!("no metadata {name:?}"),
         ));
     };
-    let path = repo.join("metadata").join(&name);
-    match tokio::fs::read(&path).await {
-        Ok(b) => Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], b).into_response()),
-        Err(_) => Err(ApiError(
+    match repo.get_from(&format!("metadata/{name}"), 0).await {
+        Ok(Some(r)) => Ok((
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            r.bytes,
+        )
+            .into_response()),
+        Ok(None) => Err(ApiError(
             StatusCode::NOT_FOUND,
             format!("no metadata {name:?} (nothing published yet?)"),
         )),
+        Err(e) => Err(internal(e)),
     }
 }
 
@@ -505,40 +511,53 @@ async fn target(
     let Some(repo) = st.repo.filter(|_| ok) else {
         return Err(ApiError(StatusCode::NOT_FOUND, "no such file".into()));
     };
-    let bytes = tokio::fs::read(repo.join("targets/sha256").join(&hash))
-        .await
-        .map_err(|_| ApiError(StatusCode::NOT_FOUND, "no such file".into()))?;
+    let key = format!("targets/sha256/{hash}");
+    let not_found = || ApiError(StatusCode::NOT_FOUND, "no such file".into());
     let start = headers
         .get(axum::http::header::RANGE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("bytes="))
         .and_then(|v| v.strip_suffix('-'))
-        .and_then(|v| v.parse::<usize>().ok());
+        .and_then(|v| v.parse::<u64>().ok());
+    let octets = (
+        axum::http::header::CONTENT_TYPE,
+        "application/octet-stream".to_string(),
+    );
     match start {
-        None => Ok((
-            [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
-            bytes,
-        )
-            .into_response()),
-        Some(s) if s < bytes.len() => {
-            let range = format!("bytes {s}-{}/{}", bytes.len() - 1, bytes.len());
+        None | Some(0) => {
+            let r = repo.get_from(&key, 0).await.map_err(internal)?;
+            let r = r.ok_or_else(not_found)?;
+            if start.is_none() {
+                return Ok(([octets], r.bytes).into_response());
+            }
+            let range = format!("bytes 0-{}/{}", r.size.saturating_sub(1), r.size);
             Ok((
                 StatusCode::PARTIAL_CONTENT,
-                [
-                    (axum::http::header::CONTENT_RANGE, range),
-                    (
-                        axum::http::header::CONTENT_TYPE,
-                        "application/octet-stream".into(),
-                    ),
-                ],
-                bytes[s..].to_vec(),
+                [(axum::http::header::CONTENT_RANGE, range), octets],
+                r.bytes,
             )
                 .into_response())
         }
-        Some(_) => Err(ApiError(
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            "range starts past the end of the file".into(),
-        )),
+        Some(s) => {
+            // The size first: a start past the end is the client's error, not the store's.
+            let size = repo.size(&key).await.map_err(internal)?;
+            let size = size.ok_or_else(not_found)?;
+            if s >= size {
+                return Err(ApiError(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "range starts past the end of the file".into(),
+                ));
+            }
+            let r = repo.get_from(&key, s).await.map_err(internal)?;
+            let r = r.ok_or_else(not_found)?;
+            let range = format!("bytes {s}-{}/{}", r.size - 1, r.size);
+            Ok((
+                StatusCode::PARTIAL_CONTENT,
+                [(axum::http::header::CONTENT_RANGE, range), octets],
+                r.bytes,
+            )
+                .into_response())
+        }
     }
 }
 

@@ -4,11 +4,11 @@
 //! (the action is named as the command is: `models withdraw`, `devices revoke`, ...). The
 //! `actor` is who did it: `operator` at the command line, `operator:<name>` on the page.
 
-use super::config::ServerConfig;
-use super::publish::{self, PublishError};
-use super::store::{Device, ServerStore, ServerStoreError, TrainingRun, Trigger};
-use super::training::{self, Outcome, TrainingError, TrainingSettings};
-use std::path::{Path, PathBuf};
+use super::publish::{self, PublishError, Repository};
+use super::store::{Device, ServerStore, ServerStoreError, TrainingJob, TrainingRun, Trigger};
+use super::training::{TrainingError, TrainingSettings};
+use std::path::PathBuf;
+use std::time::Duration;
 
 /// Why an operator action could not be done.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +44,16 @@ pub enum OpsError {
     /// ONNX Runtime could not be loaded (training evaluates bundles with it).
     #[error("{0}")]
     Runtime(String),
+    /// A queued training job did not end in time.
+    #[error("training job #{job} has not ended after {waited:?} (state {state}); `outpost-server jobs` shows it")]
+    JobTimeout {
+        /// The job.
+        job: i64,
+        /// Its last state.
+        state: String,
+        /// How long we waited.
+        waited: Duration,
+    },
 }
 
 /// The training run that built candidate `version` (of `model`, if several have it).
@@ -89,7 +99,7 @@ pub struct Published {
 #[allow(clippy::too_many_arguments)]
 pub fn publish(
     store: &dyn ServerStore,
-    data_dir: &Path,
+    repo: &Repository,
     bundle_or_version: &str,
     model: Option<&str>,
     channel: &str,
@@ -108,7 +118,7 @@ pub fn publish(
             .ok_or(OpsError::NoBundle(run.run_id))?;
         (PathBuf::from(dir), Some(run))
     };
-    let v = publish::publish(data_dir, &dir, channel, groups, percent)?;
+    let v = publish::publish(repo, &dir, channel, groups, percent)?;
     let what = format!("{} to {channel} {groups:?} {percent}%", dir.display());
     store.audit(actor, "models publish", &what)?;
     if let Some(run) = candidate {
@@ -129,7 +139,7 @@ pub fn publish(
 #[allow(clippy::too_many_arguments)]
 pub fn stage(
     store: &dyn ServerStore,
-    data_dir: &Path,
+    repo: &Repository,
     model: &str,
     version: &str,
     channel: Option<&str>,
@@ -137,7 +147,7 @@ pub fn stage(
     percent: u8,
     actor: &str,
 ) -> Result<(String, u64), OpsError> {
-    let v = publish::restage(data_dir, model, version, channel, groups, percent)?;
+    let v = publish::restage(repo, model, version, channel, groups, percent)?;
     let what = format!(
         "{model} {version}: groups {}, {percent}%",
         match groups {
@@ -154,13 +164,13 @@ pub fn stage(
 /// targets version.
 pub fn withdraw(
     store: &dyn ServerStore,
-    data_dir: &Path,
+    repo: &Repository,
     model: &str,
     version: &str,
     channel: Option<&str>,
     actor: &str,
 ) -> Result<u64, OpsError> {
-    let v = publish::withdraw(data_dir, model, version, channel)?;
+    let v = publish::withdraw(repo, model, version, channel)?;
     store.audit(
         actor,
         "models withdraw",
@@ -180,8 +190,8 @@ pub fn revoke(store: &dyn ServerStore, device: &str, actor: &str) -> Result<Devi
     Ok(d)
 }
 
-/// One training run at a time in this process: the dashboard's "train now" and the
-/// automatic trigger would otherwise race for the same next version.
+/// One training run at a time in this process: two jobs claimed by the same process would
+/// otherwise race for the same next version.
 static TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Runs `f` while holding the process-wide training lock.
@@ -190,20 +200,80 @@ pub fn with_training_lock<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
-/// `train`: retrains `model` now with `settings`, evaluates, gates and (if it passes and
-/// publishing is on) publishes. Blocks for the length of the run.
-pub fn train(
+/// What [`enqueue_train`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    /// A new job with this id.
+    New(i64),
+    /// A job for the model was queued or running already (this id): nothing new queued.
+    AlreadyOpen(i64),
+}
+
+impl Queued {
+    /// The job to follow.
+    pub fn job_id(self) -> i64 {
+        match self {
+            Queued::New(j) | Queued::AlreadyOpen(j) => j,
+        }
+    }
+}
+
+/// `train` (the command and the dashboard's "train now"): queues a training job for `model`
+/// with `settings` in the job table, so that exactly one server process runs it (its
+/// settings travel with the job). Does not wait; see [`wait_for_job`].
+pub fn enqueue_train(
     store: &dyn ServerStore,
-    cfg: &ServerConfig,
     model: &str,
     settings: &TrainingSettings,
     actor: &str,
-) -> Result<Outcome, OpsError> {
-    crate::model::runtime::init(cfg.ort_lib.as_deref())
-        .map_err(|e| OpsError::Runtime(e.to_string()))?;
-    store.audit(actor, "train", model)?;
-    with_training_lock(|| {
-        training::run(store, &cfg.data_dir, model, settings, Trigger::Operator)
-            .map_err(OpsError::from)
-    })
+) -> Result<Queued, OpsError> {
+    let seen = store.model_feedback_count(model)?;
+    let json = serde_json::to_string(settings).unwrap_or_default();
+    match store.enqueue_training_with(model, Trigger::Operator, seen, Some(&json))? {
+        Some(job) => {
+            store.audit(actor, "train", &format!("{model} (job #{job} queued)"))?;
+            Ok(Queued::New(job))
+        }
+        None => {
+            let open = store
+                .training_jobs(200)?
+                .into_iter()
+                .find(|j| j.model_name == model && (j.state == "queued" || j.state == "running"))
+                .map(|j| j.job_id)
+                .unwrap_or(0);
+            Ok(Queued::AlreadyOpen(open))
+        }
+    }
+}
+
+/// Waits until job `job` is done or failed, calling `work` between looks (the command line
+/// passes a function that claims and runs free jobs itself, so `outpost-server train`
+/// also works with no server running; a serving process may claim the job first, and then
+/// this only waits). Gives up after `limit`.
+pub fn wait_for_job(
+    store: &dyn ServerStore,
+    job: i64,
+    limit: Duration,
+    mut work: impl FnMut(),
+) -> Result<TrainingJob, OpsError> {
+    let started = std::time::Instant::now();
+    loop {
+        let j = store.training_job(job)?.ok_or(OpsError::JobTimeout {
+            job,
+            state: "missing".into(),
+            waited: started.elapsed(),
+        })?;
+        if j.state == "done" || j.state == "failed" {
+            return Ok(j);
+        }
+        if started.elapsed() > limit {
+            return Err(OpsError::JobTimeout {
+                job,
+                state: j.state,
+                waited: started.elapsed(),
+            });
+        }
+        work();
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }

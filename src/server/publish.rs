@@ -2,23 +2,39 @@
 //! bundle as a signed release (content-addressed target files, new targets, snapshot and
 //! timestamp metadata).
 //!
-//! Layout under the server's data folder:
+//! The signed repository lives in the [`BlobStore`] (`src/server/blob.rs`: `data_dir/repo`
+//! on the local disk by default, or an S3 bucket every server process shares):
 //!
 //! ```text
-//! keys/online/{targets,snapshot,timestamp}.pk8   online keys (mode 0600), used by the server
-//! repo/metadata/{root,targets,snapshot,timestamp}.json, and N.root.json for every root version
-//! repo/targets/sha256/<hash>                    bundle files, stored once by content
+//! metadata/{root,targets,snapshot,timestamp}.json, and N.root.json for every root version
+//! metadata/N.{targets,snapshot,timestamp}.json  every signed version, written once
+//! targets/sha256/<hash>                         bundle files, stored once by content
 //! ```
 //!
-//! The root keys never live there: `keys init` writes them to a separate folder meant for
-//! an offline medium (`--root-keys-dir`), and only root metadata signed with them is copied in.
+//! The keys never go there: the online keys stay in the data folder
+//! (`keys/online/{targets,snapshot,timestamp}.pk8`, mode 0600), and `keys init` writes the
+//! root keys to a separate folder meant for an offline medium (`--root-keys-dir`); only
+//! root metadata signed with them is copied in.
+//!
+//! **Several processes.** Every change of the repository (publish, stage, withdraw, key
+//! rotation, re-signing the timestamp) runs under the `repository` lease in the server's
+//! database when the [`Repository`] has one ([`Repository::with_lock`]), so two processes
+//! never sign from the same starting state. As a second guard each signed version is first
+//! written as `metadata/N.<role>.json` with put-if-absent: a process that would sign a
+//! version another already signed stops ([`PublishError::Conflict`]) instead of replacing
+//! it. That is also what makes re-signing the timestamp happen once: every process looks
+//! every few seconds, and only the one whose put-if-absent of the next version succeeds
+//! writes `timestamp.json`.
 
+use super::blob::{BlobError, BlobStore};
+use super::store::ServerStore;
 use crate::trust::{
     sign, MetaFile, Release, RoleKeys, Root, Signed, SigningKey, Snapshot, TargetFile, Targets,
     Timestamp,
 };
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Publishing errors.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +61,21 @@ pub enum PublishError {
         /// Version.
         version: String,
     },
+    /// The blob store holding the repository.
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    /// The database (the `repository` lease).
+    #[error(transparent)]
+    Store(#[from] super::store::ServerStoreError),
+    /// Another process signed this version first.
+    #[error("{0} was signed by another server process at the same time; try again")]
+    Conflict(String),
+    /// Another process held the repository for too long.
+    #[error("another server process has been changing the repository for {0:?}; try again")]
+    Busy(std::time::Duration),
+    /// A training run lost its job (another process took it over): it publishes nothing.
+    #[error("the training job was taken over by another process; this run publishes nothing")]
+    LeaseLost,
     /// A version that does not go up.
     #[error("{model} {version} is not newer than the published {published}; versions only go up")]
     NotNewer {
@@ -81,41 +112,181 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), PublishError> {
     f.sync_all().map_err(io(path))
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PublishError> {
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d).map_err(io(d))?;
-    }
-    let tmp = path.with_extension("partial");
-    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
-}
-
 fn expires_in(days: i64) -> String {
     (time::OffsetDateTime::now_utc() + time::Duration::days(days))
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
 
-/// The repository folder of a server data folder.
+/// The repository folder of a server data folder (the default, local blob store).
 pub fn repo_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("repo")
+}
+
+/// How long the `repository` lease is taken for (a publish copies a bundle of a few MB).
+pub const REPOSITORY_LEASE: std::time::Duration = std::time::Duration::from_secs(120);
+/// How long a change waits for the lease another process holds.
+const LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The signed repository: where it is stored, the data folder holding the online keys,
+/// and (with several processes) the database whose `repository` lease serialises changes.
+#[derive(Clone)]
+pub struct Repository {
+    blobs: BlobStore,
+    data_dir: PathBuf,
+    lock: Option<Arc<dyn ServerStore>>,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("blobs", &self.blobs)
+            .field("data_dir", &self.data_dir)
+            .field("locked", &self.lock.is_some())
+            .finish()
+    }
+}
+
+impl Repository {
+    /// The repository in `blobs`, signed with the keys of `data_dir`, without a lease.
+    pub fn new(blobs: BlobStore, data_dir: &Path) -> Repository {
+        Repository {
+            blobs,
+            data_dir: data_dir.to_path_buf(),
+            lock: None,
+        }
+    }
+
+    /// The default: `data_dir/repo` on the local disk, without a lease (one process).
+    pub fn local(data_dir: &Path) -> Result<Repository, PublishError> {
+        Ok(Repository::new(
+            BlobStore::local(&repo_dir(data_dir))?,
+            data_dir,
+        ))
+    }
+
+    /// The repository `cfg` configures (`[blob_store]`, else `data_dir/repo`).
+    pub fn open(cfg: &super::config::ServerConfig) -> Result<Repository, PublishError> {
+        Ok(Repository::new(
+            BlobStore::open(&cfg.blob_store, &repo_dir(&cfg.data_dir))?,
+            &cfg.data_dir,
+        ))
+    }
+
+    /// Changes take the `repository` lease in `store` first (several processes).
+    pub fn with_lock(mut self, store: Arc<dyn ServerStore>) -> Repository {
+        self.lock = Some(store);
+        self
+    }
+
+    /// Where the repository is stored.
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
+    /// The data folder (online keys, candidates).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Takes the `repository` lease (if this repository has a database), waiting up to a
+    /// minute for another process to finish its change.
+    fn lock(&self) -> Result<RepoGuard, PublishError> {
+        let Some(store) = self.lock.clone() else {
+            return Ok(RepoGuard(None));
+        };
+        let owner = format!("{}:{}", std::process::id(), uuid::Uuid::new_v4().simple());
+        let started = std::time::Instant::now();
+        loop {
+            let now = super::unix_now();
+            let until = now + REPOSITORY_LEASE.as_secs() as i64;
+            if store.try_lease(REPOSITORY_LEASE_NAME, &owner, now, until)? {
+                return Ok(RepoGuard(Some((store, owner))));
+            }
+            if started.elapsed() > LEASE_WAIT {
+                return Err(PublishError::Busy(LEASE_WAIT));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    fn read_signed<T: crate::trust::Role>(
+        &self,
+        name: &str,
+    ) -> Result<Option<Signed<T>>, PublishError> {
+        Ok(self
+            .blobs
+            .get(&format!("metadata/{name}"))?
+            .and_then(|b| crate::trust::parse(&b).ok()))
+    }
+
+    fn write_meta(&self, name: &str, bytes: Vec<u8>) -> Result<(), PublishError> {
+        Ok(self.blobs.put(&format!("metadata/{name}"), bytes)?)
+    }
+
+    /// The first version from `from` on whose `metadata/N.<role>.json` is not written yet,
+    /// when this repository has the lease: under the lease no other process is signing, so a
+    /// version written but never made current is left by a process that died (or failed to
+    /// write) in between, and is skipped (versions only need to go up). Without a lease,
+    /// `from` as it is: then put-if-absent must see the conflict.
+    fn next_free(&self, role: &str, from: u64) -> Result<u64, PublishError> {
+        if self.lock.is_none() {
+            return Ok(from);
+        }
+        let mut v = from;
+        while self.blobs.exists(&format!("metadata/{v}.{role}.json"))? {
+            tracing::warn!(
+                role,
+                version = v,
+                "skipping a version signed but never made current"
+            );
+            v += 1;
+        }
+        Ok(v)
+    }
+
+    /// Writes `N.<role>.json` once: a [`PublishError::Conflict`] if it exists.
+    fn claim_meta(&self, name: &str, bytes: Vec<u8>) -> Result<(), PublishError> {
+        if self.blobs.put_new(&format!("metadata/{name}"), bytes)? {
+            Ok(())
+        } else {
+            Err(PublishError::Conflict(name.to_string()))
+        }
+    }
+}
+
+/// The lease name in the database's `leases` table.
+pub const REPOSITORY_LEASE_NAME: &str = "repository";
+
+/// Holds the `repository` lease until dropped.
+struct RepoGuard(Option<(Arc<dyn ServerStore>, String)>);
+
+impl Drop for RepoGuard {
+    fn drop(&mut self) {
+        if let Some((store, owner)) = &self.0 {
+            if let Err(e) = store.release_lease(REPOSITORY_LEASE_NAME, owner) {
+                tracing::warn!(error = %e, "cannot release the repository lease (it runs out by itself)");
+            }
+        }
+    }
 }
 
 /// Creates root keys (n, written to `root_keys_dir`), the online keys (in the data folder),
 /// and root metadata version 1 signed by `threshold` of the root keys.
 pub fn init_keys(
-    data_dir: &Path,
+    repo: &Repository,
     root_keys_dir: &Path,
     n: usize,
     threshold: u32,
 ) -> Result<Signed<Root>, PublishError> {
-    let meta = repo_dir(data_dir).join("metadata/root.json");
-    if meta.exists() {
+    let _guard = repo.lock()?;
+    if repo.blobs.exists("metadata/root.json")? {
         return Err(PublishError::Keys(format!(
-            "{} exists already: keys are initialised",
-            meta.display()
+            "{}: metadata/root.json exists already: keys are initialised",
+            repo.blobs.url()
         )));
     }
+    let data_dir = repo.data_dir();
     let root_keys: Vec<SigningKey> = (0..n.max(1)).map(|_| SigningKey::generate()).collect();
     for (i, k) in root_keys.iter().enumerate() {
         write_private(&root_keys_dir.join(format!("root-{i}.pk8")), k.pkcs8())?;
@@ -159,8 +330,10 @@ pub fn init_keys(
     let signers: Vec<&SigningKey> = root_keys.iter().take(threshold.max(1) as usize).collect();
     let signed = sign(root, &signers);
     let bytes = serde_json::to_vec_pretty(&signed).unwrap_or_default();
-    write_atomic(&meta, &bytes)?;
-    write_atomic(&repo_dir(data_dir).join("metadata/1.root.json"), &bytes)?;
+    // 1.root.json first, with put-if-absent: of two processes initialising one shared
+    // store at once, one wins and the other stops before writing root.json.
+    repo.claim_meta("1.root.json", bytes.clone())?;
+    repo.write_meta("root.json", bytes)?;
     Ok(signed)
 }
 
@@ -176,17 +349,25 @@ fn online_key(data_dir: &Path, role: &str) -> Result<SigningKey, PublishError> {
         .ok_or_else(|| PublishError::Keys(format!("online key {} is damaged", p.display())))
 }
 
-fn read_signed<T: crate::trust::Role>(path: &Path) -> Option<Signed<T>> {
-    std::fs::read(path)
-        .ok()
-        .and_then(|b| crate::trust::parse(&b).ok())
-}
-
 /// Publishes a bundle folder as a release to `channel` (and `groups`, `percent`): copies
 /// its files by content into the repository, adds the release to targets, and signs new
 /// targets, snapshot and timestamp. Returns the new targets version.
 pub fn publish(
-    data_dir: &Path,
+    repo: &Repository,
+    bundle_dir: &Path,
+    channel: &str,
+    groups: &[String],
+    percent: u8,
+) -> Result<u64, PublishError> {
+    publish_if(repo, &|| true, bundle_dir, channel, groups, percent)
+}
+
+/// [`publish`], asking `still_ours` once the repository lease is held and before anything
+/// is written: a training run whose job another process took over answers false, and then
+/// nothing is published ([`PublishError::LeaseLost`]).
+pub fn publish_if(
+    repo: &Repository,
+    still_ours: &dyn Fn() -> bool,
     bundle_dir: &Path,
     channel: &str,
     groups: &[String],
@@ -194,9 +375,11 @@ pub fn publish(
 ) -> Result<u64, PublishError> {
     let bundle = crate::model::Bundle::open(bundle_dir)?;
     let m = &bundle.manifest;
-    let repo = repo_dir(data_dir);
-    let meta = repo.join("metadata");
-    let prev: Option<Signed<Targets>> = read_signed(&meta.join("targets.json"));
+    let _guard = repo.lock()?;
+    if !still_ours() {
+        return Err(PublishError::LeaseLost);
+    }
+    let prev: Option<Signed<Targets>> = repo.read_signed("targets.json")?;
     let mut targets = prev.as_ref().map(|t| t.signed.clone()).unwrap_or(Targets {
         type_: "targets".into(),
         version: 0,
@@ -229,13 +412,10 @@ pub fn publish(
     for (name, path) in all {
         let (sha, len) = crate::hash::sha256_file(&path).map_err(io(&path))?;
         let target = format!("sha256/{sha}");
-        let dest = repo.join("targets").join(&target);
-        if !dest.exists() {
-            if let Some(d) = dest.parent() {
-                std::fs::create_dir_all(d).map_err(io(d))?;
-            }
-            std::fs::copy(&path, &dest).map_err(io(&dest))?;
-        }
+        // Content-addressed: a file already there (the backbone of the last release) is
+        // not sent again; two processes writing the same file write the same bytes.
+        repo.blobs
+            .put_file_new(&format!("targets/{target}"), &path)?;
         targets.targets.insert(
             target.clone(),
             TargetFile {
@@ -256,16 +436,18 @@ pub fn publish(
     });
     targets.version += 1;
     targets.expires = expires_in(90);
-    sign_chain(data_dir, targets)
+    sign_chain(repo, targets)
 }
 
-/// Signs `targets` and a matching snapshot and timestamp, and writes all three.
-pub fn sign_chain(data_dir: &Path, targets: Targets) -> Result<u64, PublishError> {
-    let meta = repo_dir(data_dir).join("metadata");
+/// Signs `targets` and a matching snapshot and timestamp, and writes all three. The caller
+/// holds the repository lease.
+fn sign_chain(repo: &Repository, mut targets: Targets) -> Result<u64, PublishError> {
+    let data_dir = repo.data_dir();
+    targets.version = repo.next_free("targets", targets.version)?;
     let version = targets.version;
     let tg = sign(targets, &[&online_key(data_dir, "targets")?]);
-    let prev_sn: Option<Signed<Snapshot>> = read_signed(&meta.join("snapshot.json"));
-    let prev_ts: Option<Signed<Timestamp>> = read_signed(&meta.join("timestamp.json"));
+    let prev_sn: Option<Signed<Snapshot>> = repo.read_signed("snapshot.json")?;
+    let prev_ts: Option<Signed<Timestamp>> = repo.read_signed("timestamp.json")?;
     let mut sm = BTreeMap::new();
     sm.insert(
         "targets.json".to_string(),
@@ -278,7 +460,10 @@ pub fn sign_chain(data_dir: &Path, targets: Targets) -> Result<u64, PublishError
     let sn = sign(
         Snapshot {
             type_: "snapshot".into(),
-            version: prev_sn.map(|s| s.signed.version).unwrap_or(0) + 1,
+            version: repo.next_free(
+                "snapshot",
+                prev_sn.map(|s| s.signed.version).unwrap_or(0) + 1,
+            )?,
             expires: expires_in(30),
             meta: sm,
         },
@@ -297,44 +482,56 @@ pub fn sign_chain(data_dir: &Path, targets: Targets) -> Result<u64, PublishError
     let ts = sign(
         Timestamp {
             type_: "timestamp".into(),
-            version: prev_ts.map(|t| t.signed.version).unwrap_or(0) + 1,
+            version: repo.next_free(
+                "timestamp",
+                prev_ts.map(|t| t.signed.version).unwrap_or(0) + 1,
+            )?,
             expires: expires_in(1),
             meta: tm,
         },
         &[&online_key(data_dir, "timestamp")?],
     );
+    let tgb = serde_json::to_vec_pretty(&tg).unwrap_or_default();
+    let tsb = serde_json::to_vec_pretty(&ts).unwrap_or_default();
+    // Each version once (put-if-absent): a process that lost a race stops here, before it
+    // replaced anything another process signed.
+    repo.claim_meta(&format!("{version}.targets.json"), tgb.clone())?;
+    repo.claim_meta(&format!("{}.snapshot.json", sn.signed.version), snb.clone())?;
+    repo.claim_meta(
+        &format!("{}.timestamp.json", ts.signed.version),
+        tsb.clone(),
+    )?;
     // Targets and snapshot first, timestamp last: a client never sees a timestamp that
     // points at metadata not written yet.
-    write_atomic(
-        &meta.join("targets.json"),
-        &serde_json::to_vec_pretty(&tg).unwrap_or_default(),
-    )?;
-    write_atomic(&meta.join("snapshot.json"), &snb)?;
-    write_atomic(
-        &meta.join("timestamp.json"),
-        &serde_json::to_vec_pretty(&ts).unwrap_or_default(),
-    )?;
+    repo.write_meta("targets.json", tgb)?;
+    repo.write_meta("snapshot.json", snb)?;
+    repo.write_meta("timestamp.json", tsb)?;
     Ok(version)
 }
 
 /// The signed targets of the repository (an error if nothing is published yet).
-pub fn current_targets(data_dir: &Path) -> Result<Targets, PublishError> {
-    let meta = repo_dir(data_dir).join("metadata/targets.json");
-    read_signed::<Targets>(&meta)
+pub fn current_targets(repo: &Repository) -> Result<Targets, PublishError> {
+    repo.read_signed::<Targets>("targets.json")?
         .map(|t| t.signed)
-        .ok_or_else(|| PublishError::Keys(format!("{}: nothing published yet", meta.display())))
+        .ok_or_else(|| {
+            PublishError::Keys(format!(
+                "{}: metadata/targets.json: nothing published yet",
+                repo.blobs.url()
+            ))
+        })
 }
 
 /// Changes the releases of `model` `version` (on `channel`, or every channel) with `change`,
 /// and signs a new targets version. Errors if no release matched.
 fn change_releases(
-    data_dir: &Path,
+    repo: &Repository,
     model: &str,
     version: &str,
     channel: Option<&str>,
     change: impl Fn(&mut Release),
 ) -> Result<u64, PublishError> {
-    let mut targets = current_targets(data_dir)?;
+    let _guard = repo.lock()?;
+    let mut targets = current_targets(repo)?;
     let mut hit = 0;
     for r in targets.releases.iter_mut().filter(|r| {
         r.model == model && r.version == version && channel.is_none_or(|c| r.channel == c)
@@ -350,30 +547,30 @@ fn change_releases(
     }
     targets.version += 1;
     targets.expires = expires_in(90);
-    sign_chain(data_dir, targets)
+    sign_chain(repo, targets)
 }
 
 /// Withdraws a release: agents stop installing it and those running it move to the newest
 /// release that still applies to them. Its files stay (agents may still roll back to them).
 pub fn withdraw(
-    data_dir: &Path,
+    repo: &Repository,
     model: &str,
     version: &str,
     channel: Option<&str>,
 ) -> Result<u64, PublishError> {
-    change_releases(data_dir, model, version, channel, |r| r.withdrawn = true)
+    change_releases(repo, model, version, channel, |r| r.withdrawn = true)
 }
 
 /// Changes who a release goes to: its groups (if given) and its percentage.
 pub fn restage(
-    data_dir: &Path,
+    repo: &Repository,
     model: &str,
     version: &str,
     channel: Option<&str>,
     groups: Option<&[String]>,
     percent: u8,
 ) -> Result<u64, PublishError> {
-    change_releases(data_dir, model, version, channel, |r| {
+    change_releases(repo, model, version, channel, |r| {
         if let Some(g) = groups {
             r.groups = g.to_vec();
         }
@@ -382,38 +579,56 @@ pub fn restage(
     })
 }
 
-/// Re-signs the timestamp (same snapshot) if it expires within `margin`: the serving
-/// process calls this regularly so agents never see stale metadata from a live server.
-/// Returns the new timestamp version, or `None` if it was fresh enough.
-pub fn refresh_timestamp(
-    data_dir: &Path,
-    margin: time::Duration,
-) -> Result<Option<u64>, PublishError> {
-    let meta = repo_dir(data_dir).join("metadata");
-    let Some(ts) = read_signed::<Timestamp>(&meta.join("timestamp.json")) else {
-        return Ok(None);
-    };
+fn timestamp_due(ts: &Signed<Timestamp>, margin: time::Duration) -> bool {
     let expires = time::OffsetDateTime::parse(
         &ts.signed.expires,
         &time::format_description::well_known::Rfc3339,
     )
     .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    if expires - time::OffsetDateTime::now_utc() > margin {
+    expires - time::OffsetDateTime::now_utc() <= margin
+}
+
+/// Re-signs the timestamp (same snapshot) if it expires within `margin`: every serving
+/// process calls this regularly so agents never see stale metadata from a live server.
+/// Returns the new timestamp version, or `None` if it was fresh enough or another process
+/// re-signed it first: the new version is written with put-if-absent as
+/// `metadata/N.timestamp.json` before `timestamp.json`, so of the processes that find it
+/// due at the same moment exactly one signs it. (With a database the check also runs
+/// under the repository lease, so it is not even attempted twice.)
+pub fn refresh_timestamp(
+    repo: &Repository,
+    margin: time::Duration,
+) -> Result<Option<u64>, PublishError> {
+    // A cheap look first, without the lease: almost always fresh.
+    match repo.read_signed::<Timestamp>("timestamp.json")? {
+        Some(ts) if timestamp_due(&ts, margin) => {}
+        _ => return Ok(None),
+    }
+    let _guard = repo.lock()?;
+    let Some(ts) = repo.read_signed::<Timestamp>("timestamp.json")? else {
+        return Ok(None);
+    };
+    if !timestamp_due(&ts, margin) {
         return Ok(None);
     }
-    let version = ts.signed.version + 1;
+    let version = repo.next_free("timestamp", ts.signed.version + 1)?;
     let signed = sign(
         Timestamp {
             version,
             expires: expires_in(1),
             ..ts.signed
         },
-        &[&online_key(data_dir, "timestamp")?],
+        &[&online_key(repo.data_dir(), "timestamp")?],
     );
-    write_atomic(
-        &meta.join("timestamp.json"),
-        &serde_json::to_vec_pretty(&signed).unwrap_or_default(),
-    )?;
+    let bytes = serde_json::to_vec_pretty(&signed).unwrap_or_default();
+    if !repo
+        .blobs
+        .put_new(&format!("metadata/{version}.timestamp.json"), bytes.clone())?
+    {
+        tracing::debug!(version, "timestamp already re-signed by another process");
+        return Ok(None);
+    }
+    repo.write_meta("timestamp.json", bytes)?;
     Ok(Some(version))
 }
 
@@ -435,16 +650,17 @@ pub struct Rotation {
 /// from their pinned root through every version, so an agent offline during several
 /// rotations still catches up.
 pub fn rotate_keys(
-    data_dir: &Path,
+    repo: &Repository,
     root_keys_dir: &Path,
     roles: &[String],
     new_root: Option<(usize, u32)>,
 ) -> Result<Rotation, PublishError> {
-    let meta = repo_dir(data_dir).join("metadata");
-    let current: Signed<Root> = read_signed(&meta.join("root.json")).ok_or_else(|| {
+    let _guard = repo.lock()?;
+    let data_dir = repo.data_dir();
+    let current: Signed<Root> = repo.read_signed("root.json")?.ok_or_else(|| {
         PublishError::Keys(format!(
-            "{}: no root metadata; run `outpost-server keys init` first",
-            meta.join("root.json").display()
+            "{}: no metadata/root.json; run `outpost-server keys init` first",
+            repo.blobs.url()
         ))
     })?;
     for r in roles {
@@ -539,13 +755,13 @@ pub fn rotate_keys(
     for (role, k) in &staged {
         write_private(&data_dir.join(format!("keys/online/{role}.pk8")), k.pkcs8())?;
     }
-    write_atomic(&meta.join(format!("{version}.root.json")), &bytes)?;
-    write_atomic(&meta.join("root.json"), &bytes)?;
+    repo.claim_meta(&format!("{version}.root.json"), bytes.clone())?;
+    repo.write_meta("root.json", bytes)?;
     // Re-sign the chain with the (new) online keys so agents find metadata they accept.
-    if let Ok(mut t) = current_targets(data_dir) {
+    if let Ok(mut t) = current_targets(repo) {
         t.version += 1;
         t.expires = expires_in(90);
-        sign_chain(data_dir, t)?;
+        sign_chain(repo, t)?;
     }
     Ok(Rotation {
         root_version: version,

@@ -20,7 +20,7 @@
 //!    outputs recomputed and re-checked through ONNX Runtime) is kept on disk with its
 //!    report; if it passed and publishing is on, it is signed and published.
 
-use super::publish::{self, PublishError};
+use super::publish::{self, PublishError, Repository};
 use super::store::{RunEnd, RunStatus, ServerStore, ServerStoreError, Split, TrainingRow, Trigger};
 use super::train::{self, Dataset, Evaluation, LinearHead, TrainOptions};
 use crate::model::{Bundle, BundleError, LoadedModel, Manifest, ModelError};
@@ -209,23 +209,24 @@ pub struct Outcome {
 }
 
 /// Reads the signed targets of the server's repository (empty if nothing is published).
-pub fn published_targets(data_dir: &Path) -> Option<Targets> {
-    publish::current_targets(data_dir).ok()
+pub fn published_targets(repo: &Repository) -> Option<Targets> {
+    publish::current_targets(repo).ok()
 }
 
 /// The newest release of `model` that is not withdrawn, on any channel.
-pub fn current_release(data_dir: &Path, model: &str) -> Option<Release> {
-    published_targets(data_dir)?
+pub fn current_release(repo: &Repository, model: &str) -> Option<Release> {
+    published_targets(repo)?
         .releases
         .into_iter()
         .filter(|r| r.model == model && !r.withdrawn)
         .max_by_key(|r| crate::model::manifest::parse_version(&r.version))
 }
 
-/// Puts the files of a published release in a folder (hard links into the repository where
-/// possible) and verifies it as a bundle.
-pub fn materialise(data_dir: &Path, release: &Release) -> Result<Bundle, TrainingError> {
-    let dir = data_dir
+/// Puts the files of a published release in a folder (copied from the repository's blob
+/// store) and verifies it as a bundle.
+pub fn materialise(repo: &Repository, release: &Release) -> Result<Bundle, TrainingError> {
+    let dir = repo
+        .data_dir()
         .join("bundles")
         .join(&release.model)
         .join(&release.version);
@@ -233,9 +234,24 @@ pub fn materialise(data_dir: &Path, release: &Release) -> Result<Bundle, Trainin
         return Ok(b);
     }
     let _ = std::fs::remove_dir_all(&dir);
-    let repo = publish::repo_dir(data_dir).join("targets");
     for (name, target) in &release.files {
-        link_or_copy(&repo.join(target), &dir.join(name))?;
+        let to = dir.join(name);
+        if !repo
+            .blobs()
+            .get_to_file(&format!("targets/{target}"), &to)
+            .map_err(PublishError::from)?
+        {
+            return Err(TrainingError::Io {
+                path: to,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!(
+                        "{target} is missing from the repository {}",
+                        repo.blobs().url()
+                    ),
+                ),
+            });
+        }
     }
     Ok(Bundle::open(&dir)?)
 }
@@ -478,18 +494,23 @@ fn write_candidate(
 
 /// Runs one training job for `model` and records it. A run that cannot complete is
 /// recorded as failed with the reason, and the error is returned.
+///
+/// `still_ours` is asked after training and again once the repository lease is held, just
+/// before publishing: a job whose lease another process took over answers false, and the
+/// run then stops as failed without publishing ([`PublishError::LeaseLost`]).
 pub fn run(
     store: &dyn ServerStore,
-    data_dir: &Path,
+    repo: &Repository,
     model: &str,
     settings: &TrainingSettings,
     trigger: Trigger,
+    still_ours: &dyn Fn() -> bool,
 ) -> Result<Outcome, TrainingError> {
     let release =
-        current_release(data_dir, model).ok_or_else(|| TrainingError::NoRelease(model.into()))?;
+        current_release(repo, model).ok_or_else(|| TrainingError::NoRelease(model.into()))?;
     let seen = store.model_feedback_count(model)?;
     let run_id = store.start_run(model, &release.version, trigger, seen)?;
-    match run_inner(store, data_dir, &release, settings, run_id) {
+    match run_inner(store, repo, &release, settings, run_id, still_ours) {
         Ok(o) => Ok(o),
         Err(e) => {
             let _ = store.finish_run(
@@ -510,13 +531,15 @@ pub fn run(
 
 fn run_inner(
     store: &dyn ServerStore,
-    data_dir: &Path,
+    repo: &Repository,
     release: &Release,
     settings: &TrainingSettings,
     run_id: i64,
+    still_ours: &dyn Fn() -> bool,
 ) -> Result<Outcome, TrainingError> {
     let model = release.model.as_str();
-    let bundle = materialise(data_dir, release)?;
+    let data_dir = repo.data_dir();
+    let bundle = materialise(repo, release)?;
     let base = crate::model::base_data::read(&bundle).map_err(|e| TrainingError::BaseData {
         path: e.path,
         reason: e.reason,
@@ -646,7 +669,10 @@ fn run_inner(
         settings.min_support,
     ));
 
-    let mut taken: BTreeSet<(u64, u64, u64)> = published_targets(data_dir)
+    if !still_ours() {
+        return Err(PublishError::LeaseLost.into());
+    }
+    let mut taken: BTreeSet<(u64, u64, u64)> = published_targets(repo)
         .map(|t| {
             t.releases
                 .iter()
@@ -707,8 +733,9 @@ fn run_inner(
             "passed the gate; automatic publishing is off".to_string(),
         )
     } else {
-        let tv = publish::publish(
-            data_dir,
+        let tv = publish::publish_if(
+            repo,
+            still_ours,
             &dir,
             &settings.channel,
             &settings.groups,

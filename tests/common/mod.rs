@@ -569,3 +569,48 @@ pub fn outbox_ids(db: &Path) -> Vec<String> {
         .unwrap();
     ids
 }
+
+/// The tiny image bundle with base training data: embeddings near each colour's corner.
+pub fn bundle_with_base_data(dir: &Path) {
+    make_image_bundle(dir, "colours", "1.0.0");
+    let mut emb = Vec::new();
+    let mut labels = Vec::new();
+    for class in 0..3u8 {
+        for i in 0..40 {
+            let jitter = ((i * 7 % 11) as f32 - 5.0) / 50.0;
+            for c in 0..3u8 {
+                let v = if c == class {
+                    0.8 + jitter
+                } else {
+                    -0.8 - jitter
+                };
+                emb.extend_from_slice(&half::f16::from_f32(v).to_le_bytes());
+            }
+            labels.push(class);
+        }
+    }
+    use safetensors::tensor::TensorView;
+    let bytes = safetensors::tensor::serialize(
+        [
+            (
+                "embeddings",
+                TensorView::new(safetensors::Dtype::F16, vec![120, 3], &emb).unwrap(),
+            ),
+            (
+                "labels",
+                TensorView::new(safetensors::Dtype::U8, vec![120], &labels).unwrap(),
+            ),
+        ],
+        None,
+    )
+    .unwrap();
+    std::fs::write(dir.join("base_data.safetensors"), bytes).unwrap();
+    let mut m = outpost::model::bundle::read_manifest(dir).unwrap();
+    m.base_data = Some("base_data.safetensors".into());
+    m.files = outpost::model::bundle::hash_folder(dir).unwrap();
+    std::fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_vec_pretty(&m).unwrap(),
+    )
+    .unwrap();
+}

@@ -40,6 +40,7 @@ mod views;
 
 use super::config::ServerConfig;
 use super::ops;
+use super::publish::Repository;
 use super::store::{AdminSession, ServerStore};
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -154,7 +155,7 @@ impl Action {
                 channel(c)
             ),
             Action::Train { model } => format!(
-                "Train {model} now on its base data and every field decision, evaluate it against the current model and publish it if it passes the gate (as configured). This takes a while."
+                "Queue a training job for {model}: one server process trains it on its base data and every field decision, evaluates it against the current model and publishes it if it passes the gate (as configured). The page does not wait for the run; it appears on this page when it ends."
             ),
             Action::Revoke { name, .. } => format!(
                 "Revoke device {name}. It is refused from its next request and must be enrolled again to come back."
@@ -227,16 +228,19 @@ impl Action {
 pub struct Dashboard {
     store: Arc<dyn ServerStore>,
     cfg: ServerConfig,
+    repo: Repository,
     throttle: auth::Throttle,
     flash: Mutex<HashMap<String, String>>,
 }
 
 impl Dashboard {
-    /// The dashboard over `store`, acting on the server configured by `cfg`.
-    pub fn new(store: Arc<dyn ServerStore>, cfg: ServerConfig) -> Dashboard {
+    /// The dashboard over `store`, acting on the server configured by `cfg` and its signed
+    /// repository `repo`.
+    pub fn new(store: Arc<dyn ServerStore>, cfg: ServerConfig, repo: Repository) -> Dashboard {
         Dashboard {
             store,
             cfg,
+            repo,
             throttle: auth::Throttle::default(),
             flash: Mutex::new(HashMap::new()),
         }
@@ -463,7 +467,7 @@ async fn logout(
 async fn page(
     d: Shared,
     headers: HeaderMap,
-    render: impl FnOnce(&dyn ServerStore, &ServerConfig, &views::Frame) -> Result<String, String>
+    render: impl FnOnce(&dyn ServerStore, &Repository, &views::Frame) -> Result<String, String>
         + Send
         + 'static,
 ) -> Response {
@@ -477,7 +481,7 @@ async fn page(
         flash: d.take_flash(&hash),
     };
     let d2 = d.clone();
-    match blocking(move || render(d2.store.as_ref(), &d2.cfg, &frame)).await {
+    match blocking(move || render(d2.store.as_ref(), &d2.repo, &frame)).await {
         Ok(Ok(html)) => Html(html).into_response(),
         Ok(Err(e)) if e.starts_with("404 ") => {
             PageError(StatusCode::NOT_FOUND, e[4..].to_string()).into_response()
@@ -621,7 +625,7 @@ fn back_of(action: &Action) -> String {
 /// next and what to say.
 fn execute(d: &Dashboard, action: &Action, actor: &str) -> Result<(String, String), ops::OpsError> {
     let store = d.store.as_ref();
-    let data_dir = d.cfg.data_dir.as_path();
+    let repo = &d.repo;
     let back = back_of(action);
     let msg = match action {
         Action::Publish {
@@ -633,7 +637,7 @@ fn execute(d: &Dashboard, action: &Action, actor: &str) -> Result<(String, Strin
         } => {
             let p = ops::publish(
                 store,
-                data_dir,
+                repo,
                 version,
                 Some(model.as_str()),
                 channel,
@@ -655,7 +659,7 @@ fn execute(d: &Dashboard, action: &Action, actor: &str) -> Result<(String, Strin
         } => {
             let (what, v) = ops::stage(
                 store,
-                data_dir,
+                repo,
                 model,
                 version,
                 channel.as_deref(),
@@ -670,20 +674,20 @@ fn execute(d: &Dashboard, action: &Action, actor: &str) -> Result<(String, Strin
             version,
             channel,
         } => {
-            let v = ops::withdraw(store, data_dir, model, version, channel.as_deref(), actor)?;
+            let v = ops::withdraw(store, repo, model, version, channel.as_deref(), actor)?;
             format!("withdrew {model} {version} (targets version {v})")
         }
         Action::Train { model } => {
-            let o = ops::train(store, &d.cfg, model, &d.cfg.training, actor)?;
-            return Ok((
-                format!("/admin/runs/{}", o.run_id),
-                format!(
-                    "trained {model} {}: {} — {}",
-                    o.report.candidate_version,
-                    o.status.as_str(),
-                    o.reason
+            // Queued, not run here: the page answers at once, and exactly one server
+            // process (whichever claims the job) trains.
+            match ops::enqueue_train(store, model, &d.cfg.training, actor)? {
+                ops::Queued::New(job) => format!(
+                    "training of {model} queued as job #{job}; a server process takes it within seconds (see `outpost-server jobs`); its run appears below when it ends"
                 ),
-            ));
+                ops::Queued::AlreadyOpen(job) => format!(
+                    "a training job for {model} is already queued or running (job #{job}); nothing new was queued"
+                ),
+            }
         }
         Action::Revoke { device_id, .. } => {
             let dev = ops::revoke(store, device_id, actor)?;

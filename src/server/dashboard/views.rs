@@ -6,7 +6,7 @@
 use super::plots::{self, Series};
 use super::Action;
 use crate::drift::DriftState;
-use crate::server::config::ServerConfig;
+use crate::server::publish::Repository;
 use crate::server::store::{FeedbackItem, ServerStore, TrainingRun};
 use crate::trust::Release;
 use axum::http::StatusCode;
@@ -558,13 +558,9 @@ fn release_form(frame: &Frame, r: &Release) -> String {
 }
 
 /// `GET /admin/models`.
-pub fn models(
-    store: &dyn ServerStore,
-    cfg: &ServerConfig,
-    frame: &Frame,
-) -> Result<String, String> {
+pub fn models(store: &dyn ServerStore, repo: &Repository, frame: &Frame) -> Result<String, String> {
     let e = |e: crate::server::store::ServerStoreError| e.to_string();
-    let targets = crate::server::training::published_targets(&cfg.data_dir);
+    let targets = crate::server::training::published_targets(repo);
     let releases: Vec<Release> = targets.map(|t| t.releases).unwrap_or_default();
     let runs = store.runs(None).map_err(e)?;
     let running = store.device_models().map_err(e)?;
@@ -710,7 +706,7 @@ pub fn models(
 /// `GET /admin/runs/{id}`: a run's evaluation report.
 pub fn run(
     store: &dyn ServerStore,
-    _cfg: &ServerConfig,
+    _repo: &Repository,
     frame: &Frame,
     id: i64,
 ) -> Result<String, String> {
@@ -884,7 +880,7 @@ fn duration(secs: f64) -> String {
 /// `GET /admin/loop`.
 pub fn learning_loop(
     store: &dyn ServerStore,
-    cfg: &ServerConfig,
+    repo: &Repository,
     frame: &Frame,
 ) -> Result<String, String> {
     let e = |e: crate::server::store::ServerStoreError| e.to_string();
@@ -938,14 +934,13 @@ pub fn learning_loop(
     // Labels the model does not know yet: proposed in the field, and not among the labels
     // of a live (published, not withdrawn) release built by a training run.
     let runs = store.runs(None).map_err(e)?;
-    let live: BTreeSet<(String, String)> =
-        crate::server::training::published_targets(&cfg.data_dir)
-            .map(|t| t.releases)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|r| !r.withdrawn)
-            .map(|r| (r.model, r.version))
-            .collect();
+    let live: BTreeSet<(String, String)> = crate::server::training::published_targets(repo)
+        .map(|t| t.releases)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| !r.withdrawn)
+        .map(|r| (r.model, r.version))
+        .collect();
     let learnt: BTreeSet<(String, String)> = runs
         .iter()
         .filter(|r| {

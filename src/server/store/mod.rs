@@ -96,6 +96,11 @@ pub const SERVER_MIGRATIONS: &[(u32, &str, &str)] = &[
         "server/0007_confirmations.sql",
         include_str!("../../../migrations/server/0007_confirmations.sql"),
     ),
+    (
+        8,
+        "server/0008_leases_job_settings.sql",
+        include_str!("../../../migrations/server/0008_leases_job_settings.sql"),
+    ),
 ];
 
 /// Errors of the server store.
@@ -320,6 +325,31 @@ pub trait ServerStore: Send + Sync {
     ) -> Result<bool, ServerStoreError>;
     /// Training jobs, newest first.
     fn training_jobs(&self, limit: usize) -> Result<Vec<TrainingJob>, ServerStoreError>;
+    /// Queues an operator's training of `model` with `settings` (JSON overrides of the
+    /// configured training settings, read by whichever process claims the job), unless a
+    /// job for the model is open. Returns the new job's id, or `None` if one was open.
+    fn enqueue_training_with(
+        &self,
+        model: &str,
+        trigger: Trigger,
+        feedback_seen: i64,
+        settings: Option<&str>,
+    ) -> Result<Option<i64>, ServerStoreError>;
+    /// One training job.
+    fn training_job(&self, job_id: i64) -> Result<Option<TrainingJob>, ServerStoreError>;
+
+    /// Takes the lease `name` for `owner` until `until` (unix seconds) if nobody holds it,
+    /// its holder's lease ran out before `now`, or `owner` holds it already. Exactly one of
+    /// several concurrent callers gets it.
+    fn try_lease(
+        &self,
+        name: &str,
+        owner: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<bool, ServerStoreError>;
+    /// Gives the lease `name` back if `owner` holds it.
+    fn release_lease(&self, name: &str, owner: &str) -> Result<(), ServerStoreError>;
 
     /// A cheap read of a table (the health check of a load balancer): fails when the
     /// database is unreachable or its tables are gone.
@@ -595,6 +625,8 @@ pub struct TrainingJob {
     pub enqueued_at: String,
     /// When it ended.
     pub finished_at: Option<String>,
+    /// An operator's overrides of the training settings (JSON), if any.
+    pub settings: Option<String>,
 }
 
 impl TrainingJob {
@@ -610,7 +642,7 @@ impl TrainingJob {
 
 /// Columns of [`TrainingJob`], in field order (both stores).
 const JOB_COLUMNS: &str = "job_id, model_name, trigger, feedback_seen, state, attempts, owner,
-    lease_until, run_id, error, enqueued_at, finished_at";
+    lease_until, run_id, error, enqueued_at, finished_at, settings";
 
 /// The SQL spelling of a trigger.
 fn trigger_str(t: Trigger) -> &'static str {

@@ -63,6 +63,11 @@ pub const POSTGRES_MIGRATIONS: &[(u32, &str, &str)] = &[
         "server-postgres/0007_confirmations.sql",
         include_str!("../../../migrations/server-postgres/0007_confirmations.sql"),
     ),
+    (
+        8,
+        "server-postgres/0008_leases_job_settings.sql",
+        include_str!("../../../migrations/server-postgres/0008_leases_job_settings.sql"),
+    ),
 ];
 
 type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
@@ -193,6 +198,7 @@ fn row_to_job(r: &Row) -> TrainingJob {
         error: r.get(9),
         enqueued_at: r.get(10),
         finished_at: r.get(11),
+        settings: r.get(12),
     }
 }
 
@@ -752,14 +758,71 @@ impl ServerStore for PostgresServerStore {
         trigger: Trigger,
         feedback_seen: i64,
     ) -> Result<Option<i64>, ServerStoreError> {
+        self.enqueue_training_with(model, trigger, feedback_seen, None)
+    }
+
+    fn enqueue_training_with(
+        &self,
+        model: &str,
+        trigger: Trigger,
+        feedback_seen: i64,
+        settings: Option<&str>,
+    ) -> Result<Option<i64>, ServerStoreError> {
         Ok(self
             .conn()?
             .query_opt(
-                "INSERT INTO training_jobs (model_name, trigger, feedback_seen, state, enqueued_at)
-                 VALUES ($1, $2, $3, 'queued', $4) ON CONFLICT DO NOTHING RETURNING job_id",
-                &[&model, &trigger_str(trigger), &feedback_seen, &now()],
+                "INSERT INTO training_jobs
+                     (model_name, trigger, feedback_seen, state, enqueued_at, settings)
+                 VALUES ($1, $2, $3, 'queued', $4, $5) ON CONFLICT DO NOTHING RETURNING job_id",
+                &[
+                    &model,
+                    &trigger_str(trigger),
+                    &feedback_seen,
+                    &now(),
+                    &settings,
+                ],
             )?
             .map(|r| r.get(0)))
+    }
+
+    fn training_job(&self, job_id: i64) -> Result<Option<TrainingJob>, ServerStoreError> {
+        Ok(self
+            .conn()?
+            .query_opt(
+                format!("SELECT {JOB_COLUMNS} FROM training_jobs WHERE job_id = $1").as_str(),
+                &[&job_id],
+            )?
+            .map(|r| row_to_job(&r)))
+    }
+
+    fn try_lease(
+        &self,
+        name: &str,
+        owner: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<bool, ServerStoreError> {
+        // One statement: the row lock of the upsert makes concurrent takers queue, and the
+        // WHERE lets only a free, expired or own lease be taken.
+        Ok(self
+            .conn()?
+            .query_opt(
+                "INSERT INTO leases (name, owner, expires_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO UPDATE SET owner = excluded.owner,
+                        expires_at = excluded.expires_at
+                 WHERE leases.expires_at < $4 OR leases.owner = excluded.owner
+                 RETURNING name",
+                &[&name, &owner, &until, &now],
+            )?
+            .is_some())
+    }
+
+    fn release_lease(&self, name: &str, owner: &str) -> Result<(), ServerStoreError> {
+        self.conn()?.execute(
+            "DELETE FROM leases WHERE name = $1 AND owner = $2",
+            &[&name, &owner],
+        )?;
+        Ok(())
     }
 
     fn claim_training(

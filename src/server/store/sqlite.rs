@@ -73,6 +73,7 @@ fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<TrainingJob> {
         error: r.get(9)?,
         enqueued_at: r.get(10)?,
         finished_at: r.get(11)?,
+        settings: r.get(12)?,
     })
 }
 
@@ -619,13 +620,61 @@ impl ServerStore for SqliteServerStore {
         trigger: Trigger,
         feedback_seen: i64,
     ) -> Result<Option<i64>, ServerStoreError> {
+        self.enqueue_training_with(model, trigger, feedback_seen, None)
+    }
+
+    fn enqueue_training_with(
+        &self,
+        model: &str,
+        trigger: Trigger,
+        feedback_seen: i64,
+        settings: Option<&str>,
+    ) -> Result<Option<i64>, ServerStoreError> {
         let conn = self.conn();
         let n = conn.execute(
-            "INSERT INTO training_jobs (model_name, trigger, feedback_seen, state, enqueued_at)
-             VALUES (?1, ?2, ?3, 'queued', ?4) ON CONFLICT DO NOTHING",
-            params![model, trigger_str(trigger), feedback_seen, now()],
+            "INSERT INTO training_jobs
+                 (model_name, trigger, feedback_seen, state, enqueued_at, settings)
+             VALUES (?1, ?2, ?3, 'queued', ?4, ?5) ON CONFLICT DO NOTHING",
+            params![model, trigger_str(trigger), feedback_seen, now(), settings],
         )?;
         Ok((n == 1).then(|| conn.last_insert_rowid()))
+    }
+
+    fn training_job(&self, job_id: i64) -> Result<Option<TrainingJob>, ServerStoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("SELECT {JOB_COLUMNS} FROM training_jobs WHERE job_id = ?1"),
+                [job_id],
+                row_to_job,
+            )
+            .optional()?)
+    }
+
+    fn try_lease(
+        &self,
+        name: &str,
+        owner: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<bool, ServerStoreError> {
+        // One statement under SQLite's write lock: only a free, expired or own lease is taken.
+        let n = self.conn().execute(
+            "INSERT INTO leases (name, owner, expires_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO UPDATE SET owner = excluded.owner,
+                    expires_at = excluded.expires_at
+             WHERE leases.expires_at < ?4 OR leases.owner = excluded.owner",
+            params![name, owner, until, now],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn release_lease(&self, name: &str, owner: &str) -> Result<(), ServerStoreError> {
+        self.conn().execute(
+            "DELETE FROM leases WHERE name = ?1 AND owner = ?2",
+            params![name, owner],
+        )?;
+        Ok(())
     }
 
     fn claim_training(

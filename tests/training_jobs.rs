@@ -1,0 +1,204 @@
+//! Training always runs as a job in the job table, so exactly one server process runs it:
+//!
+//! - `outpost-server train` (a real process) queues a job while a real `serve` process is
+//!   running; exactly one job and one run result, reported by the command;
+//! - a run whose job lease was taken over by another process (its renewal finds another
+//!   owner) stops before publishing: the repository is unchanged and the run is recorded as
+//!   failed. The same run with its lease intact publishes (so the check can fail).
+//!
+//! Tiny real model (three colours, base training data) and real ONNX Runtime.
+
+mod common;
+
+use common::{server_cmd, ServerProcess};
+use outpost::protocol::FeedbackRecord;
+use outpost::server::background::{self, JobOutcome};
+use outpost::server::config::ServerConfig;
+use outpost::server::publish::{self, Repository};
+use outpost::server::store::{ServerStore, SqliteServerStore, Trigger, Via};
+use outpost::server::training::TrainingSettings;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `n` decisions per colour with embeddings near that colour's corner (as the base data).
+fn feedback(store: &dyn ServerStore, n: usize) {
+    let d = store
+        .add_device("laptop", "north", "code", "2099-01-01T00:00:00Z")
+        .unwrap();
+    let mut records = Vec::new();
+    for (class, label) in common::IMAGE_LABELS.iter().enumerate() {
+        for i in 0..n {
+            let jitter = ((i * 5 % 7) as f32 - 3.0) / 40.0;
+            let emb: Vec<u8> = (0..3)
+                .flat_map(|c| {
+                    let v = if c == class {
+                        0.8 + jitter
+                    } else {
+                        -0.8 - jitter
+                    };
+                    half::f16::from_f32(v).to_le_bytes()
+                })
+                .collect();
+            records.push(FeedbackRecord {
+                feedback_id: uuid::Uuid::new_v4().to_string(),
+                item_id: format!("item-{label}-{i}"),
+                kind: "image".into(),
+                model_name: "colours".into(),
+                model_version: "1.0.0".into(),
+                action: "confirm".into(),
+                labels: vec![label.to_string()],
+                new_labels: vec![],
+                annotator: "t".into(),
+                created_at: "2026-11-28T00:00:00Z".into(),
+                supersedes: None,
+                embedding_f16: outpost::protocol::b64(&emb),
+                content: None,
+                content_type: None,
+            });
+        }
+    }
+    store.ingest(&d.device_id, &records, Via::Usb).unwrap();
+}
+
+fn settings() -> TrainingSettings {
+    TrainingSettings {
+        auto_train_after: 0,
+        drift_train_after: 0,
+        tolerance: 1.0,
+        publish: true,
+        channel: "stable".into(),
+        percent: 100,
+        epochs: 20,
+        ..TrainingSettings::default()
+    }
+}
+
+/// Keys, colours 1.0.0 published, feedback stored: a server data folder ready to train.
+fn prepared(data: &Path, offline: &Path) -> (Arc<dyn ServerStore>, Repository) {
+    let store: Arc<dyn ServerStore> =
+        Arc::new(SqliteServerStore::open(&data.join("server.db")).unwrap());
+    let repo = Repository::local(data).unwrap().with_lock(store.clone());
+    publish::init_keys(&repo, offline, 1, 1).unwrap();
+    let bundle = data.join("../colours-1.0.0");
+    common::bundle_with_base_data(&bundle);
+    publish::publish(&repo, &bundle, "stable", &[], 100).unwrap();
+    feedback(store.as_ref(), 20);
+    (store, repo)
+}
+
+#[test]
+fn a_run_whose_job_was_taken_over_stops_and_publishes_nothing() {
+    common::init_ort();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let (store, repo) = prepared(&data, &tmp.path().join("offline"));
+    let cfg = ServerConfig {
+        data_dir: data.clone(),
+        ort_lib: Some(common::ort_lib()),
+        training: settings(),
+        ..ServerConfig::default()
+    };
+    let json = serde_json::to_string(&settings()).unwrap();
+    let version = || publish::current_targets(&repo).unwrap().version;
+    assert_eq!(version(), 1);
+
+    // Control: with its lease intact the same job publishes.
+    store
+        .enqueue_training_with("colours", Trigger::Operator, 60, Some(&json))
+        .unwrap()
+        .unwrap();
+    let (_, outcome) = background::work_once(store.as_ref(), &repo, &cfg, "process-a")
+        .unwrap()
+        .unwrap();
+    assert!(matches!(outcome, JobOutcome::Done(Some(_))), "{outcome:?}");
+    assert_eq!(version(), 2, "the control run published");
+
+    // Process B takes the job over while A trains (A's lease looks expired to B's clock).
+    let job = store
+        .enqueue_training_with("colours", Trigger::Operator, 60, Some(&json))
+        .unwrap()
+        .unwrap();
+    let (_, outcome) = background::work_one(
+        store.as_ref(),
+        "process-a",
+        Duration::from_secs(30),
+        |j, still_ours| {
+            let now = outpost::server::unix_now();
+            let taken = store
+                .claim_training("process-b", now + 100, now + 200)
+                .unwrap()
+                .expect("B takes the job over");
+            assert_eq!(taken.job_id, j.job_id);
+            background::train_job(store.as_ref(), &repo, &cfg, j, still_ours)
+        },
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(outcome, JobOutcome::LostLease);
+    assert_eq!(
+        version(),
+        2,
+        "nothing published by the process that lost its job"
+    );
+    let run = &store.runs(Some("colours")).unwrap()[0];
+    assert_eq!(run.status.as_str(), "failed", "{run:?}");
+    assert!(run.reason.contains("taken over"), "{}", run.reason);
+    let j = store.training_job(job).unwrap().unwrap();
+    assert_eq!(
+        (j.state.as_str(), j.owner.as_deref()),
+        ("running", Some("process-b")),
+        "the job is B's now, not closed by A"
+    );
+}
+
+#[test]
+fn train_command_queues_one_job_that_one_process_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    drop(prepared(&data, &tmp.path().join("offline")));
+    let config = tmp.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "ort_lib = {:?}\n[training]\nauto_train_after = 0\ndrift_train_after = 0\nepochs = 20\n",
+            common::ort_lib()
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let _serving = ServerProcess::start_with(&data, common::free_port(), &["--config", cfg]);
+    let (code, out, err) = server_cmd(
+        &data,
+        &[
+            "--config",
+            cfg,
+            "train",
+            "colours",
+            "--tolerance",
+            "1",
+            "--channel",
+            "stable",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("training job #1 queued"), "{out}");
+    assert!(out.contains("job #1 done"), "{out}");
+    assert!(out.contains("published: published to stable"), "{out}");
+    let db = rusqlite::Connection::open(data.join("server.db")).unwrap();
+    let (jobs, trigger, settings): (i64, String, String) = db
+        .query_row(
+            "SELECT COUNT(*), MAX(trigger), MAX(settings) FROM training_jobs",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!((jobs, trigger.as_str()), (1, "operator"));
+    assert!(settings.contains("\"tolerance\":1.0"), "{settings}");
+    let runs: i64 = db
+        .query_row("SELECT COUNT(*) FROM training_runs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(runs, 1, "trained once");
+    let (_, jobs_out, _) = server_cmd(&data, &["--config", cfg, "jobs"]);
+    assert!(jobs_out.contains("done"), "{jobs_out}");
+}
