@@ -2,7 +2,7 @@
 //!
 //! Real agent binary, real SQLCipher files, tiny real ONNX models. The proof writes known
 //! report texts, a tile and a label, stops the agent, and searches every file under the data
-//! folder (database, WAL, shared memory, key file) for the plaintext and for the embedding's
+//! folder (database, WAL, shared memory, key file, a USB export of the outbox) for the plaintext and for the embedding's
 //! bytes; a plain twin analysed the same way shows the search does find them when they are
 //! there. Then: a wrong passphrase is refused and changes nothing; changing the passphrase
 //! does not re-encrypt the database; the recovery key sets a new one; converting an existing
@@ -181,6 +181,16 @@ fn a_stolen_encrypted_data_folder_gives_nothing_away() {
     let code = add_device(&server_data, "laptop");
     let (c, out, err) = agent(&root, Some(&pass), &["-vv", "enroll", &server.url, &code]);
     assert_eq!(c, 0, "{out}{err}");
+    // The outbox carried out on a USB stick is sealed too (written into the data folder
+    // here so the search below covers it).
+    let usb = root.join("data/outbox.feedback");
+    let (c, out, err) = agent(
+        &root,
+        Some(&pass),
+        &["feedback", "export", usb.to_str().unwrap()],
+    );
+    assert_eq!(c, 0, "{out}{err}");
+    assert!(out.contains("sealed for the server"), "{out}");
     let (c, out, err) = agent(&root, Some(&pass), &["-vv", "sync"]);
     assert_eq!(c, 0, "{out}{err}");
     assert!(out.contains("sent 2 decisions"), "{out}");

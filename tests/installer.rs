@@ -639,5 +639,8 @@ fn install_with_encrypt_seals_the_data_key_for_the_service() {
     assert_eq!(std::fs::read(data.join("data-key.json")).unwrap(), before);
     script("uninstall.sh", &[&"agent", &"--prefix", &l.prefix]).ok("uninstall");
     assert!(!dropin.exists(), "the drop-in is left behind");
-    assert!(data.join("data-key.cred").is_file(), "the sealed key went with the program");
+    assert!(
+        data.join("data-key.cred").is_file(),
+        "the sealed key went with the program"
+    );
 }

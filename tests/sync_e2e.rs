@@ -218,6 +218,28 @@ fn a_usb_file_is_imported_once_however_often_it_is_carried() {
     let usb = root.join("outbox.feedback");
     let (c, out, err) = agent(&a, &["feedback", "export", usb.to_str().unwrap()]);
     assert_eq!(c, 0, "{out}{err}");
+    // Sealed for this server: labels and embeddings are not readable on the stick.
+    let text = std::fs::read_to_string(&usb).unwrap();
+    assert!(text.starts_with("outpost-feedback 2\n"), "{text}");
+    assert!(
+        !text.contains("\"labels\"") && !text.contains("embedding_f16"),
+        "{text}"
+    );
+    // Another server (another secret) cannot open it; nor can anyone who alters the header.
+    let (c, _, err) = server_cmd(
+        &root.join("other-server"),
+        &["feedback", "import", usb.to_str().unwrap()],
+    );
+    assert_ne!(c, 0);
+    assert!(err.contains("seal does not open"), "{err}");
+    let altered = root.join("altered.feedback");
+    std::fs::write(&altered, text.replacen("\"records\":6", "\"records\":5", 1)).unwrap();
+    let (c, _, err) = server_cmd(
+        &server_data,
+        &["feedback", "import", altered.to_str().unwrap()],
+    );
+    assert_ne!(c, 0);
+    assert!(err.contains("seal does not open"), "{err}");
     let (c, out, err) = server_cmd(&server_data, &["feedback", "import", usb.to_str().unwrap()]);
     assert_eq!(c, 0, "{out}{err}");
     assert!(out.contains("6 records, 6 new, 0 already stored"), "{out}");

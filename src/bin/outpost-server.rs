@@ -364,7 +364,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 tracing::info!("operators' dashboard: http://{}/admin/ (accounts: outpost-server admin add NAME)", listener.local_addr()?);
                 tokio::spawn(server::background::run(store.clone(), repo.clone(), cfg.clone()));
                 let dashboard = server::dashboard::Dashboard::new(store.clone(), cfg.clone(), repo.clone());
-                let app = server::router(AppState::new(store, Some(repo.blobs().clone())))
+                let export_secret = server::export_key::ExportSecret::load_or_create(&cfg.data_dir)
+                    .with_context(|| format!("the feedback export secret {}", server::export_key::path(&cfg.data_dir).display()))?;
+                let app = server::router(
+                    AppState::new(store, Some(repo.blobs().clone())).with_export_secret(export_secret),
+                )
                     .merge(server::dashboard::router(dashboard));
                 server::serve_app(listener, app).await?;
                 anyhow::Ok(())
@@ -653,7 +657,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Feedback {
             command: FeedbackCommand::Import { file, device },
         } => {
-            let (header, records) = outpost::store::usb::read(&file)?;
+            // Sealed files open with the export key of the device they name.
+            let secret = server::export_key::ExportSecret::load_or_create(&cfg.data_dir)
+                .with_context(|| {
+                    format!(
+                        "the feedback export secret {}",
+                        server::export_key::path(&cfg.data_dir).display()
+                    )
+                })?;
+            let (header, records) =
+                outpost::store::usb::read_with(&file, &|device| Some(secret.key_for(device)))?;
             let who = device
                 .or(header.device_id.clone())
                 .context("the file does not name its device: pass --device NAME")?;

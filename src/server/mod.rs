@@ -63,6 +63,9 @@ pub struct AppState {
     pub repo: Option<blob::BlobStore>,
     /// This process's counters for `/metrics`.
     pub metrics: Arc<metrics::Metrics>,
+    /// The secret each device's export key (sealed USB feedback files) is derived from; a
+    /// device enrolled without it writes unsealed files.
+    pub export_secret: Option<export_key::ExportSecret>,
 }
 
 impl AppState {
@@ -72,7 +75,14 @@ impl AppState {
             store,
             repo,
             metrics: Arc::new(metrics::Metrics::new()),
+            export_secret: None,
         }
+    }
+
+    /// Gives enrolling devices export keys derived from `secret`.
+    pub fn with_export_secret(mut self, secret: export_key::ExportSecret) -> AppState {
+        self.export_secret = Some(secret);
+        self
     }
 }
 
@@ -242,11 +252,15 @@ async fn enroll(
     let detail = format!("{} ({})", d.name, d.device_id);
     let _ = blocking(move || store.audit("device", "enroll", &detail)).await;
     tracing::info!(device = %d.name, "device enrolled");
+    let export_key = st
+        .export_secret
+        .as_ref()
+        .map(|s| crate::protocol::b64(&s.key_for(&d.device_id).0));
     Ok(Json(EnrollResponse {
         device_id: d.device_id,
         name: d.name,
         group: d.group,
-        export_key: None,
+        export_key,
     }))
 }
 
