@@ -518,3 +518,55 @@ fn the_review_page_asks_for_the_passphrase_in_a_browser() {
         .await;
     });
 }
+
+/// Revoked while encrypted: synced items are wiped, the unsynced decision stays, still
+/// encrypted (the file is never written in the clear) and readable with the passphrase.
+#[test]
+fn a_revoked_encrypted_laptop_keeps_its_unsynced_outbox_encrypted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("laptop");
+    set_up_agent(&root);
+    let pass = write_pass(tmp.path(), "pass.txt", PASS);
+    encrypt(&root, &pass);
+    analyze_and_label(&root, Some(&pass));
+    let server_data = tmp.path().join("server");
+    let server = ServerProcess::start(&server_data, common::free_port());
+    let code = add_device(&server_data, "stolen");
+    assert_eq!(
+        agent(&root, Some(&pass), &["enroll", &server.url, &code]).0,
+        0
+    );
+    let (c, out, err) = agent(&root, Some(&pass), &["sync"]);
+    assert_eq!(c, 0, "{out}{err}");
+    // bravo is labelled after the sync: its decision never reaches the server.
+    let labels = root.join("labels.csv");
+    std::fs::write(&labels, "source,label\nbravo.txt,bridge\n").unwrap();
+    let (c, out, err) = agent(
+        &root,
+        Some(&pass),
+        &[
+            "feedback",
+            "import",
+            labels.to_str().unwrap(),
+            "--allow-new-labels",
+        ],
+    );
+    assert_eq!(c, 0, "{out}{err}");
+    let (c, out, err) = common::server_cmd(&server_data, &["devices", "revoke", "stolen"]);
+    assert_eq!(c, 0, "{out}{err}");
+    let (c, out, err) = agent(&root, Some(&pass), &["sync"]);
+    assert_eq!(c, 1, "{out}{err}");
+    assert!(err.contains("kept 1 items"), "{err}");
+    drop(server);
+    let db = std::fs::read(root.join("data/agent.db")).unwrap();
+    assert!(!db.windows(15).any(|w| w == b"SQLite format 3"));
+    for needle in [SECRET.as_bytes(), OTHER.as_bytes()] {
+        assert!(files_containing(&root.join("data"), needle).is_empty());
+    }
+    let (c, out, err) = agent(&root, Some(&pass), &["export", "--all", "--format", "csv"]);
+    assert_eq!(c, 0, "{err}");
+    assert!(
+        out.contains("bravo.txt") && !out.contains("alpha.txt"),
+        "{out}"
+    );
+}
