@@ -21,7 +21,11 @@ REPO_DIR = MODELS_DIR.parent
 DEFAULT_DATA_DIR = (REPO_DIR / ".." / "shared" / "data").resolve()
 DEFAULT_WORK_ROOT = Path(os.environ.get("OUTPOST_RECIPE_WORK", "/tmp/outpost-recipes"))
 
-GOLDEN_TOLERANCE = 1e-4
+# Score tolerance of golden.json for the int8 bundles, and why (src/infer/golden.rs: decisions must still match).
+GOLDEN_TOLERANCE = 0.15
+GOLDEN_TOLERANCE_NOTE = ("int8 kernels of ONNX Runtime differ by CPU (AVX2 vs AVX-512 VNNI): scores measured 0.12 "
+                         "apart between two machines; the top label (single-label) and every decision not within "
+                         "the tolerance of its threshold (multi-label) must match exactly")
 MANIFEST = "manifest.json"
 
 

@@ -479,7 +479,8 @@ def main():
         s = run_head(s_head, e)[0]
         cases.append({"image": rel, "label": classes[c], "source": str(paths[pick].relative_to(data_dir)),
                       "scores": common.floats(s)})
-    common.write_json(out / "golden.json", {"tolerance": common.GOLDEN_TOLERANCE, "cases": cases})
+    common.write_json(out / "golden.json", {"tolerance": common.GOLDEN_TOLERANCE,
+                      "tolerance_note": common.GOLDEN_TOLERANCE_NOTE, "cases": cases})
 
     common.write_json(out / "reference_stats.json",
                       common.reference_stats(emb_v, sc_v, multi_label=False), indent=None)
