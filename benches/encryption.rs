@@ -86,6 +86,7 @@ async fn review_round(db: &Path, models_dir: &Path, items: usize) -> f64 {
     for (i, it) in list.iter().enumerate() {
         let id = it["item_id"].as_str().unwrap_or_default();
         let model = it["model_name"].as_str().unwrap_or_default();
+        let top = it["top_label"].as_str().unwrap_or_default();
         let r = c
             .get(format!("{base}api/items/{id}"))
             .send()
@@ -103,7 +104,7 @@ async fn review_round(db: &Path, models_dir: &Path, items: usize) -> f64 {
         if i % 4 == 0 {
             let r = c
                 .post(format!("{base}api/feedback"))
-                .json(&serde_json::json!({"item_id": id, "model_name": model, "confirm": true}))
+                .json(&serde_json::json!({"item_id": id, "model_name": model, "labels": [top]}))
                 .send()
                 .await
                 .expect("feedback");
