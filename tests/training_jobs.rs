@@ -6,6 +6,9 @@
 //!   owner) stops before publishing: the repository is unchanged and the run is recorded as
 //!   failed. The same run with its lease intact publishes (so the check can fail).
 //!
+//! - a candidate held by the gate on one server process is published from another that
+//!   shares the store and the blob store but not the data folder.
+//!
 //! Tiny real model (three colours, base training data) and real ONNX Runtime.
 
 mod common;
@@ -201,4 +204,68 @@ fn train_command_queues_one_job_that_one_process_runs() {
     assert_eq!(runs, 1, "trained once");
     let (_, jobs_out, _) = server_cmd(&data, &["--config", cfg, "jobs"]);
     assert!(jobs_out.contains("done"), "{jobs_out}");
+}
+
+#[test]
+fn a_candidate_held_on_one_process_is_published_from_another() {
+    common::init_ort();
+    let tmp = tempfile::tempdir().unwrap();
+    let data_a = tmp.path().join("server-a");
+    let (store, repo_a) = prepared(&data_a, &tmp.path().join("offline"));
+    let held = TrainingSettings {
+        publish: false,
+        ..settings()
+    };
+    let cfg = ServerConfig {
+        data_dir: data_a.clone(),
+        ort_lib: Some(common::ort_lib()),
+        training: held.clone(),
+        ..ServerConfig::default()
+    };
+    let json = serde_json::to_string(&held).unwrap();
+    store
+        .enqueue_training_with("colours", Trigger::Operator, 60, Some(&json))
+        .unwrap()
+        .unwrap();
+    background::work_once(store.as_ref(), &repo_a, &cfg, "process-a")
+        .unwrap()
+        .unwrap();
+    let run = store.runs(Some("colours")).unwrap()[0].clone();
+    assert_eq!(run.status.as_str(), "held", "{run:?}");
+    let version = run.candidate_version.clone().unwrap();
+    // Process B: same store and blob store, its own data folder (the online keys are
+    // shared as operators share them); A's candidate folder is not there.
+    std::fs::remove_dir_all(data_a.join("candidates")).unwrap();
+    let data_b = tmp.path().join("server-b");
+    std::fs::create_dir_all(data_b.join("keys/online")).unwrap();
+    for e in std::fs::read_dir(data_a.join("keys/online")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), data_b.join("keys/online").join(e.file_name())).unwrap();
+    }
+    let blobs = outpost::server::blob::BlobStore::local(&data_a.join("repo")).unwrap();
+    let repo_b = Repository::new(blobs, &data_b).with_lock(store.clone());
+    let p = outpost::server::ops::publish(
+        store.as_ref(),
+        &repo_b,
+        &version,
+        Some("colours"),
+        "stable",
+        &[],
+        100,
+        "operator:test",
+    )
+    .unwrap();
+    assert_eq!(p.targets_version, 2);
+    assert!(data_b
+        .join("candidates/colours")
+        .join(&version)
+        .join("manifest.json")
+        .is_file());
+    let t = publish::current_targets(&repo_a).unwrap();
+    assert!(
+        t.releases
+            .iter()
+            .any(|r| r.model == "colours" && r.version == version),
+        "{t:?}"
+    );
 }

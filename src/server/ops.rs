@@ -112,11 +112,24 @@ pub fn publish(
         (path, None)
     } else {
         let run = find_candidate(store, bundle_or_version, model)?;
-        let dir = run
-            .bundle_dir
-            .clone()
-            .ok_or(OpsError::NoBundle(run.run_id))?;
-        (PathBuf::from(dir), Some(run))
+        let recorded = PathBuf::from(
+            run.bundle_dir
+                .clone()
+                .ok_or(OpsError::NoBundle(run.run_id))?,
+        );
+        let dir = if recorded.join("manifest.json").is_file() {
+            recorded
+        } else {
+            // Trained by another server process: bring it from the shared blob store.
+            let local = repo
+                .data_dir()
+                .join("candidates")
+                .join(&run.model_name)
+                .join(bundle_or_version);
+            publish::fetch_candidate(repo, &run.model_name, bundle_or_version, &local)?;
+            local
+        };
+        (dir, Some(run))
     };
     let v = publish::publish(repo, &dir, channel, groups, percent)?;
     let what = format!("{} to {channel} {groups:?} {percent}%", dir.display());

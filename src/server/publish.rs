@@ -349,6 +349,86 @@ fn online_key(data_dir: &Path, role: &str) -> Result<SigningKey, PublishError> {
         .ok_or_else(|| PublishError::Keys(format!("online key {} is damaged", p.display())))
 }
 
+/// The blob-store prefix of a candidate bundle kept by a training run.
+fn candidate_prefix(model: &str, version: &str) -> String {
+    format!("candidates/{model}/{version}")
+}
+
+/// Copies a candidate bundle folder into the blob store (`candidates/<model>/<version>/`,
+/// then a `.files` index written last), so that any server process sharing the store can
+/// publish it later, not only the one that trained it.
+pub fn store_candidate(
+    repo: &Repository,
+    model: &str,
+    version: &str,
+    dir: &Path,
+) -> Result<(), PublishError> {
+    let prefix = candidate_prefix(model, version);
+    let mut files = Vec::new();
+    for e in walkdir::WalkDir::new(dir).sort_by_file_name() {
+        let e = e.map_err(|e| PublishError::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::other(e),
+        })?;
+        if !e.file_type().is_file() {
+            continue;
+        }
+        let rel = e
+            .path()
+            .strip_prefix(dir)
+            .unwrap_or(e.path())
+            .to_string_lossy()
+            .replace('\\', "/");
+        repo.blobs()
+            .put_file_new(&format!("{prefix}/{rel}"), e.path())?;
+        files.push(rel);
+    }
+    let index = serde_json::to_vec(&files).unwrap_or_default();
+    repo.blobs().put(&format!("{prefix}/.files"), index)?;
+    Ok(())
+}
+
+/// Brings a candidate bundle back from the blob store into `dir` when this machine does
+/// not have it (it was trained by another server process). Returns whether it fetched.
+pub fn fetch_candidate(
+    repo: &Repository,
+    model: &str,
+    version: &str,
+    dir: &Path,
+) -> Result<bool, PublishError> {
+    if dir.join("manifest.json").is_file() {
+        return Ok(false);
+    }
+    let prefix = candidate_prefix(model, version);
+    let Some(index) = repo.blobs().get(&format!("{prefix}/.files"))? else {
+        return Ok(false);
+    };
+    let files: Vec<String> = serde_json::from_slice(&index).map_err(|e| PublishError::Io {
+        path: dir.to_path_buf(),
+        source: std::io::Error::other(format!("damaged candidate index: {e}")),
+    })?;
+    let tmp = dir.with_extension(format!("fetching.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    for rel in &files {
+        if rel.split('/').any(|c| c == ".." || c.is_empty()) {
+            continue;
+        }
+        repo.blobs()
+            .get_to_file(&format!("{prefix}/{rel}"), &tmp.join(rel))?;
+    }
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| PublishError::Io {
+            path: parent.to_path_buf(),
+            source,
+        })?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|source| PublishError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    Ok(true)
+}
+
 /// Publishes a bundle folder as a release to `channel` (and `groups`, `percent`): copies
 /// its files by content into the repository, adds the release to targets, and signs new
 /// targets, snapshot and timestamp. Returns the new targets version.
@@ -768,4 +848,36 @@ pub fn rotate_keys(
         roles: roles.to_vec(),
         new_root_key_files,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_candidate_stored_by_one_process_is_fetched_by_another() {
+        let tmp = tempfile::tempdir().unwrap();
+        let shared = tmp.path().join("bucket");
+        let a = Repository::new(BlobStore::local(&shared).unwrap(), &tmp.path().join("a"));
+        let b = Repository::new(BlobStore::local(&shared).unwrap(), &tmp.path().join("b"));
+        let dir_a = tmp.path().join("a/candidates/landcover/1.1.0");
+        std::fs::create_dir_all(dir_a.join("golden")).unwrap();
+        std::fs::write(dir_a.join("manifest.json"), b"{\"name\":\"landcover\"}").unwrap();
+        std::fs::write(dir_a.join("head.onnx"), vec![7u8; 5000]).unwrap();
+        std::fs::write(dir_a.join("golden/t0.png"), b"png bytes").unwrap();
+        store_candidate(&a, "landcover", "1.1.0", &dir_a).unwrap();
+
+        let dir_b = tmp.path().join("b/candidates/landcover/1.1.0");
+        assert!(!fetch_candidate(&b, "landcover", "9.9.9", &tmp.path().join("b/x")).unwrap());
+        assert!(fetch_candidate(&b, "landcover", "1.1.0", &dir_b).unwrap());
+        for f in ["manifest.json", "head.onnx", "golden/t0.png"] {
+            assert_eq!(
+                std::fs::read(dir_a.join(f)).unwrap(),
+                std::fs::read(dir_b.join(f)).unwrap(),
+                "{f}"
+            );
+        }
+        // Already here: nothing fetched again.
+        assert!(!fetch_candidate(&b, "landcover", "1.1.0", &dir_b).unwrap());
+    }
 }

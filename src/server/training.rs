@@ -718,6 +718,8 @@ fn run_inner(
         &report_json,
         session,
     )?;
+    // Shared with every server process, so a held candidate can be published from any.
+    publish::store_candidate(repo, model, &version, &dir)?;
 
     let (status, reason) = if !report.gate.passed {
         (
