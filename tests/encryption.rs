@@ -22,21 +22,6 @@ const OTHER: &str = "YANKEE-3 the bridge on route nine is down";
 const LABEL: &str = "zz-shelter-mill";
 const PASS: &str = "river stone lantern";
 
-/// Every file under `dir` that contains `needle`.
-fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
-    let mut hits = Vec::new();
-    for e in walkdir::WalkDir::new(dir).into_iter().flatten() {
-        if !e.file_type().is_file() {
-            continue;
-        }
-        let bytes = std::fs::read(e.path()).unwrap_or_default();
-        if bytes.windows(needle.len()).any(|w| w == needle) {
-            hits.push(e.path().display().to_string());
-        }
-    }
-    hits
-}
-
 /// An agent command with the passphrase file (if any) and no terminal on stdin.
 fn agent(root: &Path, pass_file: Option<&Path>, args: &[&str]) -> (i32, String, String) {
     let mut c = agent_cmd(root, args);
@@ -125,16 +110,51 @@ fn encrypt(root: &Path, pass_file: &Path) -> String {
         .to_string()
 }
 
+/// sha256 of a file, hex (ring is already a dependency).
 fn sha_of(path: &Path) -> String {
-    use sha2_like::digest;
-    digest(&std::fs::read(path).unwrap())
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, &std::fs::read(path).unwrap()).as_ref())
 }
 
-/// sha256 via ring (already a dependency), as hex.
-mod sha2_like {
-    pub fn digest(b: &[u8]) -> String {
-        hex::encode(ring::digest::digest(&ring::digest::SHA256, b).as_ref())
+/// An encrypted laptop with analysed and labelled items: (its root, the passphrase file).
+fn encrypted_laptop(tmp: &Path) -> (PathBuf, PathBuf) {
+    let root = tmp.join("laptop");
+    set_up_agent(&root);
+    let pass = write_pass(tmp, "pass.txt", PASS);
+    encrypt(&root, &pass);
+    analyze_and_label(&root, Some(&pass));
+    (root, pass)
+}
+
+/// Kills the child process when dropped.
+struct Kill(std::process::Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
+}
+
+/// Starts `outpost <command> --listen 127.0.0.1:PORT` with no passphrase and no terminal
+/// (so it starts locked), and waits until it listens.
+fn start_locked(root: &Path, command: &str) -> (Kill, u16) {
+    let port = common::free_port();
+    let child = agent_cmd(root, &[command, "--listen", &format!("127.0.0.1:{port}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .env_remove("OUTPOST_PASSPHRASE_FILE")
+        .spawn()
+        .unwrap();
+    let child = Kill(child);
+    let t = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t.elapsed().as_secs() < 30,
+            "outpost {command} did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    (child, port)
 }
 
 #[test]
@@ -164,7 +184,7 @@ fn a_stolen_encrypted_data_folder_gives_nothing_away() {
     ];
     for (what, needle) in needles {
         assert!(
-            !files_containing(&plain.join("data"), needle).is_empty(),
+            !common::files_containing(&plain.join("data"), needle).is_empty(),
             "control: {what} should be in the plain folder"
         );
     }
@@ -200,7 +220,7 @@ fn a_stolen_encrypted_data_folder_gives_nothing_away() {
 
     let data = root.join("data");
     for (what, needle) in needles {
-        let hits = files_containing(&data, needle);
+        let hits = common::files_containing(&data, needle);
         assert!(hits.is_empty(), "{what} is readable in {hits:?}");
     }
     // The data is all there for the owner of the passphrase.
@@ -290,7 +310,7 @@ fn encrypting_an_existing_database_keeps_its_data() {
     analyze_and_label(&root, None);
     let (_, before, _) = agent(&root, None, &["export", "--all", "--format", "csv"]);
     assert!(before.contains("alpha.txt"));
-    assert!(!files_containing(&root.join("data"), SECRET.as_bytes()).is_empty());
+    assert!(!common::files_containing(&root.join("data"), SECRET.as_bytes()).is_empty());
     let pass = write_pass(tmp.path(), "pass.txt", PASS);
     encrypt(&root, &pass);
     let (c, after, err) = agent(&root, Some(&pass), &["export", "--all", "--format", "csv"]);
@@ -298,7 +318,7 @@ fn encrypting_an_existing_database_keeps_its_data() {
     assert_eq!(after, before, "the data changed in the conversion");
     let (_, out, _) = agent(&root, Some(&pass), &["status"]);
     assert!(out.contains("feedback waiting to sync: 2"), "{out}");
-    let hits = files_containing(&root.join("data"), SECRET.as_bytes());
+    let hits = common::files_containing(&root.join("data"), SECRET.as_bytes());
     assert!(hits.is_empty(), "plaintext left in {hits:?}");
     // Setting it up twice is refused.
     let (c, _, err) = agent(
@@ -337,37 +357,9 @@ fn http(method: &str, url: &str, body: Option<&str>) -> (u16, String) {
 #[test]
 fn outpost_run_starts_locked_and_its_review_page_unlocks_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("laptop");
-    set_up_agent(&root);
-    let pass = write_pass(tmp.path(), "pass.txt", PASS);
-    encrypt(&root, &pass);
-    analyze_and_label(&root, Some(&pass));
-    let port = common::free_port();
-    let child = agent_cmd(&root, &["run", "--listen", &format!("127.0.0.1:{port}")])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .env_remove("OUTPOST_PASSPHRASE_FILE")
-        .spawn()
-        .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _child = Kill(child);
+    encrypted_laptop(tmp.path());
+    let (_child, port) = start_locked(&tmp.path().join("laptop"), "run");
     let base = format!("http://127.0.0.1:{port}");
-    let t = std::time::Instant::now();
-    loop {
-        let ok = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
-        if ok {
-            break;
-        }
-        assert!(t.elapsed().as_secs() < 30, "outpost run did not start");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
     assert_eq!(
         http("GET", &format!("{base}/api/lock"), None),
         (200, r#"{"locked":true}"#.into())
@@ -420,7 +412,7 @@ fn systemd_creds_mode_unlocks_unattended() {
     assert_eq!(c, 0, "{out}{err}");
     assert!(root.join("data/data-key.cred").is_file());
     analyze_and_label(&root, None);
-    let hits = files_containing(&root.join("data"), SECRET.as_bytes());
+    let hits = common::files_containing(&root.join("data"), SECRET.as_bytes());
     assert!(hits.is_empty(), "plaintext in {hits:?}");
     let (c, out, err) = agent(&root, None, &["status"]);
     assert_eq!(c, 0, "{err}");
@@ -447,32 +439,8 @@ fn systemd_creds_mode_unlocks_unattended() {
 #[test]
 fn the_review_page_asks_for_the_passphrase_in_a_browser() {
     let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("laptop");
-    set_up_agent(&root);
-    let pass = write_pass(tmp.path(), "pass.txt", PASS);
-    encrypt(&root, &pass);
-    analyze_and_label(&root, Some(&pass));
-    let port = common::free_port();
-    let child = agent_cmd(&root, &["review", "--listen", &format!("127.0.0.1:{port}")])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .env_remove("OUTPOST_PASSPHRASE_FILE")
-        .spawn()
-        .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _child = Kill(child);
-    let t = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t.elapsed().as_secs() < 30, "outpost review did not start");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    encrypted_laptop(tmp.path());
+    let (_child, port) = start_locked(&tmp.path().join("laptop"), "review");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let b = webdriver::Browser::start().await;
@@ -524,11 +492,7 @@ fn the_review_page_asks_for_the_passphrase_in_a_browser() {
 #[test]
 fn a_revoked_encrypted_laptop_keeps_its_unsynced_outbox_encrypted() {
     let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("laptop");
-    set_up_agent(&root);
-    let pass = write_pass(tmp.path(), "pass.txt", PASS);
-    encrypt(&root, &pass);
-    analyze_and_label(&root, Some(&pass));
+    let (root, pass) = encrypted_laptop(tmp.path());
     let server_data = tmp.path().join("server");
     let server = ServerProcess::start(&server_data, common::free_port());
     let code = add_device(&server_data, "stolen");
@@ -561,7 +525,7 @@ fn a_revoked_encrypted_laptop_keeps_its_unsynced_outbox_encrypted() {
     let db = std::fs::read(root.join("data/agent.db")).unwrap();
     assert!(!db.windows(15).any(|w| w == b"SQLite format 3"));
     for needle in [SECRET.as_bytes(), OTHER.as_bytes()] {
-        assert!(files_containing(&root.join("data"), needle).is_empty());
+        assert!(common::files_containing(&root.join("data"), needle).is_empty());
     }
     let (c, out, err) = agent(&root, Some(&pass), &["export", "--all", "--format", "csv"]);
     assert_eq!(c, 0, "{err}");

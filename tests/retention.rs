@@ -7,22 +7,6 @@
 mod common;
 
 use common::{add_device, agent, ServerProcess};
-use std::path::Path;
-
-/// Every file under `dir` that contains `needle`.
-fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
-    let mut hits = Vec::new();
-    for e in walkdir::WalkDir::new(dir).into_iter().flatten() {
-        if !e.file_type().is_file() {
-            continue;
-        }
-        let bytes = std::fs::read(e.path()).unwrap_or_default();
-        if bytes.windows(needle.len()).any(|w| w == needle) {
-            hits.push(e.path().display().to_string());
-        }
-    }
-    hits
-}
 
 #[test]
 fn purge_removes_reviewed_synced_items_and_keeps_the_rest() {
@@ -77,7 +61,7 @@ fn purge_removes_reviewed_synced_items_and_keeps_the_rest() {
         )
         .unwrap()
     };
-    assert!(!files_containing(&data, secret.as_bytes()).is_empty());
+    assert!(!common::files_containing(&data, secret.as_bytes()).is_empty());
 
     // A dry run deletes nothing; the default policy (30 days) keeps today's items.
     let (code, out, _) = agent(root, &["purge", "--dry-run", "--older-than-days", "0"]);
@@ -92,7 +76,7 @@ fn purge_removes_reviewed_synced_items_and_keeps_the_rest() {
     );
     let (_, out, _) = agent(root, &["purge"]);
     assert!(out.contains("purged 0 "), "{out}");
-    assert!(!files_containing(&data, secret.as_bytes()).is_empty());
+    assert!(!common::files_containing(&data, secret.as_bytes()).is_empty());
 
     let (code, out, err) = agent(root, &["purge", "--older-than-days", "0"]);
     assert_eq!(code, 0, "{out}{err}");
@@ -106,12 +90,12 @@ fn purge_removes_reviewed_synced_items_and_keeps_the_rest() {
         ("the tile", tile_bytes.as_slice()),
         ("the embedding", embedding.as_slice()),
     ] {
-        let hits = files_containing(&data, needle);
+        let hits = common::files_containing(&data, needle);
         assert!(hits.is_empty(), "{what} is still in {hits:?}");
     }
     // Unreviewed and unsynced items stay, with their outbox.
-    assert!(!files_containing(&data, other.as_bytes()).is_empty());
-    assert!(!files_containing(&data, pending.as_bytes()).is_empty());
+    assert!(!common::files_containing(&data, other.as_bytes()).is_empty());
+    assert!(!common::files_containing(&data, pending.as_bytes()).is_empty());
     assert_eq!(common::pending(root), 1, "the unsynced decision is kept");
     let (code, out, err) = agent(root, &["export", "--all", "--format", "csv"]);
     assert_eq!(code, 0, "{err}");
@@ -172,11 +156,11 @@ fn a_revoked_device_wipes_synced_item_data_and_keeps_unsynced_decisions() {
     );
     let data = root.join("data");
     for text in [synced, unreviewed] {
-        let hits = files_containing(&data, text.as_bytes());
+        let hits = common::files_containing(&data, text.as_bytes());
         assert!(hits.is_empty(), "{text:?} is still in {hits:?}");
     }
     assert!(
-        !files_containing(&data, unsynced.as_bytes()).is_empty(),
+        !common::files_containing(&data, unsynced.as_bytes()).is_empty(),
         "the decision that never reached the server is kept"
     );
     assert_eq!(common::pending(root), 1);
@@ -227,7 +211,9 @@ fn outpost_run_applies_the_retention_policy_by_itself() {
     let data = root.join("data");
     let t = std::time::Instant::now();
     let gone = loop {
-        if common::pending(root) == 0 && files_containing(&data, secret.as_bytes()).is_empty() {
+        if common::pending(root) == 0
+            && common::files_containing(&data, secret.as_bytes()).is_empty()
+        {
             break true;
         }
         if t.elapsed() > std::time::Duration::from_secs(20) {

@@ -614,3 +614,18 @@ pub fn bundle_with_base_data(dir: &Path) {
     )
     .unwrap();
 }
+
+/// Every file under `dir` that contains `needle` (the "stolen laptop" searches).
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut hits = Vec::new();
+    for e in walkdir::WalkDir::new(dir).into_iter().flatten() {
+        if !e.file_type().is_file() {
+            continue;
+        }
+        let bytes = std::fs::read(e.path()).unwrap_or_default();
+        if bytes.windows(needle.len()).any(|w| w == needle) {
+            hits.push(e.path().display().to_string());
+        }
+    }
+    hits
+}
