@@ -1,7 +1,7 @@
 //! How many field labels does a new class need? The default land-cover model learns two
 //! labels it never saw, `damage` and `no_damage`, from Hurricane Harvey tiles
 //! (../shared/data/damage), the way the server retrains: the bundle's base embeddings plus
-//! N field decisions, softmax regression in Rust ([`outpost::server::train`]).
+//! N field decisions, softmax regression in Rust ([`outpost::server::training::head`]).
 //!
 //! Tiles are embedded with the real backbone through ONNX Runtime. They are split by
 //! location (0.01-degree cells of the coordinates in the file names, so a building's
@@ -12,9 +12,11 @@
 //!
 //! Run: `cargo bench --bench field_labels` (under `cargo test` it only says how to run it).
 
+use outpost::model::dataset::Dataset;
 use outpost::model::pool::SessionOptions;
 use outpost::model::{Bundle, LoadedModel};
-use outpost::server::train::{evaluate, train, Dataset, TrainOptions};
+use outpost::server::training::evaluation::evaluate;
+use outpost::server::training::head::{train, TrainOptions};
 use std::path::{Path, PathBuf};
 
 const POOL_MAX: usize = 1600;

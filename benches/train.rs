@@ -4,7 +4,9 @@
 //!
 //! Run: `cargo bench --bench train`.
 
-use outpost::server::train::{evaluate, train, Dataset, TrainOptions};
+use outpost::model::dataset::Dataset;
+use outpost::server::training::evaluation::evaluate;
+use outpost::server::training::head::{train, TrainOptions};
 use std::time::Instant;
 
 fn rng(seed: u64) -> impl FnMut() -> f32 {

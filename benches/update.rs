@@ -119,8 +119,8 @@ impl Bench {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().to_path_buf();
         let server_data = root.join("server");
-        let repo = outpost::server::publish::Repository::local(&server_data).unwrap();
-        outpost::server::publish::init_keys(&repo, &root.join("root-keys"), 3, 2).unwrap();
+        let repo = outpost::server::repository::Repository::local(&server_data).unwrap();
+        outpost::server::repository::init_keys(&repo, &root.join("root-keys"), 3, 2).unwrap();
         let store = Arc::new(SqliteServerStore::open(&server_data.join("server.db")).unwrap());
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -160,7 +160,8 @@ impl Bench {
             data_dir: data.clone(),
             database: db,
             pinned_root: Some(
-                outpost::server::publish::repo_dir(&self.server_data).join("metadata/1.root.json"),
+                outpost::server::repository::repo_dir(&self.server_data)
+                    .join("metadata/1.root.json"),
             ),
             channel: "stable".into(),
             shipped_models: None,
@@ -170,8 +171,8 @@ impl Bench {
     }
 
     fn publish(&self, dir: &Path) {
-        let repo = outpost::server::publish::Repository::local(&self.server_data).unwrap();
-        outpost::server::publish::publish(&repo, dir, "stable", &[], 100).unwrap();
+        let repo = outpost::server::repository::Repository::local(&self.server_data).unwrap();
+        outpost::server::repository::publish(&repo, dir, "stable", &[], 100).unwrap();
     }
 }
 

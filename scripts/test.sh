@@ -20,6 +20,21 @@ export OUTPOST_REQUIRE_POSTGRES="${OUTPOST_REQUIRE_POSTGRES:-1}"
 # it must be installable here, so its tests cannot silently skip.
 bash scripts/fetch-moto.sh >/dev/null
 export OUTPOST_REQUIRE_S3="${OUTPOST_REQUIRE_S3:-1}"
+# The shared data (../shared/data next to this checkout, or next to the repository it was
+# cloned from, as a CI clone in a temporary folder is): its tests must run, not skip.
+# OUTPOST_REQUIRE_SHARED_DATA=0 lets a newcomer without it skip them, with a message.
+if [ -z "${OUTPOST_SHARED_DATA:-}" ]; then
+  origin="$(git config --get remote.origin.url 2>/dev/null || true)"
+  for cand in "$PWD/../shared/data" "${origin%/}/../shared/data" /work/shared/data; do
+    if [ -d "$cand" ]; then
+      OUTPOST_SHARED_DATA="$(cd "$cand" && pwd)"
+      export OUTPOST_SHARED_DATA
+      break
+    fi
+  done
+fi
+export OUTPOST_REQUIRE_SHARED_DATA="${OUTPOST_REQUIRE_SHARED_DATA:-1}"
+echo "shared data: ${OUTPOST_SHARED_DATA:-not found} (required: $OUTPOST_REQUIRE_SHARED_DATA)"
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --all-targets

@@ -27,6 +27,7 @@
 //! raw data) travel to the server with sync.
 
 use crate::model::{base_data, Bundle};
+pub use crate::protocol::{DriftState, DriftWindow};
 use crate::store::{Store, StoreError};
 use rusqlite::params;
 use serde::{Deserialize, Serialize};
@@ -50,37 +51,6 @@ impl Default for DriftSettings {
             window: 50,
             watch_rate: 0.2,
             drifted_rate: 0.5,
-        }
-    }
-}
-
-/// A window's verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DriftState {
-    /// Looks like the training data.
-    Ok,
-    /// More unfamiliar items than chance explains.
-    Watch,
-    /// Mostly unfamiliar: do not trust the labels without review.
-    Drifted,
-}
-
-impl DriftState {
-    /// The spelling in SQL, JSON and the CLI.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DriftState::Ok => "ok",
-            DriftState::Watch => "watch",
-            DriftState::Drifted => "drifted",
-        }
-    }
-    /// Parses [`DriftState::as_str`].
-    pub fn parse(s: &str) -> DriftState {
-        match s {
-            "drifted" => DriftState::Drifted,
-            "watch" => DriftState::Watch,
-            _ => DriftState::Ok,
         }
     }
 }
@@ -259,35 +229,6 @@ pub fn psi(observed: &[f64], expected: &[f64]) -> Option<f64> {
             })
             .sum(),
     )
-}
-
-/// One window of predictions, as stored and as sent to the server.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DriftWindow {
-    /// Model.
-    pub model_name: String,
-    /// Model version.
-    pub model_version: String,
-    /// Items in the window.
-    pub items: usize,
-    /// Items above the novelty threshold.
-    pub novel: usize,
-    /// The drift score: `novel / items`.
-    pub score: f64,
-    /// Verdict.
-    pub state: DriftState,
-    /// PSI of the top-score histogram against the reference.
-    pub top_score_psi: Option<f64>,
-    /// PSI of the predicted-label mix against the reference (single-label models).
-    pub label_psi: Option<f64>,
-    /// Likely cause: the labels the novel items were given, most frequent first.
-    pub novel_labels: Vec<(String, usize)>,
-    /// Likely cause: the source folders of the novel items, most frequent first.
-    pub novel_folders: Vec<(String, usize)>,
-    /// First prediction (analysis time).
-    pub started_at: String,
-    /// Last prediction.
-    pub ended_at: String,
 }
 
 fn top_counts(v: impl Iterator<Item = String>, n: usize) -> Vec<(String, usize)> {

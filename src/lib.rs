@@ -5,6 +5,12 @@
 //! `outpost-server`, the central training server) only parse their command lines and call
 //! in here. A newcomer can read it in this order:
 //!
+//! Leaf modules that depend on nothing else in the crate (`tests/architecture.rs` checks):
+//! - [`protocol`]: wire types shared by agent and server (decisions as feedback records,
+//!   drift windows, device reports).
+//! - [`clock`], [`encoding`] (base64, float16 embeddings), [`version`], [`hash`].
+//!
+//! The agent, in the order of the loop (agent code never imports [`server`]):
 //! - [`config`]: the agent's TOML configuration and where its data lives.
 //! - [`model`]: model bundles (manifest, hash verification), loading ONNX Runtime, and
 //!   the pool of ONNX sessions that concurrent callers share.
@@ -12,21 +18,28 @@
 //! - [`store`]: the agent's SQLite database (items, predictions, runs, failures).
 //! - [`review`]: the local review page and its JSON API.
 //! - [`analyze`]: the `outpost analyze` job that ties the pipelines to the store.
-//! - [`protocol`]: wire types shared by agent and server (feedback records).
 //! - [`export`]: JSON, CSV and GeoJSON output of stored results.
 //! - [`identity`]: the device's Ed25519 key and request signing.
 //! - [`sync`]: enrollment and pushing the feedback outbox to the server.
-//! - [`server`]: the central server's HTTP API and storage.
+//! - [`drift`]: noticing when field data no longer looks like the training data.
+//! - [`server`]: the central server: API (ingest), store, training, the signed
+//!   repository, operator actions and the dashboard.
 //! - [`trust`]: TUF-style signed update metadata (roles, thresholds, versions, expiry).
+//! - [`daemon`]: `outpost run`, the long-running agent (review page, sync, update and
+//!   retention loops).
+//! - [`status`]: `outpost status`, what the agent knows about itself.
 //! - [`doctor`]: `outpost doctor`, the checks of an installation.
 //! - [`bench`]: the end-to-end benchmark against raw ONNX Runtime.
 
 pub mod analyze;
 pub mod bench;
 
+pub mod clock;
 pub mod config;
+pub mod daemon;
 pub mod doctor;
 pub mod drift;
+pub mod encoding;
 pub mod export;
 pub mod hash;
 pub mod identity;
@@ -35,7 +48,9 @@ pub mod model;
 pub mod protocol;
 pub mod review;
 pub mod server;
+pub mod status;
 pub mod store;
 pub mod sync;
 pub mod trust;
 pub mod update;
+pub mod version;

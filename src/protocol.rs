@@ -2,7 +2,6 @@
 //! it leaves the agent, over HTTP or on a USB stick. Changing a field here is a protocol
 //! change: bump [`PROTOCOL_VERSION`].
 
-use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 /// Version of the agent-server protocol.
@@ -44,15 +43,12 @@ pub struct FeedbackRecord {
 impl FeedbackRecord {
     /// The embedding as f32.
     pub fn embedding(&self) -> Result<Vec<f32>, base64::DecodeError> {
-        let bytes = base64::engine::general_purpose::STANDARD.decode(&self.embedding_f16)?;
-        Ok(crate::store::embedding_from_f16(&bytes))
+        let bytes = crate::encoding::unb64(&self.embedding_f16)?;
+        Ok(crate::encoding::embedding_from_f16(&bytes))
     }
 }
 
-/// Base64 (standard alphabet, padded), the encoding of binary fields in JSON.
-pub fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
+pub use crate::encoding::b64;
 
 /// Header carrying the protocol version on every request and response.
 pub const HEADER_PROTOCOL: &str = "x-outpost-protocol";
@@ -158,7 +154,7 @@ pub struct DriftUpload {
     /// Protocol version.
     pub protocol: u32,
     /// (agent window id, window), oldest first.
-    pub windows: Vec<(i64, crate::drift::DriftWindow)>,
+    pub windows: Vec<(i64, DriftWindow)>,
 }
 
 /// The server's answer to a drift upload.
@@ -221,4 +217,64 @@ pub struct DeviceStatus {
     pub device_id: String,
     /// Its group (releases can target groups).
     pub group: String,
+}
+
+/// A window's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriftState {
+    /// Looks like the training data.
+    Ok,
+    /// More unfamiliar items than chance explains.
+    Watch,
+    /// Mostly unfamiliar: do not trust the labels without review.
+    Drifted,
+}
+
+impl DriftState {
+    /// The spelling in SQL, JSON and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriftState::Ok => "ok",
+            DriftState::Watch => "watch",
+            DriftState::Drifted => "drifted",
+        }
+    }
+    /// Parses [`DriftState::as_str`].
+    pub fn parse(s: &str) -> DriftState {
+        match s {
+            "drifted" => DriftState::Drifted,
+            "watch" => DriftState::Watch,
+            _ => DriftState::Ok,
+        }
+    }
+}
+
+/// One window of predictions, as stored and as sent to the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DriftWindow {
+    /// Model.
+    pub model_name: String,
+    /// Model version.
+    pub model_version: String,
+    /// Items in the window.
+    pub items: usize,
+    /// Items above the novelty threshold.
+    pub novel: usize,
+    /// The drift score: `novel / items`.
+    pub score: f64,
+    /// Verdict.
+    pub state: DriftState,
+    /// PSI of the top-score histogram against the reference.
+    pub top_score_psi: Option<f64>,
+    /// PSI of the predicted-label mix against the reference (single-label models).
+    pub label_psi: Option<f64>,
+    /// Likely cause: the labels the novel items were given, most frequent first.
+    pub novel_labels: Vec<(String, usize)>,
+    /// Likely cause: the source folders of the novel items, most frequent first.
+    pub novel_folders: Vec<(String, usize)>,
+    /// First prediction (analysis time).
+    pub started_at: String,
+    /// Last prediction.
+    pub ended_at: String,
 }

@@ -17,8 +17,8 @@
 mod common;
 
 use common::{server_cmd, ServerProcess};
-use outpost::server::blob::{BlobStore, BlobStoreConfig};
-use outpost::server::publish::{self, Repository};
+use outpost::server::repository::blob::{BlobStore, BlobStoreConfig};
+use outpost::server::repository::{self, Repository};
 use outpost::trust::client::TrustedState;
 use outpost::trust::{verify_target, Targets};
 use std::io::{Read, Write};
@@ -345,7 +345,7 @@ fn race_refresh(repos: Vec<Repository>) -> usize {
             let barrier = barrier.clone();
             std::thread::spawn(move || {
                 barrier.wait();
-                publish::refresh_timestamp(&r, margin).unwrap()
+                repository::refresh_timestamp(&r, margin).unwrap()
             })
         })
         .collect();
@@ -361,10 +361,10 @@ fn timestamp_is_resigned_once_and_concurrent_publishes_both_land_on_s3() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("server");
     let first = s3_repo(&moto, "once", &data);
-    publish::init_keys(&first, &tmp.path().join("offline"), 1, 1).unwrap();
+    repository::init_keys(&first, &tmp.path().join("offline"), 1, 1).unwrap();
     let bundle = tmp.path().join("colours");
     common::make_image_bundle(&bundle, "colours", "1.0.0");
-    publish::publish(&first, &bundle, "stable", &[], 100).unwrap();
+    repository::publish(&first, &bundle, "stable", &[], 100).unwrap();
     assert_eq!(timestamp_versions(&first), vec![1]);
     std::thread::sleep(Duration::from_secs(2));
 
@@ -409,13 +409,13 @@ fn timestamp_is_resigned_once_and_concurrent_publishes_both_land_on_s3() {
         .into_iter()
         .map(|b| {
             let repo = s3_repo(&moto, "once", &data).with_lock(store.clone());
-            std::thread::spawn(move || publish::publish(&repo, &b, "stable", &[], 100).unwrap())
+            std::thread::spawn(move || repository::publish(&repo, &b, "stable", &[], 100).unwrap())
         })
         .collect();
     let mut versions: Vec<u64> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     versions.sort();
     assert_eq!(versions, vec![2, 3]);
-    let targets = publish::current_targets(&first).unwrap();
+    let targets = repository::current_targets(&first).unwrap();
     let mut models: Vec<&str> = targets.releases.iter().map(|r| r.model.as_str()).collect();
     models.sort();
     assert_eq!(models, vec!["blue", "colours", "red"]);
@@ -431,6 +431,6 @@ fn timestamp_is_resigned_once_and_concurrent_publishes_both_land_on_s3() {
         )
         .unwrap());
     let locked = s3_repo(&moto, "once", &data).with_lock(store.clone());
-    let v = publish::refresh_timestamp(&locked, time::Duration::hours(48)).unwrap();
+    let v = repository::refresh_timestamp(&locked, time::Duration::hours(48)).unwrap();
     assert_eq!(v, Some(7));
 }

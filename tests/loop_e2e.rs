@@ -18,13 +18,10 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn the_readme_loop_demonstration_runs_and_learns() {
-    let Some(shared) = common::shared_data() else {
+    let Some(damage) = common::shared_subdir("damage/damage") else {
         return;
     };
-    if !shared.join("damage/damage").is_dir() {
-        eprintln!("SKIP: no damage tiles in {}", shared.display());
-        return;
-    }
+    let shared = damage.join("../..");
     let tiles: usize = std::env::var("OUTPOST_LOOP_TILES")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -258,13 +258,13 @@ fn key_rotation_through_the_cli_and_an_agent_that_missed_it() {
     assert!(e.to_string().contains("valid signature"), "{e}");
 
     // A fresh timestamp is left alone; one near expiry is re-signed with a new version.
-    let repo = outpost::server::publish::Repository::local(&data).unwrap();
+    let repo = outpost::server::repository::Repository::local(&data).unwrap();
     assert_eq!(
-        outpost::server::publish::refresh_timestamp(&repo, time::Duration::hours(12)).unwrap(),
+        outpost::server::repository::refresh_timestamp(&repo, time::Duration::hours(12)).unwrap(),
         None
     );
     let before = parse::<outpost::trust::Timestamp>(&read("timestamp.json")).unwrap();
-    let v = outpost::server::publish::refresh_timestamp(&repo, time::Duration::hours(48))
+    let v = outpost::server::repository::refresh_timestamp(&repo, time::Duration::hours(48))
         .unwrap()
         .expect("re-signed");
     assert_eq!(v, before.signed.version + 1);

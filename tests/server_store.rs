@@ -7,11 +7,11 @@ mod common;
 
 use outpost::drift::{DriftState, DriftWindow};
 use outpost::protocol::{DeviceModel, DeviceModelsReport, FeedbackRecord, ModelFailure};
-use outpost::server::background::{work_one, JobOutcome};
 use outpost::server::store::{
     self, PostgresServerStore, RunEnd, RunStatus, ServerStore, ServerStoreError, Split,
     SqliteServerStore, StoreStats, Trigger, Via,
 };
+use outpost::server::training::job::{work_one, JobOutcome};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,8 +4,9 @@
 mod common;
 
 use ort::value::TensorRef;
+use outpost::model::dataset::Dataset;
 use outpost::model::pool::{build_session, SessionOptions};
-use outpost::server::train::{train, Dataset, TrainOptions};
+use outpost::server::training::head::{train, TrainOptions};
 
 fn run_onnx(bytes: &[u8], x: &[f32], rows: usize, dim: usize) -> Vec<f32> {
     common::init_ort();

@@ -15,10 +15,10 @@ mod common;
 
 use common::{server_cmd, ServerProcess};
 use outpost::protocol::FeedbackRecord;
-use outpost::server::background::{self, JobOutcome};
 use outpost::server::config::ServerConfig;
-use outpost::server::publish::{self, Repository};
+use outpost::server::repository::{self, Repository};
 use outpost::server::store::{ServerStore, SqliteServerStore, Trigger, Via};
+use outpost::server::training::job::{self as background, JobOutcome};
 use outpost::server::training::TrainingSettings;
 use std::path::Path;
 use std::sync::Arc;
@@ -82,10 +82,10 @@ fn prepared(data: &Path, offline: &Path) -> (Arc<dyn ServerStore>, Repository) {
     let store: Arc<dyn ServerStore> =
         Arc::new(SqliteServerStore::open(&data.join("server.db")).unwrap());
     let repo = Repository::local(data).unwrap().with_lock(store.clone());
-    publish::init_keys(&repo, offline, 1, 1).unwrap();
+    repository::init_keys(&repo, offline, 1, 1).unwrap();
     let bundle = data.join("../colours-1.0.0");
     common::bundle_with_base_data(&bundle);
-    publish::publish(&repo, &bundle, "stable", &[], 100).unwrap();
+    repository::publish(&repo, &bundle, "stable", &[], 100).unwrap();
     feedback(store.as_ref(), 20);
     (store, repo)
 }
@@ -103,7 +103,7 @@ fn a_run_whose_job_was_taken_over_stops_and_publishes_nothing() {
         ..ServerConfig::default()
     };
     let json = serde_json::to_string(&settings()).unwrap();
-    let version = || publish::current_targets(&repo).unwrap().version;
+    let version = || repository::current_targets(&repo).unwrap().version;
     assert_eq!(version(), 1);
 
     // Control: with its lease intact the same job publishes.
@@ -242,7 +242,7 @@ fn a_candidate_held_on_one_process_is_published_from_another() {
         let e = e.unwrap();
         std::fs::copy(e.path(), data_b.join("keys/online").join(e.file_name())).unwrap();
     }
-    let blobs = outpost::server::blob::BlobStore::local(&data_a.join("repo")).unwrap();
+    let blobs = outpost::server::repository::blob::BlobStore::local(&data_a.join("repo")).unwrap();
     let repo_b = Repository::new(blobs, &data_b).with_lock(store.clone());
     let p = outpost::server::ops::publish(
         store.as_ref(),
@@ -261,7 +261,7 @@ fn a_candidate_held_on_one_process_is_published_from_another() {
         .join(&version)
         .join("manifest.json")
         .is_file());
-    let t = publish::current_targets(&repo_a).unwrap();
+    let t = repository::current_targets(&repo_a).unwrap();
     assert!(
         t.releases
             .iter()

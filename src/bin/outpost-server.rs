@@ -2,10 +2,10 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use outpost::server;
 use outpost::server::config::ServerConfig;
 use outpost::server::store::RunStatus;
-use outpost::server::store::{ServerStore, Via};
-use outpost::server::{self, AppState};
+use outpost::server::store::ServerStore;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -344,10 +344,12 @@ fn open_store(cfg: &ServerConfig) -> Result<Arc<dyn ServerStore>> {
 fn open_repo(
     cfg: &ServerConfig,
     store: &Arc<dyn ServerStore>,
-) -> Result<server::publish::Repository> {
-    Ok(server::publish::Repository::open(cfg)
-        .context("cannot open the model repository's blob store ([blob_store] in the config)")?
-        .with_lock(store.clone()))
+) -> Result<server::repository::Repository> {
+    Ok(
+        server::repository::Repository::open(&cfg.blob_store, &cfg.data_dir)
+            .context("cannot open the model repository's blob store ([blob_store] in the config)")?
+            .with_lock(store.clone()),
+    )
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -358,21 +360,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve { listen } => {
             let listen = listen.unwrap_or(cfg.listen.clone());
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-                tracing::info!(address = %listener.local_addr()?, data_dir = %cfg.data_dir.display(), repository = repo.blobs().url(), "outpost-server listening");
-                tracing::info!("operators' dashboard: http://{}/admin/ (accounts: outpost-server admin add NAME)", listener.local_addr()?);
-                tokio::spawn(server::background::run(store.clone(), repo.clone(), cfg.clone()));
-                let dashboard = server::dashboard::Dashboard::new(store.clone(), cfg.clone(), repo.clone());
-                let export_secret = server::export_key::ExportSecret::load_or_create(&cfg.data_dir)
-                    .with_context(|| format!("the feedback export secret {}", server::export_key::path(&cfg.data_dir).display()))?;
-                let app = server::router(
-                    AppState::new(store, Some(repo.blobs().clone())).with_export_secret(export_secret),
-                )
-                    .merge(server::dashboard::router(dashboard));
-                server::serve_app(listener, app).await?;
-                anyhow::Ok(())
-            })?;
+            rt.block_on(server::serve::run(cfg, store, repo, &listen))?;
         }
         Command::Admin { command } => admin(store.as_ref(), command)?,
         Command::Devices { command } => match command {
@@ -382,38 +370,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 valid_hours,
             } => {
                 let valid_hours = valid_hours.unwrap_or(cfg.enrollment_valid_hours);
-                let code = new_code();
-                let expires = time::OffsetDateTime::now_utc() + time::Duration::hours(valid_hours);
-                let expires = expires.format(&time::format_description::well_known::Rfc3339)?;
-                let hash = outpost::hash::sha256_hex(server::normalise_code(&code).as_bytes());
-                let d = store.add_device(&name, &group, &hash, &expires)?;
-                store.audit(
+                let n = server::ops::devices::add_device(
+                    store.as_ref(),
+                    &name,
+                    &group,
+                    valid_hours,
                     "operator",
-                    "devices add",
-                    &format!("{} ({}) group {}", d.name, d.device_id, d.group),
                 )?;
+                let (d, code) = (&n.device, &n.code);
                 println!(
                     "device {} added to group {} (id {})",
                     d.name, d.group, d.device_id
                 );
-                println!("enrollment code (valid until {expires}, usable once):\n\n    {code}\n");
+                println!(
+                    "enrollment code (valid until {}, usable once):\n\n    {code}\n",
+                    n.expires
+                );
                 println!("on the device: outpost enroll <this server's URL> {code}");
             }
             DevicesCommand::List => {
                 let device_models = store.device_models()?;
                 for d in store.devices()? {
-                    let state = if d.revoked_at.is_some() {
-                        "revoked"
-                    } else if d.enrolled_at.is_some() {
-                        "enrolled"
-                    } else {
-                        "awaiting enrollment"
-                    };
                     println!(
                         "{:<20} {:<12} {:<20} feedback {:>6}{}  last seen {}  {}",
                         d.name,
                         d.group,
-                        state,
+                        server::ops::devices::state(&d),
                         d.feedback,
                         d.pending_feedback
                             .map(|p| format!(" (+{p} pending on the device)"))
@@ -440,12 +422,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     threshold,
                 },
         } => {
-            let root = server::publish::init_keys(&repo, &root_keys_dir, root_keys, threshold)?;
-            store.audit(
-                "operator",
-                "keys init",
-                &format!("{root_keys} root keys, threshold {threshold}"),
-            )?;
+            server::ops::keys::init(store.as_ref(), &repo, &root_keys_dir, root_keys, threshold)?;
             println!(
                 "root metadata v1 signed by {threshold} of {root_keys} root keys; root keys written to {} (move them offline now)",
                 root_keys_dir.display()
@@ -454,7 +431,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 "pin this root on the agents: metadata/root.json in {} (also served at <server URL>/v1/metadata/1.root.json)",
                 repo.blobs().url()
             );
-            let _ = root;
         }
         Command::Keys {
             command:
@@ -465,25 +441,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     threshold,
                 },
         } => {
-            let r = server::publish::rotate_keys(
+            let r = server::ops::keys::rotate(
+                store.as_ref(),
                 &repo,
                 &root_keys_dir,
                 &roles,
                 new_root_keys.map(|n| (n, threshold)),
-            )?;
-            store.audit(
-                "operator",
-                "keys rotate",
-                &format!(
-                    "root v{}: new keys for {:?}{}",
-                    r.root_version,
-                    r.roles,
-                    if r.new_root_key_files.is_empty() {
-                        String::new()
-                    } else {
-                        format!(", {} new root keys", r.new_root_key_files.len())
-                    }
-                ),
             )?;
             println!(
                 "root metadata v{} written; online keys replaced for {:?}",
@@ -496,7 +459,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 "agents pick the new root up on their next sync, however many versions they missed"
             );
         }
-        Command::Models { command } => models(&cfg, &repo, store.as_ref(), command)?,
+        Command::Models { command } => models(&repo, store.as_ref(), command)?,
         Command::Train {
             model,
             no_publish,
@@ -521,26 +484,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             // A job in the job table, so exactly one process runs it: a serving process
             // may claim it, or this command does (it works the queue while it waits).
-            let queued = server::ops::enqueue_train(store.as_ref(), &model, &settings, "operator")?;
-            match queued {
-                server::ops::Queued::New(j) => println!("training job #{j} queued for {model}"),
-                server::ops::Queued::AlreadyOpen(j) => println!(
-                    "a training job for {model} is already queued or running (#{j}); waiting for it (its own settings apply)"
-                ),
-            }
-            let owner = server::background::worker_id();
-            let job = server::ops::wait_for_job(
+            let t = server::ops::train::train_and_wait(
                 store.as_ref(),
-                queued.job_id(),
-                std::time::Duration::from_secs(3600),
-                || {
-                    if let Err(e) =
-                        server::background::work_once(store.as_ref(), &repo, &cfg, &owner)
-                    {
-                        tracing::warn!(error = %e, "training job queue unavailable");
-                    }
+                &repo,
+                &cfg,
+                &model,
+                &settings,
+                |queued| {
+                    match queued {
+                    server::ops::Queued::New(j) => println!("training job #{j} queued for {model}"),
+                    server::ops::Queued::AlreadyOpen(j) => println!(
+                        "a training job for {model} is already queued or running (#{j}); waiting for it (its own settings apply)"
+                    ),
+                }
                 },
             )?;
+            let job = &t.job;
             println!(
                 "job #{} {} (run by {})",
                 job.job_id,
@@ -550,13 +509,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(e) = &job.error {
                 anyhow::bail!("training job #{} failed: {e}", job.job_id);
             }
-            let Some(run) = job.run_id.and_then(|id| {
-                store
-                    .runs(Some(&model))
-                    .ok()?
-                    .into_iter()
-                    .find(|r| r.run_id == id)
-            }) else {
+            let Some(run) = t.run else {
                 anyhow::bail!("training job #{} ended without a run", job.job_id);
             };
             if let Some(report) = &run.report {
@@ -657,40 +610,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Feedback {
             command: FeedbackCommand::Import { file, device },
         } => {
-            // Sealed files open with the export key of the device they name.
-            let secret = server::export_key::ExportSecret::load_or_create(&cfg.data_dir)
-                .with_context(|| {
-                    format!(
-                        "the feedback export secret {}",
-                        server::export_key::path(&cfg.data_dir).display()
-                    )
-                })?;
-            let (header, records) =
-                outpost::store::usb::read_with(&file, &|device| Some(secret.key_for(device)))?;
-            let who = device
-                .or(header.device_id.clone())
-                .context("the file does not name its device: pass --device NAME")?;
-            let d = store
-                .devices()?
-                .into_iter()
-                .find(|d| d.name == who || d.device_id == who)
-                .with_context(|| format!("no device {who:?}"))?;
-            let r = store.ingest(&d.device_id, &records, Via::Usb)?;
-            store.audit(
-                "operator",
-                "feedback import",
-                &format!(
-                    "{} from {}: {} new, {} duplicates",
-                    file.display(),
-                    d.name,
-                    r.acked.len() - r.duplicates,
-                    r.duplicates
-                ),
-            )?;
+            let i =
+                server::ops::usb::import_feedback(store.as_ref(), &cfg.data_dir, &file, device)?;
+            let r = &i.result;
             println!(
                 "{}: {} records, {} new, {} already stored, {} refused",
                 file.display(),
-                records.len(),
+                i.records,
                 r.acked.len() - r.duplicates,
                 r.duplicates,
                 r.refused.len()
@@ -757,8 +683,7 @@ fn admin(store: &dyn ServerStore, command: AdminCommand) -> Result<()> {
 }
 
 fn models(
-    cfg: &ServerConfig,
-    repo: &server::publish::Repository,
+    repo: &server::repository::Repository,
     store: &dyn ServerStore,
     command: ModelsCommand,
 ) -> Result<()> {
@@ -768,46 +693,7 @@ fn models(
             version,
             out,
         } => {
-            // The USB writer reads a repository folder: the release's part of the blob store
-            // is copied to a scratch folder first (root versions, metadata, its files).
-            let scratch = cfg.data_dir.join(".export-usb");
-            let _ = std::fs::remove_dir_all(&scratch);
-            let blobs = repo.blobs();
-            for n in 1.. {
-                let key = format!("metadata/{n}.root.json");
-                if !blobs.get_to_file(&key, &scratch.join(&key))? {
-                    break;
-                }
-            }
-            for m in [
-                "root.json",
-                "timestamp.json",
-                "snapshot.json",
-                "targets.json",
-            ] {
-                let key = format!("metadata/{m}");
-                blobs.get_to_file(&key, &scratch.join(&key))?;
-            }
-            let targets = server::training::published_targets(repo)
-                .ok_or_else(|| anyhow::anyhow!("nothing is published in {}", blobs.url()))?;
-            for r in targets
-                .releases
-                .iter()
-                .filter(|r| r.model == model && r.version == version)
-            {
-                for target in r.files.values() {
-                    let key = format!("targets/{target}");
-                    blobs.get_to_file(&key, &scratch.join(&key))?;
-                }
-            }
-            let n = outpost::update::usb::write(&scratch, &model, &version, &out);
-            let _ = std::fs::remove_dir_all(&scratch);
-            let n = n?;
-            store.audit(
-                "operator",
-                "models export-usb",
-                &format!("{model} {version} to {}", out.display()),
-            )?;
+            let n = server::ops::usb::export_release(store, repo, &model, &version, &out)?;
             println!(
                 "wrote {model} {version} with its signed metadata to {} ({n} bytes); on the laptop: outpost models install {}",
                 out.display(),
@@ -815,7 +701,7 @@ fn models(
             );
         }
         ModelsCommand::List => {
-            let targets = server::training::published_targets(repo);
+            let targets = server::repository::published_targets(repo)?;
             println!("published releases:");
             for r in targets.iter().flat_map(|t| t.releases.iter()) {
                 println!(
@@ -1026,23 +912,4 @@ fn print_report_value(v: &serde_json::Value) {
             println!("  - {}", p.as_str().unwrap_or(""));
         }
     }
-}
-
-/// A one-time code: 20 random characters from an alphabet without look-alikes, in groups of 4.
-fn new_code() -> String {
-    use ring::rand::SecureRandom;
-    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
-    let mut bytes = [0u8; 20];
-    ring::rand::SystemRandom::new()
-        .fill(&mut bytes)
-        .expect("system randomness");
-    let chars: Vec<char> = bytes
-        .iter()
-        .map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char)
-        .collect();
-    chars
-        .chunks(4)
-        .map(|c| c.iter().collect::<String>())
-        .collect::<Vec<_>>()
-        .join("-")
 }

@@ -714,32 +714,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 eprintln!("The agent's data is encrypted and locked: type the passphrase on the review page. Sync, updates and retention start once it is unlocked.");
             }
             let mut opts = review_options(&cfg, listen, annotator, false)?;
-            let wake = Arc::new(tokio::sync::Notify::new());
-            opts.on_feedback = Some(wake.clone());
-            // Models served for classification, swapped in place by updates.
-            let update_opts = cfg.update_options();
-            let updates = cfg.update.enabled && update_opts.pinned_root.is_some();
-            let serving = match runtime::init(cfg.runtime.library.as_deref()) {
-                Ok(_) => {
-                    let installed = outpost::update::Installed::new(&cfg.data_dir());
-                    if updates {
-                        installed.seed(&cfg.shipped_models_dir());
-                    }
-                    let (models, failed) =
-                        model::load_all(&cfg.models_dir(), cfg.session_options());
-                    for (path, e) in &failed {
-                        eprintln!("warning: model bundle {} not loaded: {e}", path.display());
-                    }
-                    Some(Arc::new(outpost::update::ActiveModels::new(models)))
-                }
-                Err(e) => {
-                    eprintln!("warning: classification not served: {e}");
-                    None
-                }
-            };
-            opts.serving = serving.clone();
+            let (serving, warnings) =
+                outpost::daemon::serving_models(&cfg, outpost::daemon::updates_enabled(&cfg));
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            opts.serving = serving;
             opts.models_dir = cfg.models_dir();
-            let interval = std::time::Duration::from_secs(cfg.update.check_interval_secs.max(1));
             let loop_opts = outpost::sync::LoopOptions {
                 idle_check: std::time::Duration::from_secs(idle_check_secs.max(1)),
                 max_backoff: std::time::Duration::from_secs(max_backoff_secs.max(1)),
@@ -748,61 +729,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ..Default::default()
             };
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(async move {
-                let (tx, rx) = tokio::sync::watch::channel(false);
-                let server = outpost::review::ReviewServer::bind(opts).await?;
-                println!(
-                    "Review page: {}  (sync runs in the background; Ctrl-C to stop)",
-                    server.url()
-                );
-                // The background loops read the database: they start once it is unlocked.
-                let data_dir = cfg.data_dir();
-                let update = match (&serving, updates) {
-                    (Some(active), true) => {
-                        let (d, active, mut rx) = (data_dir.clone(), active.clone(), rx.clone());
-                        Some(tokio::spawn(async move {
-                            if outpost::store::vault::wait_open(&d, &mut rx).await {
-                                outpost::update::run::run_loop(update_opts, active, interval, rx)
-                                    .await
-                            }
-                        }))
-                    }
-                    _ => None,
-                };
-                let retention = {
-                    let (d, db, r, mut rx) = (
-                        data_dir.clone(),
-                        cfg.database_path(),
-                        cfg.retention.clone(),
-                        rx.clone(),
-                    );
-                    tokio::spawn(async move {
-                        if outpost::store::vault::wait_open(&d, &mut rx).await {
-                            outpost::store::retention::run_loop(db, r, rx).await
-                        }
-                    })
-                };
-                let sync = {
-                    let (d, db, mut rx) = (data_dir.clone(), cfg.database_path(), rx);
-                    tokio::spawn(async move {
-                        if outpost::store::vault::wait_open(&d, &mut rx).await {
-                            outpost::sync::run_loop(db, d, loop_opts, wake, rx).await
-                        }
-                    })
-                };
-                server
-                    .run(async move {
-                        let _ = tokio::signal::ctrl_c().await;
-                        let _ = tx.send(true);
-                    })
-                    .await?;
-                let _ = sync.await;
-                let _ = retention.await;
-                if let Some(u) = update {
-                    let _ = u.await;
-                }
-                anyhow::Ok(())
-            })?;
+            rt.block_on(outpost::daemon::run(cfg, opts, loop_opts, |url| {
+                println!("Review page: {url}  (sync runs in the background; Ctrl-C to stop)")
+            }))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor { json } => {
@@ -884,28 +813,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Sync => {
             let rt = tokio::runtime::Runtime::new()?;
-            let r = match rt.block_on(outpost::sync::sync_once(
-                &cfg.database_path(),
-                &cfg.data_dir(),
-            )) {
-                Err(outpost::sync::SyncError::Revoked) => {
-                    let policy = cfg.retention.on_revoked;
-                    let w = outpost::sync::after_revocation(
-                        &cfg.database_path(),
-                        &cfg.data_dir(),
-                        policy,
-                    )?;
+            let (r, update) = match rt.block_on(outpost::daemon::sync_and_update(&cfg))? {
+                outpost::daemon::SyncOutcome::Revoked(w) => {
                     eprintln!("error: {}", outpost::sync::SyncError::Revoked);
                     eprintln!(
                         "retention.on_revoked = {}: wiped {} items and {}; kept {} items whose decisions never reached the server",
-                        serde_json::to_string(&policy).unwrap_or_default(),
+                        serde_json::to_string(&cfg.retention.on_revoked)?,
                         w.items,
                         if w.key_deleted { "the device key" } else { "no key (none was there)" },
                         w.kept_unsynced
                     );
                     return Ok(ExitCode::FAILURE);
                 }
-                r => r?,
+                outpost::daemon::SyncOutcome::Synced { push, update } => (push, update),
             };
             println!(
                 "sent {} decisions in {} batches ({} bytes); {} were already on the server",
@@ -914,17 +834,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             for x in &r.refused {
                 println!("  refused {}: {}", x.feedback_id, x.reason);
             }
-            let uo = cfg.update_options();
-            if cfg.update.enabled && uo.pinned_root.is_some() {
-                match runtime::init(cfg.runtime.library.as_deref()) {
-                    Ok(_) => match rt.block_on(outpost::update::check_and_install(&uo, None)) {
-                        Ok(u) => print_update(&u),
-                        Err(e) => {
-                            println!("model update refused: {e} (the current models keep serving)")
-                        }
-                    },
-                    Err(e) => println!("model updates skipped: {e}"),
+            use outpost::daemon::UpdateAfterSync;
+            match update {
+                Some(UpdateAfterSync::Checked(u)) => print_update(&u),
+                Some(UpdateAfterSync::Refused(e)) => {
+                    println!("model update refused: {e} (the current models keep serving)")
                 }
+                Some(UpdateAfterSync::Skipped(e)) => println!("model updates skipped: {e}"),
+                None => {}
             }
             Ok(if r.refused.is_empty() {
                 ExitCode::SUCCESS
@@ -934,24 +851,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Status { json } => {
             let store = Store::open(&cfg.database_path())?;
-            outpost::drift::update_all(&store, &cfg.models_dir(), &cfg.drift);
-            let drift = outpost::drift::summary(&store)?;
-            let c = store.counters()?;
-            let server = store.state("server_url")?;
-            let name = store.state("device_name")?;
-            let err = store.state("last_sync_error")?.filter(|e| !e.is_empty());
-            let update_check = store.state("last_update_check")?;
-            let update_err = store.state("last_update_error")?.filter(|e| !e.is_empty());
+            let st = outpost::status::read(&store, &cfg)?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({
-                        "server_url": server, "device_name": name, "counters": c, "last_sync_error": err,
-                        "drift": drift,
-                        "last_update_check": update_check, "last_update_error": update_err
-                    }))?
-                );
+                println!("{}", serde_json::to_string_pretty(&st)?);
             } else {
+                let (server, name, c, drift) =
+                    (&st.server_url, &st.device_name, &st.counters, &st.drift);
+                let (err, update_check, update_err) = (
+                    &st.last_sync_error,
+                    &st.last_update_check,
+                    &st.last_update_error,
+                );
                 match (&server, &name) {
                     (Some(s), Some(n)) => println!("enrolled as {n} with {s}"),
                     _ => println!("not enrolled (outpost enroll <server-url> <code>)"),
@@ -980,7 +890,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         cfg.drift.window
                     );
                 }
-                for d in &drift {
+                for d in drift {
                     println!("{}", drift_line(d));
                 }
             }
@@ -1179,87 +1089,39 @@ fn models_command(cfg: &AgentConfig, command: ModelsCommand) -> Result<ExitCode>
         }
         ModelsCommand::Rollback { name } => {
             let installed = outpost::update::Installed::new(&cfg.data_dir());
-            let _lock = outpost::update::run::lock(&installed)?;
-            let st = installed.state(&name);
-            let cur = installed.active(&name);
-            let target = st
-                .previous
-                .clone()
-                .filter(|p| Some(p) != cur.as_ref())
-                .with_context(|| {
-                    format!(
-                        "{name} has no earlier version to go back to (installed: {})",
-                        installed.versions(&name).join(", ")
-                    )
-                })?;
             runtime::init(cfg.runtime.library.as_deref())?;
-            outpost::update::local::validate(
-                &installed.version_dir(&name, &target),
-                cfg.session_options(),
-            )
-            .map_err(|e| anyhow::anyhow!("{name} {target} does not validate: {e}"))?;
-            installed.activate(&name, &target)?;
-            let mut st = installed.state(&name);
-            if let Some(c) = &cur {
-                st.failed
-                    .entry(c.clone())
-                    .or_insert_with(|| "rolled back by hand".into());
-            }
-            if st.pinned.is_some() {
-                st.pinned = Some(target.clone());
-            }
-            installed.save_state(&name, &st)?;
-            outpost::update::run::record(
+            let r = outpost::update::manual::rollback(
+                &installed,
                 &cfg.database_path(),
                 &name,
-                cur.as_deref(),
-                "rolled_back",
-                &format!("by hand (outpost models rollback), back on {target}"),
+                cfg.session_options(),
             )?;
             println!(
-                "{name}: {} -> {target} (a running `outpost run` picks it up at its next check; restart it to switch at once)",
-                cur.as_deref().unwrap_or("none")
+                "{name}: {} -> {} (a running `outpost run` picks it up at its next check; restart it to switch at once)",
+                r.from.as_deref().unwrap_or("none"),
+                r.to
             );
             Ok(ExitCode::SUCCESS)
         }
         ModelsCommand::Pin { name, version } => {
             let installed = outpost::update::Installed::new(&cfg.data_dir());
             installed.seed(&cfg.shipped_models_dir());
-            let _lock = outpost::update::run::lock(&installed)?;
             if installed.active(&name).as_deref() != Some(version.as_str()) {
                 runtime::init(cfg.runtime.library.as_deref())?;
-                outpost::update::local::validate(
-                    &installed.version_dir(&name, &version),
-                    cfg.session_options(),
-                )
-                .map_err(|e| anyhow::anyhow!("{name} {version} does not validate: {e}"))?;
-                installed.activate(&name, &version)?;
             }
-            let mut st = installed.state(&name);
-            st.pinned = Some(version.clone());
-            installed.save_state(&name, &st)?;
-            outpost::update::run::record(
+            outpost::update::manual::pin(
+                &installed,
                 &cfg.database_path(),
                 &name,
-                Some(&version),
-                "pinned",
-                "",
+                &version,
+                cfg.session_options(),
             )?;
             println!("{name} pinned at {version}: updates leave it alone until `outpost models unpin {name}`");
             Ok(ExitCode::SUCCESS)
         }
         ModelsCommand::Unpin { name } => {
             let installed = outpost::update::Installed::new(&cfg.data_dir());
-            let mut st = installed.state(&name);
-            let was = st.pinned.take();
-            installed.save_state(&name, &st)?;
-            outpost::update::run::record(
-                &cfg.database_path(),
-                &name,
-                was.as_deref(),
-                "unpinned",
-                "",
-            )?;
+            outpost::update::manual::unpin(&installed, &cfg.database_path(), &name)?;
             println!("{name} unpinned: the next update check installs the release this device should run");
             Ok(ExitCode::SUCCESS)
         }

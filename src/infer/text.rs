@@ -6,7 +6,7 @@
 use super::InputError;
 use ndarray::Array2;
 use std::path::Path;
-use tokenizers::{Tokenizer, TruncationParams};
+use tokenizers::Tokenizer;
 
 /// Column or field names tried, in order, when none is configured.
 pub const DEFAULT_TEXT_FIELDS: [&str; 6] = [
@@ -230,18 +230,7 @@ fn read_jsonl(
     Ok((reports, failed))
 }
 
-/// Loads a `tokenizer.json`, truncating at `max_length` tokens and never padding (batches
-/// are padded to their own longest member instead).
-pub fn load_tokenizer(path: &Path, max_length: usize) -> Result<Tokenizer, String> {
-    let mut tok = Tokenizer::from_file(path).map_err(|e| e.to_string())?;
-    tok.with_truncation(Some(TruncationParams {
-        max_length,
-        ..Default::default()
-    }))
-    .map_err(|e| e.to_string())?;
-    tok.with_padding(None);
-    Ok(tok)
-}
+pub use crate::model::tokenizer::load_tokenizer;
 
 /// A tokenized report.
 #[derive(Debug, Clone)]

@@ -7,7 +7,7 @@
 //! (multi-label: 0/1 per label).
 
 use super::Bundle;
-use crate::server::train::Dataset;
+use crate::model::dataset::Dataset;
 use std::path::PathBuf;
 
 /// Base data missing or malformed.

@@ -134,7 +134,7 @@ impl LoadedModel {
             if let Some(tt) = &t.token_type_ids {
                 check(&backbone, &m.backbone.file, "input", tt)?;
             }
-            let tok = crate::infer::text::load_tokenizer(&bundle.path(&t.tokenizer), t.max_length)
+            let tok = super::tokenizer::load_tokenizer(&bundle.path(&t.tokenizer), t.max_length)
                 .map_err(|reason| ModelError::Tokenizer {
                     bundle: id.clone(),
                     file: t.tokenizer.clone(),

@@ -248,14 +248,4 @@ impl Manifest {
     }
 }
 
-/// Parses `MAJOR.MINOR.PATCH` (pre-release and build suffixes are not accepted).
-pub fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
-    let mut it = v.split('.');
-    let a = it.next()?.parse().ok()?;
-    let b = it.next()?.parse().ok()?;
-    let c = it.next()?.parse().ok()?;
-    if it.next().is_some() {
-        return None;
-    }
-    Some((a, b, c))
-}
+pub use crate::version::parse_version;

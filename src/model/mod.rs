@@ -4,16 +4,20 @@
 //! - [`bundle`]: finding bundles on disk and verifying every file against its sha256.
 //! - [`runtime`]: locating and loading the ONNX Runtime shared library, with clear errors.
 //! - [`pool`]: a small pool of ONNX sessions so concurrent callers do not queue on one.
+//! - [`dataset`]: a labelled set of embeddings (base data, training input).
 //! - [`loaded`]: a verified bundle with its sessions and tokenizer, ready to embed and score.
+//! - [`tokenizer`]: loading a bundle's `tokenizer.json` (truncate, never pad).
 //! - [`onnx_writer`]: a minimal ONNX protobuf writer (heads retrained in Rust, test models).
 
 pub mod base_data;
 pub mod bundle;
+pub mod dataset;
 pub mod loaded;
 pub mod manifest;
 pub mod onnx_writer;
 pub mod pool;
 pub mod runtime;
+pub mod tokenizer;
 
 pub use bundle::{Bundle, BundleError};
 pub use loaded::{LoadedModel, ModelError};

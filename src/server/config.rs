@@ -24,7 +24,7 @@ pub struct ServerConfig {
     pub training: TrainingSettings,
     /// Where the signed model repository is stored (`[blob_store]`): `data_dir/repo` on the
     /// local disk by default, or an S3 bucket shared by several server processes.
-    pub blob_store: super::blob::BlobStoreConfig,
+    pub blob_store: super::repository::blob::BlobStoreConfig,
 }
 
 impl Default for ServerConfig {
@@ -36,7 +36,7 @@ impl Default for ServerConfig {
             enrollment_valid_hours: 72,
             ort_lib: None,
             training: TrainingSettings::default(),
-            blob_store: super::blob::BlobStoreConfig::default(),
+            blob_store: super::repository::blob::BlobStoreConfig::default(),
         }
     }
 }
@@ -89,7 +89,10 @@ mod tests {
             toml::from_str(include_str!("../../config/server.toml")).unwrap();
         assert_eq!(c.listen, "127.0.0.1:8480");
         assert_eq!(c.database_url, None);
-        assert_eq!(c.blob_store, super::super::blob::BlobStoreConfig::default());
+        assert_eq!(
+            c.blob_store,
+            super::super::repository::blob::BlobStoreConfig::default()
+        );
         let d = super::TrainingSettings::default();
         assert_eq!(c.training.holdout_percent, d.holdout_percent);
         assert_eq!(c.training.auto_train_after, d.auto_train_after);

@@ -1,8 +1,19 @@
 //! The central server: the HTTP API agents sync with, and the operator's admin actions.
 //!
-//! - [`train`]: retraining heads (softmax / one-vs-rest logistic) and their evaluation.
-//! - [`store`]: storage behind the [`store::ServerStore`] trait (SQLite by default).
-//! - this module: the axum router. Handlers are thin: parse, authenticate, call the store.
+//! Its stages, in the order of the loop:
+//! - this module (the API): the axum router. Handlers are thin: parse, authenticate, call
+//!   the store (ingest of decisions and drift windows, device reports).
+//! - [`store`]: storage behind the [`store::ServerStore`] trait (SQLite by default,
+//!   PostgreSQL to scale out).
+//! - [`training`]: a run from field decisions to a candidate bundle, its evaluation and
+//!   gate, and the job queue that runs each once ([`training::job`]).
+//! - [`repository`]: the signed repository agents fetch from: reading, publishing,
+//!   candidates, keys, the lease, the blob store.
+//! - [`ops`]: operator actions (publish, stage, withdraw, revoke, train now) shared by the
+//!   CLI and the [`dashboard`].
+//! - [`background`]: what a serving process does by itself (jobs, fresh timestamps).
+//! - [`serve`]: `outpost-server serve`: the API, the dashboard and the background work.
+//! - [`config`], [`metrics`], [`export_key`]: settings, `/metrics`, sealed USB files.
 //!
 //! API (protocol version 1, every response carries `x-outpost-protocol` and
 //! `x-outpost-server-time`; the OpenAPI description is `docs/openapi.yaml`):
@@ -25,15 +36,14 @@
 //! a bad signature. A device can only write feedback under its own id.
 
 pub mod background;
-pub mod blob;
 pub mod config;
 pub mod dashboard;
 pub mod export_key;
 pub mod metrics;
 pub mod ops;
-pub mod publish;
+pub mod repository;
+pub mod serve;
 pub mod store;
-pub mod train;
 pub mod training;
 
 use crate::protocol::{
@@ -60,7 +70,7 @@ pub struct AppState {
     pub store: Arc<dyn ServerStore>,
     /// The blob store of the signed repository (metadata and content-addressed bundle
     /// files), if any: read on every request, so what any process published is served.
-    pub repo: Option<blob::BlobStore>,
+    pub repo: Option<repository::blob::BlobStore>,
     /// This process's counters for `/metrics`.
     pub metrics: Arc<metrics::Metrics>,
     /// The secret each device's export key (sealed USB feedback files) is derived from; a
@@ -70,7 +80,7 @@ pub struct AppState {
 
 impl AppState {
     /// State over `store`, serving `repo`, with fresh metrics.
-    pub fn new(store: Arc<dyn ServerStore>, repo: Option<blob::BlobStore>) -> AppState {
+    pub fn new(store: Arc<dyn ServerStore>, repo: Option<repository::blob::BlobStore>) -> AppState {
         AppState {
             store,
             repo,
@@ -105,9 +115,7 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 }
 
 /// Current unix time in seconds.
-pub fn unix_now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
-}
+pub use crate::clock::unix_now;
 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,

@@ -13,7 +13,6 @@ pub mod retention;
 pub mod usb;
 pub mod vault;
 
-use half::f16;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 
@@ -62,25 +61,10 @@ pub enum StoreError {
 
 /// The current time as RFC 3339 UTC, the form every timestamp in the database uses.
 pub fn now() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+    crate::clock::now_rfc3339()
 }
 
-/// Encodes an embedding as little-endian float16 (half the size of f32; the precision
-/// lost, about 1e-3 relative, is far below what retraining a head notices).
-pub fn embedding_to_f16(v: &[f32]) -> Vec<u8> {
-    v.iter()
-        .flat_map(|&x| f16::from_f32(x).to_le_bytes())
-        .collect()
-}
-
-/// Decodes a little-endian float16 embedding.
-pub fn embedding_from_f16(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(2)
-        .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-        .collect()
-}
+pub use crate::encoding::{embedding_from_f16, embedding_to_f16};
 
 /// An item to store.
 #[derive(Debug, Clone)]

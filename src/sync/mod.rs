@@ -216,7 +216,7 @@ impl SyncClient {
             .and_then(|v| v.parse::<i64>().ok())
         {
             self.offset
-                .store(t - crate::server::unix_now(), Ordering::Relaxed);
+                .store(t - crate::clock::unix_now(), Ordering::Relaxed);
         }
     }
 
@@ -278,7 +278,7 @@ impl SyncClient {
         content_type: &str,
     ) -> Result<reqwest::Response, SyncError> {
         for attempt in 0..2 {
-            let ts = crate::server::unix_now() + self.offset.load(Ordering::Relaxed);
+            let ts = crate::clock::unix_now() + self.offset.load(Ordering::Relaxed);
             let (ts, nonce, sig) = self.key.sign_request("POST", path, &body, ts);
             let res = self
                 .http

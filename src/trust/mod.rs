@@ -217,7 +217,7 @@ impl Targets {
         self.releases
             .iter()
             .filter(|r| r.model == model && r.applies_to(channel, group, device_id))
-            .max_by_key(|r| crate::model::manifest::parse_version(&r.version))
+            .max_by_key(|r| crate::version::parse_version(&r.version))
     }
 }
 

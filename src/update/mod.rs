@@ -43,6 +43,7 @@
 pub mod active;
 pub mod download;
 pub mod local;
+pub mod manual;
 pub mod run;
 pub mod trust_store;
 pub mod usb;

@@ -196,7 +196,7 @@ pub fn lock(installed: &Installed) -> Result<UpdateLock, UpdateError> {
 
 /// Server clock minus this agent's clock (as [`clock_now`] sees it), in seconds.
 fn clock_skew(client: &SyncClient) -> i64 {
-    crate::server::unix_now() + client.clock_offset() - clock_now().unix_timestamp()
+    crate::clock::unix_now() + client.clock_offset() - clock_now().unix_timestamp()
 }
 
 fn trust_refusal(e: TrustError, offset: i64) -> UpdateError {

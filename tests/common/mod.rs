@@ -34,7 +34,26 @@ pub fn init_ort() {
     outpost::model::runtime::init(Some(&ort_lib())).expect("ONNX Runtime loads");
 }
 
-/// ../shared/data, or None (tests that need it skip with a message).
+/// Whether tests that need the shared data must fail rather than skip without it
+/// (`OUTPOST_REQUIRE_SHARED_DATA=1`, set by `scripts/test.sh`, so CI cannot pass by skipping).
+pub fn shared_data_required() -> bool {
+    std::env::var("OUTPOST_REQUIRE_SHARED_DATA").is_ok_and(|v| v == "1")
+}
+
+/// Skips (None, with a message) or, under `OUTPOST_REQUIRE_SHARED_DATA=1`, fails.
+fn missing_shared(what: String) -> Option<PathBuf> {
+    assert!(
+        !shared_data_required(),
+        "{what}, and OUTPOST_REQUIRE_SHARED_DATA=1 makes that a failure: point \
+         OUTPOST_SHARED_DATA at the shared data folder, or run with OUTPOST_REQUIRE_SHARED_DATA=0 \
+         to skip these tests"
+    );
+    eprintln!("SKIP: {what} (set OUTPOST_SHARED_DATA)");
+    None
+}
+
+/// ../shared/data (or `OUTPOST_SHARED_DATA`), or None: tests that need it skip with a
+/// message, or fail under `OUTPOST_REQUIRE_SHARED_DATA=1`.
 pub fn shared_data() -> Option<PathBuf> {
     let p = std::env::var_os("OUTPOST_SHARED_DATA")
         .map(PathBuf::from)
@@ -42,11 +61,18 @@ pub fn shared_data() -> Option<PathBuf> {
     if p.is_dir() {
         Some(p)
     } else {
-        eprintln!(
-            "SKIP: shared data not found at {} (set OUTPOST_SHARED_DATA)",
-            p.display()
-        );
-        None
+        missing_shared(format!("shared data not found at {}", p.display()))
+    }
+}
+
+/// A folder inside the shared data (`damage/damage`), or None as [`shared_data`] says.
+pub fn shared_subdir(rel: &str) -> Option<PathBuf> {
+    let root = shared_data()?;
+    let p = root.join(rel);
+    if p.is_dir() {
+        Some(p)
+    } else {
+        missing_shared(format!("{} has no {rel}", root.display()))
     }
 }
 

@@ -40,7 +40,7 @@ mod views;
 
 use super::config::ServerConfig;
 use super::ops;
-use super::publish::Repository;
+use super::repository::Repository;
 use super::store::{AdminSession, ServerStore};
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};

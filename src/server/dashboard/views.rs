@@ -6,7 +6,7 @@
 use super::plots::{self, Series};
 use super::Action;
 use crate::drift::DriftState;
-use crate::server::publish::Repository;
+use crate::server::repository::Repository;
 use crate::server::store::{FeedbackItem, ServerStore, TrainingRun};
 use crate::trust::Release;
 use axum::http::StatusCode;
@@ -560,7 +560,7 @@ fn release_form(frame: &Frame, r: &Release) -> String {
 /// `GET /admin/models`.
 pub fn models(store: &dyn ServerStore, repo: &Repository, frame: &Frame) -> Result<String, String> {
     let e = |e: crate::server::store::ServerStoreError| e.to_string();
-    let targets = crate::server::training::published_targets(repo);
+    let targets = crate::server::repository::published_targets(repo).map_err(|e| e.to_string())?;
     let releases: Vec<Release> = targets.map(|t| t.releases).unwrap_or_default();
     let runs = store.runs(None).map_err(e)?;
     let running = store.device_models().map_err(e)?;
@@ -934,7 +934,8 @@ pub fn learning_loop(
     // Labels the model does not know yet: proposed in the field, and not among the labels
     // of a live (published, not withdrawn) release built by a training run.
     let runs = store.runs(None).map_err(e)?;
-    let live: BTreeSet<(String, String)> = crate::server::training::published_targets(repo)
+    let live: BTreeSet<(String, String)> = crate::server::repository::published_targets(repo)
+        .map_err(|e| e.to_string())?
         .map(|t| t.releases)
         .unwrap_or_default()
         .into_iter()

@@ -5,40 +5,10 @@
 //!
 //! The optimiser is mini-batch Adam with L2 regularisation, which converges in a few epochs
 //! on normalised embeddings and keeps 20,000 items x 1,280 dimensions well inside the
-//! 10-second budget on two cores (see `benches/`). Evaluation metrics live here too, so the
-//! gate compares candidate and current heads with the same code.
+//! 10-second budget on two cores (see `benches/`). How a head is scored is in
+//! [`super::evaluation`].
 
-/// A labelled set of embeddings.
-#[derive(Debug, Clone, Default)]
-pub struct Dataset {
-    /// Embedding length.
-    pub dim: usize,
-    /// Row-major embeddings, `len * dim`.
-    pub x: Vec<f32>,
-    /// Per row, the indices of its labels (exactly one for single-label models).
-    pub y: Vec<Vec<usize>>,
-}
-
-impl Dataset {
-    /// Number of rows.
-    pub fn len(&self) -> usize {
-        self.y.len()
-    }
-    /// Whether it has no rows.
-    pub fn is_empty(&self) -> bool {
-        self.y.is_empty()
-    }
-    /// Adds a row.
-    pub fn push(&mut self, embedding: &[f32], labels: Vec<usize>) {
-        debug_assert_eq!(embedding.len(), self.dim);
-        self.x.extend_from_slice(embedding);
-        self.y.push(labels);
-    }
-    /// Row `i`.
-    pub fn row(&self, i: usize) -> &[f32] {
-        &self.x[i * self.dim..(i + 1) * self.dim]
-    }
-}
+pub use crate::model::dataset::Dataset;
 
 /// Training settings.
 #[derive(Debug, Clone, Copy)]
@@ -211,158 +181,9 @@ pub fn train(data: &Dataset, labels: usize, multi_label: bool, opts: &TrainOptio
     head
 }
 
-/// Evaluation of a head on labelled data.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Evaluation {
-    /// Rows evaluated.
-    pub count: usize,
-    /// Single-label: share of rows whose top label is right. Multi-label: share of rows
-    /// whose decided label set is exactly right.
-    pub accuracy: f64,
-    /// Mean F1 over labels that occur in the data or the predictions.
-    pub macro_f1: f64,
-    /// Accuracy on the rows whose labels are all "known" (the first `known` labels: those
-    /// the current model had), `None` if there are none. The gate compares this.
-    pub known_accuracy: Option<f64>,
-    /// Macro-F1 over the known labels on those rows.
-    pub known_macro_f1: Option<f64>,
-    /// Per label: recall (None where the label never occurs).
-    pub recall: Vec<Option<f64>>,
-    /// Per label: precision (None where the label is never predicted).
-    pub precision: Vec<Option<f64>>,
-    /// Single-label: `confusion[true][predicted]` counts.
-    pub confusion: Vec<Vec<u64>>,
-}
-
-/// Scores a head: `thresholds` decide multi-label outputs (single-label takes the top).
-pub fn evaluate(head: &LinearHead, data: &Dataset, thresholds: Option<&[f32]>) -> Evaluation {
-    let scores: Vec<Vec<f32>> = (0..data.len()).map(|i| head.scores(data.row(i))).collect();
-    evaluate_scores(
-        &scores,
-        &data.y,
-        head.labels,
-        head.multi_label,
-        thresholds,
-        head.labels,
-    )
-}
-
-#[derive(Default)]
-struct Tally {
-    tp: Vec<u64>,
-    fp: Vec<u64>,
-    fneg: Vec<u64>,
-    exact: usize,
-    rows: usize,
-}
-
-impl Tally {
-    fn new(k: usize) -> Tally {
-        Tally {
-            tp: vec![0; k],
-            fp: vec![0; k],
-            fneg: vec![0; k],
-            ..Default::default()
-        }
-    }
-    fn add(&mut self, predicted: &[usize], truth: &[usize], k: usize) {
-        self.rows += 1;
-        let mut a = predicted.to_vec();
-        let mut b = truth.to_vec();
-        a.sort_unstable();
-        b.sort_unstable();
-        if a == b {
-            self.exact += 1;
-        }
-        for j in 0..k {
-            match (predicted.contains(&j), truth.contains(&j)) {
-                (true, true) => self.tp[j] += 1,
-                (true, false) => self.fp[j] += 1,
-                (false, true) => self.fneg[j] += 1,
-                _ => {}
-            }
-        }
-    }
-    fn accuracy(&self) -> f64 {
-        if self.rows == 0 {
-            0.0
-        } else {
-            self.exact as f64 / self.rows as f64
-        }
-    }
-    fn macro_f1(&self, k: usize) -> f64 {
-        let f1s: Vec<f64> = (0..k)
-            .filter(|&j| self.tp[j] + self.fp[j] + self.fneg[j] > 0)
-            .map(|j| 2.0 * self.tp[j] as f64 / (2 * self.tp[j] + self.fp[j] + self.fneg[j]) as f64)
-            .collect();
-        if f1s.is_empty() {
-            0.0
-        } else {
-            f1s.iter().sum::<f64>() / f1s.len() as f64
-        }
-    }
-}
-
-/// Evaluates precomputed `scores` (one row of `labels` scores per truth row). `known`: how
-/// many leading labels count as known for `known_accuracy` and `known_macro_f1`.
-pub fn evaluate_scores(
-    scores: &[Vec<f32>],
-    truth: &[Vec<usize>],
-    labels: usize,
-    multi_label: bool,
-    thresholds: Option<&[f32]>,
-    known: usize,
-) -> Evaluation {
-    let k = labels;
-    let mut all = Tally::new(k);
-    let mut known_tally = Tally::new(k);
-    let mut confusion = vec![vec![0u64; k]; if multi_label { 0 } else { k }];
-    for (s, truth) in scores.iter().zip(truth) {
-        let predicted: Vec<usize> = if multi_label {
-            (0..k.min(s.len()))
-                .filter(|&j| s[j] >= thresholds.and_then(|t| t.get(j).copied()).unwrap_or(0.5))
-                .collect()
-        } else {
-            vec![(0..k.min(s.len()))
-                .max_by(|&a, &b| s[a].total_cmp(&s[b]))
-                .unwrap_or(0)]
-        };
-        if !multi_label {
-            if let (Some(&t), Some(&p)) = (truth.first(), predicted.first()) {
-                if t < k {
-                    confusion[t][p] += 1;
-                }
-            }
-        }
-        all.add(&predicted, truth, k);
-        if truth.iter().all(|&t| t < known) {
-            known_tally.add(&predicted, truth, known.min(k));
-        }
-    }
-    let ratio = |a: u64, b: u64| {
-        if b == 0 {
-            None
-        } else {
-            Some(a as f64 / b as f64)
-        }
-    };
-    let t = &all;
-    Evaluation {
-        count: all.rows,
-        accuracy: all.accuracy(),
-        macro_f1: all.macro_f1(k),
-        known_accuracy: (known_tally.rows > 0).then(|| known_tally.accuracy()),
-        known_macro_f1: (known_tally.rows > 0).then(|| known_tally.macro_f1(known.min(k))),
-        recall: (0..k)
-            .map(|j| ratio(t.tp[j], t.tp[j] + t.fneg[j]))
-            .collect(),
-        precision: (0..k).map(|j| ratio(t.tp[j], t.tp[j] + t.fp[j])).collect(),
-        confusion,
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::evaluation::evaluate;
     use super::*;
 
     fn blobs(n: usize, seed: u64) -> Dataset {

@@ -3,10 +3,25 @@
 //! operators' dashboard, so both do exactly the same thing and leave the same audit record
 //! (the action is named as the command is: `models withdraw`, `devices revoke`, ...). The
 //! `actor` is who did it: `operator` at the command line, `operator:<name>` on the page.
+//!
+//! - this module: publish, stage, withdraw a release; revoke a device.
+//! - [`devices`]: adding a device and its one-time enrollment code.
+//! - [`keys`]: creating and rotating the repository's keys.
+//! - [`train`]: "train now": queue a job and wait for it.
+//! - [`usb`]: USB files: a release with its signed metadata for a laptop with no network,
+//!   and decisions brought back from the field.
 
-use super::publish::{self, PublishError, Repository};
-use super::store::{Device, ServerStore, ServerStoreError, TrainingJob, TrainingRun, Trigger};
-use super::training::{TrainingError, TrainingSettings};
+pub mod devices;
+pub mod keys;
+pub mod train;
+pub mod usb;
+
+pub use crate::server::training::job::with_training_lock;
+pub use train::{enqueue_train, wait_for_job, Queued};
+
+use super::repository::{self, PublishError, Repository};
+use super::store::{Device, ServerStore, ServerStoreError, TrainingRun};
+use super::training::TrainingError;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -44,6 +59,26 @@ pub enum OpsError {
     /// ONNX Runtime could not be loaded (training evaluates bundles with it).
     #[error("{0}")]
     Runtime(String),
+    /// Files (USB exports and imports).
+    #[error("{path}: {source}")]
+    Io {
+        /// Path.
+        path: PathBuf,
+        /// Error.
+        source: std::io::Error,
+    },
+    /// A USB file (reading or writing it).
+    #[error(transparent)]
+    Usb(#[from] crate::store::usb::UsbFileError),
+    /// A USB update file could not be written.
+    #[error(transparent)]
+    Update(#[from] crate::update::UpdateError),
+    /// Something this process needs failed (randomness, the clock's formatting).
+    #[error("{0}")]
+    Internal(String),
+    /// Nothing matched what the operator named.
+    #[error("{0}")]
+    NotFound(String),
     /// A queued training job did not end in time.
     #[error("training job #{job} has not ended after {waited:?} (state {state}); `outpost-server jobs` shows it")]
     JobTimeout {
@@ -126,12 +161,12 @@ pub fn publish(
                 .join("candidates")
                 .join(&run.model_name)
                 .join(bundle_or_version);
-            publish::fetch_candidate(repo, &run.model_name, bundle_or_version, &local)?;
+            repository::fetch_candidate(repo, &run.model_name, bundle_or_version, &local)?;
             local
         };
         (dir, Some(run))
     };
-    let v = publish::publish(repo, &dir, channel, groups, percent)?;
+    let v = repository::publish(repo, &dir, channel, groups, percent)?;
     let what = format!("{} to {channel} {groups:?} {percent}%", dir.display());
     store.audit(actor, "models publish", &what)?;
     if let Some(run) = candidate {
@@ -160,7 +195,7 @@ pub fn stage(
     percent: u8,
     actor: &str,
 ) -> Result<(String, u64), OpsError> {
-    let v = publish::restage(repo, model, version, channel, groups, percent)?;
+    let v = repository::restage(repo, model, version, channel, groups, percent)?;
     let what = format!(
         "{model} {version}: groups {}, {percent}%",
         match groups {
@@ -183,7 +218,7 @@ pub fn withdraw(
     channel: Option<&str>,
     actor: &str,
 ) -> Result<u64, OpsError> {
-    let v = publish::withdraw(repo, model, version, channel)?;
+    let v = repository::withdraw(repo, model, version, channel)?;
     store.audit(
         actor,
         "models withdraw",
@@ -201,92 +236,4 @@ pub fn revoke(store: &dyn ServerStore, device: &str, actor: &str) -> Result<Devi
         &format!("{} ({})", d.name, d.device_id),
     )?;
     Ok(d)
-}
-
-/// One training run at a time in this process: two jobs claimed by the same process would
-/// otherwise race for the same next version.
-static TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Runs `f` while holding the process-wide training lock.
-pub fn with_training_lock<T>(f: impl FnOnce() -> T) -> T {
-    let _guard = TRAINING.lock().unwrap_or_else(|p| p.into_inner());
-    f()
-}
-
-/// What [`enqueue_train`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Queued {
-    /// A new job with this id.
-    New(i64),
-    /// A job for the model was queued or running already (this id): nothing new queued.
-    AlreadyOpen(i64),
-}
-
-impl Queued {
-    /// The job to follow.
-    pub fn job_id(self) -> i64 {
-        match self {
-            Queued::New(j) | Queued::AlreadyOpen(j) => j,
-        }
-    }
-}
-
-/// `train` (the command and the dashboard's "train now"): queues a training job for `model`
-/// with `settings` in the job table, so that exactly one server process runs it (its
-/// settings travel with the job). Does not wait; see [`wait_for_job`].
-pub fn enqueue_train(
-    store: &dyn ServerStore,
-    model: &str,
-    settings: &TrainingSettings,
-    actor: &str,
-) -> Result<Queued, OpsError> {
-    let seen = store.model_feedback_count(model)?;
-    let json = serde_json::to_string(settings).unwrap_or_default();
-    match store.enqueue_training_with(model, Trigger::Operator, seen, Some(&json))? {
-        Some(job) => {
-            store.audit(actor, "train", &format!("{model} (job #{job} queued)"))?;
-            Ok(Queued::New(job))
-        }
-        None => {
-            let open = store
-                .training_jobs(200)?
-                .into_iter()
-                .find(|j| j.model_name == model && (j.state == "queued" || j.state == "running"))
-                .map(|j| j.job_id)
-                .unwrap_or(0);
-            Ok(Queued::AlreadyOpen(open))
-        }
-    }
-}
-
-/// Waits until job `job` is done or failed, calling `work` between looks (the command line
-/// passes a function that claims and runs free jobs itself, so `outpost-server train`
-/// also works with no server running; a serving process may claim the job first, and then
-/// this only waits). Gives up after `limit`.
-pub fn wait_for_job(
-    store: &dyn ServerStore,
-    job: i64,
-    limit: Duration,
-    mut work: impl FnMut(),
-) -> Result<TrainingJob, OpsError> {
-    let started = std::time::Instant::now();
-    loop {
-        let j = store.training_job(job)?.ok_or(OpsError::JobTimeout {
-            job,
-            state: "missing".into(),
-            waited: started.elapsed(),
-        })?;
-        if j.state == "done" || j.state == "failed" {
-            return Ok(j);
-        }
-        if started.elapsed() > limit {
-            return Err(OpsError::JobTimeout {
-                job,
-                state: j.state,
-                waited: started.elapsed(),
-            });
-        }
-        work();
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }

@@ -1,0 +1,131 @@
+//! USB files, for laptops that never see the network:
+//! - `models export-usb`: one release with every root version and the current signed
+//!   metadata, copied out of the blob store, written as one update file the agent verifies
+//!   exactly like an online update;
+//! - `feedback import`: decisions a laptop exported, opened with the export key of the
+//!   device the file names (sealed files), then ingested like an upload.
+
+use super::OpsError;
+use crate::server::repository::{published_targets, Repository};
+use crate::server::store::{IngestResult, ServerStore, Via};
+use std::path::Path;
+
+/// Writes the USB update file of `model` `version` to `out`; returns its size in bytes.
+pub fn export_release(
+    store: &dyn ServerStore,
+    repo: &Repository,
+    model: &str,
+    version: &str,
+    out: &Path,
+) -> Result<u64, OpsError> {
+    // The USB writer reads a repository folder: the release's part of the blob store is
+    // copied to a scratch folder first (root versions, metadata, its files).
+    let scratch = repo.data_dir().join(".export-usb");
+    let _ = std::fs::remove_dir_all(&scratch);
+    let copied = copy_release(repo, model, version, &scratch);
+    let written =
+        copied.and_then(|()| Ok(crate::update::usb::write(&scratch, model, version, out)?));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let n = written?;
+    store.audit(
+        "operator",
+        "models export-usb",
+        &format!("{model} {version} to {}", out.display()),
+    )?;
+    Ok(n)
+}
+
+fn copy_release(
+    repo: &Repository,
+    model: &str,
+    version: &str,
+    scratch: &Path,
+) -> Result<(), OpsError> {
+    let blobs = repo.blobs();
+    let fetch = |key: String| -> Result<bool, OpsError> {
+        Ok(blobs
+            .get_to_file(&key, &scratch.join(&key))
+            .map_err(crate::server::repository::PublishError::from)?)
+    };
+    for n in 1.. {
+        if !fetch(format!("metadata/{n}.root.json"))? {
+            break;
+        }
+    }
+    for m in [
+        "root.json",
+        "timestamp.json",
+        "snapshot.json",
+        "targets.json",
+    ] {
+        fetch(format!("metadata/{m}"))?;
+    }
+    let targets = published_targets(repo)?
+        .ok_or_else(|| OpsError::NotFound(format!("nothing is published in {}", blobs.url())))?;
+    for r in targets
+        .releases
+        .iter()
+        .filter(|r| r.model == model && r.version == version)
+    {
+        for target in r.files.values() {
+            fetch(format!("targets/{target}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// What [`import_feedback`] stored.
+#[derive(Debug, Clone)]
+pub struct Imported {
+    /// The device the records were stored for.
+    pub device_name: String,
+    /// Records in the file.
+    pub records: usize,
+    /// What ingest made of them.
+    pub result: IngestResult,
+}
+
+/// `feedback import`: reads a USB feedback file (a sealed one opens with the export key of
+/// the device it names) and ingests its records for that device, or for `device` if the
+/// operator names one (an old plain file names none).
+pub fn import_feedback(
+    store: &dyn ServerStore,
+    data_dir: &Path,
+    file: &Path,
+    device: Option<String>,
+) -> Result<Imported, OpsError> {
+    let secret =
+        crate::server::export_key::ExportSecret::load_or_create(data_dir).map_err(|e| {
+            OpsError::Internal(format!(
+                "the feedback export secret {}: {e}",
+                crate::server::export_key::path(data_dir).display()
+            ))
+        })?;
+    let (header, records) =
+        crate::store::usb::read_with(file, &|device| Some(secret.key_for(device)))?;
+    let who = device.or(header.device_id.clone()).ok_or_else(|| {
+        OpsError::NotFound("the file does not name its device: pass --device NAME".into())
+    })?;
+    let d = store
+        .devices()?
+        .into_iter()
+        .find(|d| d.name == who || d.device_id == who)
+        .ok_or_else(|| OpsError::NotFound(format!("no device {who:?}")))?;
+    let result = store.ingest(&d.device_id, &records, Via::Usb)?;
+    store.audit(
+        "operator",
+        "feedback import",
+        &format!(
+            "{} from {}: {} new, {} duplicates",
+            file.display(),
+            d.name,
+            result.acked.len() - result.duplicates,
+            result.duplicates
+        ),
+    )?;
+    Ok(Imported {
+        device_name: d.name,
+        records: records.len(),
+        result,
+    })
+}
