@@ -367,10 +367,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let export_secret = server::export_key::ExportSecret::load_or_create(&cfg.data_dir)
                     .with_context(|| format!("the feedback export secret {}", server::export_key::path(&cfg.data_dir).display()))?;
                 let app = server::router(
-                    AppState::new(store, Some(repo.blobs().clone())).with_export_secret(export_secret),
+                    AppState::new(store, Some(repo.blobs().clone()))
+                        .with_export_secret(export_secret)
+                        .with_http(cfg.http.clone()),
                 )
                     .merge(server::dashboard::router(dashboard));
-                server::serve_app(listener, app).await?;
+                server::serve_app(listener, app, cfg.http.clone()).await?;
                 anyhow::Ok(())
             })?;
         }
@@ -675,7 +677,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .into_iter()
                 .find(|d| d.name == who || d.device_id == who)
                 .with_context(|| format!("no device {who:?}"))?;
-            let r = store.ingest(&d.device_id, &records, Via::Usb)?;
+            let (valid, invalid) = server::ingest::split_valid(records.clone());
+            let mut r = store.ingest(&d.device_id, &valid, Via::Usb)?;
+            r.refused.extend(invalid);
             store.audit(
                 "operator",
                 "feedback import",
