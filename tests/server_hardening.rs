@@ -128,6 +128,22 @@ fn training_ids(url: Option<&str>, data: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The `supersedes` column of a stored record, read straight from the server's database.
+fn stored_supersedes(url: Option<&str>, data: &Path, feedback_id: &str) -> Option<String> {
+    let q = "SELECT supersedes FROM feedback WHERE feedback_id = ";
+    match url {
+        None => rusqlite::Connection::open(data.join("server.db"))
+            .unwrap()
+            .query_row(&format!("{q}?1"), [feedback_id], |r| r.get(0))
+            .unwrap(),
+        Some(u) => postgres::Client::connect(u, postgres::NoTls)
+            .unwrap()
+            .query_one(&format!("{q}$1"), &[&feedback_id])
+            .unwrap()
+            .get(0),
+    }
+}
+
 /// laptop-2 names laptop-1's decision in `supersedes`: the record is acknowledged (its
 /// outbox drains) but laptop-1's decision stays in the training set; laptop-1 superseding its
 /// own decision still replaces it.
@@ -146,6 +162,11 @@ fn supersession_is_per_device(extra: &[&str], url: Option<&str>) {
     let (status, ack) = upload(&server, &two, vec![b.clone()]);
     assert_eq!(status, 200, "{ack}");
     assert_eq!(acked(&ack), vec![id(&b)], "acknowledged, so laptop-2's outbox drains");
+    assert_eq!(
+        stored_supersedes(url, &data, &id(&b)),
+        None,
+        "the server stored laptop-2's claim on laptop-1's decision"
+    );
     let t = training_ids(url, &data);
     assert!(t.contains(&id(&a)), "laptop-2 cancelled laptop-1's decision: {t:?}");
     assert!(t.contains(&id(&b)), "{t:?}");
