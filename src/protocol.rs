@@ -14,14 +14,14 @@ pub struct FeedbackRecord {
     pub feedback_id: String,
     /// Content hash of the item.
     pub item_id: String,
-    /// `image` or `text`.
-    pub kind: String,
+    /// What the item is.
+    pub kind: ItemKind,
     /// Model whose prediction was answered.
     pub model_name: String,
     /// Its version.
     pub model_version: String,
-    /// `confirm` or `correct`.
-    pub action: String,
+    /// Whether the reviewer confirmed or corrected the prediction.
+    pub action: Action,
     /// Labels given.
     pub labels: Vec<String>,
     /// Given labels the model does not know yet.
@@ -39,6 +39,76 @@ pub struct FeedbackRecord {
     /// MIME type of `content`.
     pub content_type: Option<String>,
 }
+
+/// Defines a wire enum: serde, SQL (SQLite) and `Display` all use the same lower-case
+/// strings, so the enum changes nothing on the wire or in the tables.
+macro_rules! wire_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident = $s:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($(#[$vm])* $v),+ }
+
+        impl $name {
+            /// Every value, as on the wire.
+            pub const ALL: &'static [&'static str] = &[$($s),+];
+            /// The wire string.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$v => $s),+ }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($s => Ok($name::$v),)+
+                    other => Err(format!("{other:?} is not one of {}", $name::ALL.join(", "))),
+                }
+            }
+        }
+
+        impl rusqlite::types::ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(self.as_str().into())
+            }
+        }
+
+        impl rusqlite::types::FromSql for $name {
+            fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+                v.as_str()?
+                    .parse()
+                    .map_err(|e: String| rusqlite::types::FromSqlError::Other(e.into()))
+            }
+        }
+    };
+}
+
+wire_enum!(
+    /// What an item is (`kind`).
+    ItemKind {
+        /// A tile or photo.
+        Image = "image",
+        /// A report.
+        Text = "text",
+    }
+);
+
+wire_enum!(
+    /// What a reviewer did with a prediction (`action`).
+    Action {
+        /// The prediction was right.
+        Confirm = "confirm",
+        /// The reviewer gave other labels.
+        Correct = "correct",
+    }
+);
 
 impl FeedbackRecord {
     /// The embedding as f32.
@@ -143,8 +213,72 @@ pub struct UploadAck {
 /// Every error response's body.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
-    /// What went wrong and what to do.
+    /// What went wrong and what to do (for people; may change between versions).
     pub error: String,
+    /// What went wrong, for programs: one of [`ErrorCode`]'s strings (`revoked`,
+    /// `invalid_record`, ...). Absent from servers older than codes: fall back on `error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// The request field a `400` is about (`records[3].kind`), when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// The feedback id of the record a `400` is about, when there is one: an agent keeps
+    /// that record aside and sends the rest of its outbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback_id: Option<String>,
+}
+
+/// The machine-readable `code` of an API error (documented in `docs/openapi.yaml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// 400: the body is not what the endpoint takes (not zstd, not JSON, wrong shape).
+    BadRequest,
+    /// 400: a feedback record breaks the protocol; `field` and `feedback_id` say which.
+    InvalidRecord,
+    /// 401: not signed, unknown device, bad signature, or a timestamp outside the window.
+    Unauthorized,
+    /// 403: this device was revoked (the agent wipes per `retention.on_revoked`).
+    Revoked,
+    /// 403: a one-time enrollment code that is unknown, used or expired.
+    BadEnrollmentCode,
+    /// 403: not allowed from where the request came (`/metrics` from another machine).
+    Forbidden,
+    /// 404: no such metadata or file.
+    NotFound,
+    /// 408: the request headers or body did not arrive in time.
+    Timeout,
+    /// 409: a nonce seen before (a replay); send a new request.
+    Replayed,
+    /// 413: the body is larger than the endpoint takes.
+    TooLarge,
+    /// 416: a range past the end of a file.
+    RangeNotSatisfiable,
+    /// 426: another protocol version.
+    ProtocolMismatch,
+    /// 500: the server failed; its log says why.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The wire string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::InvalidRecord => "invalid_record",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Revoked => "revoked",
+            ErrorCode::BadEnrollmentCode => "bad_enrollment_code",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Replayed => "replayed",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::RangeNotSatisfiable => "range_not_satisfiable",
+            ErrorCode::ProtocolMismatch => "protocol_mismatch",
+            ErrorCode::Internal => "internal",
+        }
+    }
 }
 
 /// Drift summaries an agent sends (`POST /v1/drift`, signed, zstd): its windows since the

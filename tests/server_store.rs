@@ -50,6 +50,7 @@ both!(
     ingest_stores_each_record_once,
     concurrent_overlapping_ingest_stores_each_record_once,
     training_sees_the_latest_decision_and_splits_never_change,
+    a_device_supersedes_only_its_own_decisions,
     training_runs_are_recorded,
     drift_windows_are_stored_once_and_summarised,
     device_models_keep_the_latest_report_and_failures,
@@ -70,10 +71,10 @@ fn record(id: &str, item: &str, label: &str, created: &str) -> FeedbackRecord {
     FeedbackRecord {
         feedback_id: id.to_string(),
         item_id: item.to_string(),
-        kind: "image".into(),
+        kind: outpost::protocol::ItemKind::Image,
         model_name: "landcover".into(),
         model_version: "1.0.0".into(),
-        action: "correct".into(),
+        action: outpost::protocol::Action::Correct,
         labels: vec![label.to_string()],
         new_labels: vec![],
         annotator: "t".into(),
@@ -187,7 +188,7 @@ fn ingest_stores_each_record_once(s: Arc<dyn ServerStore>) {
     let mut bademb = record(&uuid(), "z", "forest", "2026-11-28T00:00:00Z");
     bademb.embedding_f16 = "!!!".into();
     let good = record(&uuid(), "w", "forest", "2026-11-28T00:00:00Z");
-    bad.kind = "image".into();
+    bad.kind = outpost::protocol::ItemKind::Image;
     let r = s
         .ingest(&d2, &[bad, nolabel, bademb, good.clone()], Via::Http)
         .unwrap();
@@ -287,6 +288,46 @@ fn training_sees_the_latest_decision_and_splits_never_change(s: Arc<dyn ServerSt
     let splits: Vec<Option<Split>> = rows.iter().map(|r| r.split).collect();
     assert_eq!(splits, [Some(Split::Holdout), Some(Split::Train), None]);
     assert!(s.training_feedback("other").unwrap().is_empty());
+}
+
+/// Supersession is per device: at ingest (the target is stored, and another device's) and
+/// in the training query (the target arrived after the record naming it).
+fn a_device_supersedes_only_its_own_decisions(s: Arc<dyn ServerStore>) {
+    let one = device(s.as_ref(), "laptop-1");
+    let two = device(s.as_ref(), "laptop-2");
+    let a = record(&uuid(), "a", "forest", "2026-11-28T00:00:00Z");
+    s.ingest(&one, &[a.clone()], Via::Http).unwrap();
+    let mut b = record(&uuid(), "b", "sea", "2026-11-28T00:01:00Z");
+    b.supersedes = Some(a.feedback_id.clone());
+    let r = s.ingest(&two, &[b.clone()], Via::Http).unwrap();
+    assert_eq!(r.acked, [b.feedback_id.clone()], "kept and acknowledged");
+    // laptop-2 names an id laptop-1 has not sent yet; then laptop-1 sends it.
+    let future = uuid();
+    let mut c = record(&uuid(), "c", "sea", "2026-11-28T00:02:00Z");
+    c.supersedes = Some(future.clone());
+    s.ingest(&two, &[c.clone()], Via::Http).unwrap();
+    let d = record(&future, "d", "forest", "2026-11-28T00:03:00Z");
+    s.ingest(&one, &[d.clone()], Via::Http).unwrap();
+    let ids: Vec<String> = s
+        .training_feedback("landcover")
+        .unwrap()
+        .into_iter()
+        .map(|r| r.feedback_id)
+        .collect();
+    for x in [&a, &b, &c, &d] {
+        assert!(ids.contains(&x.feedback_id), "{} missing from {ids:?}", x.feedback_id);
+    }
+    // A device's own supersession still replaces.
+    let mut e = record(&uuid(), "a", "river", "2026-11-28T00:04:00Z");
+    e.supersedes = Some(d.feedback_id.clone());
+    s.ingest(&one, &[e.clone()], Via::Http).unwrap();
+    let ids: Vec<String> = s
+        .training_feedback("landcover")
+        .unwrap()
+        .into_iter()
+        .map(|r| r.feedback_id)
+        .collect();
+    assert!(!ids.contains(&d.feedback_id) && ids.contains(&e.feedback_id), "{ids:?}");
 }
 
 fn training_runs_are_recorded(s: Arc<dyn ServerStore>) {

@@ -46,10 +46,10 @@ fn feedback(store: &dyn ServerStore, n: usize) {
             records.push(FeedbackRecord {
                 feedback_id: uuid::Uuid::new_v4().to_string(),
                 item_id: format!("item-{label}-{i}"),
-                kind: "image".into(),
+                kind: outpost::protocol::ItemKind::Image,
                 model_name: "colours".into(),
                 model_version: "1.0.0".into(),
-                action: "confirm".into(),
+                action: outpost::protocol::Action::Confirm,
                 labels: vec![label.to_string()],
                 new_labels: vec![],
                 annotator: "t".into(),

@@ -25,6 +25,8 @@ pub struct ServerConfig {
     /// Where the signed model repository is stored (`[blob_store]`): `data_dir/repo` on the
     /// local disk by default, or an S3 bucket shared by several server processes.
     pub blob_store: super::repository::blob::BlobStoreConfig,
+    /// The listener's timeouts, connection limits and `/metrics` access (`[http]`).
+    pub http: super::http::HttpSettings,
 }
 
 impl Default for ServerConfig {
@@ -37,6 +39,7 @@ impl Default for ServerConfig {
             ort_lib: None,
             training: TrainingSettings::default(),
             blob_store: super::repository::blob::BlobStoreConfig::default(),
+            http: super::http::HttpSettings::default(),
         }
     }
 }
@@ -97,5 +100,6 @@ mod tests {
         assert_eq!(c.training.holdout_percent, d.holdout_percent);
         assert_eq!(c.training.auto_train_after, d.auto_train_after);
         assert_eq!(c.training.channel, d.channel);
+        assert_eq!(c.http, super::super::http::HttpSettings::default());
     }
 }

@@ -32,6 +32,10 @@ pub struct Metrics {
     pub sync_records: IntCounterVec,
     /// Seconds from the reviewer's decision to its storing on the server.
     pub ingest_lag: HistogramVec,
+    /// What ingest refused, by reason: `invalid_record` (a batch refused with a 400) and
+    /// `foreign_supersedes` (a record stored without a `supersedes` naming another
+    /// device's decision).
+    pub ingest_refusals: IntCounterVec,
     runs: IntGaugeVec,
     jobs: IntGaugeVec,
     versions: IntGaugeVec,
@@ -101,6 +105,12 @@ impl Metrics {
             "Feedback records received by this process: new (stored now), duplicate (stored before, acknowledged again), refused.",
             &["result"],
         );
+        let ingest_refusals = counter_vec(
+            &reg,
+            "outpost_ingest_refusals_total",
+            "What feedback ingest refused, by reason: invalid_record (batch refused with 400), foreign_supersedes (supersedes naming another device's decision, dropped).",
+            &["reason"],
+        );
         let ingest_lag = HistogramVec::new(
             HistogramOpts::new(
                 "outpost_ingest_lag_seconds",
@@ -161,6 +171,7 @@ impl Metrics {
             sync_batches,
             sync_records,
             ingest_lag,
+            ingest_refusals,
             runs,
             jobs,
             versions,

@@ -21,7 +21,7 @@
 //! | method and path | who | what |
 //! |---|---|---|
 //! | `GET /v1/health` | anyone (and load balancers) | protocol version; 200 if the store answers, 503 if not |
-//! | `GET /metrics` | the operator's Prometheus | requests, sync batches, ingest lag, training, devices by version, drift ([`metrics`]) |
+//! | `GET /metrics` | the operator's Prometheus (loopback only by default: `[http] metrics`) | requests, sync batches, ingest lag, training, devices by version, drift ([`metrics`]) |
 //! | `POST /v1/enroll` | a device with a one-time code | registers its Ed25519 public key |
 //! | `POST /v1/feedback` | a signed, enrolled, unrevoked device | a zstd-compressed [`UploadBatch`]; answers an [`UploadAck`] |
 //! | `POST /v1/device/models` | a signed device | JSON [`protocol::DeviceModelsReport`] (versions running, updates refused or rolled back); answers its group |
@@ -32,13 +32,19 @@
 //! Authentication of devices: every request is signed with the device key over method,
 //! path, body hash, timestamp and nonce (`protocol::signing_payload`). The server refuses
 //! a timestamp outside ±5 minutes of its clock (and says its time, so an agent with a wrong
-//! clock corrects itself and retries), a nonce seen before, an unknown or revoked device, or
-//! a bad signature. A device can only write feedback under its own id.
+//! clock corrects itself and retries), a nonce seen before or not hex, an unknown or revoked
+//! device, or a bad signature. The headers and the device are checked before the body is
+//! read (under a per-endpoint size limit and the body timeout, [`http`]); the signature over
+//! the body's hash after. A device can only write feedback under its own id and supersede
+//! only its own decisions; every record is checked against the protocol first ([`ingest`]).
+//! Errors are [`ApiError`]s: a status, a machine-readable `code` and a message.
 
 pub mod background;
 pub mod config;
 pub mod dashboard;
 pub mod export_key;
+pub mod http;
+pub mod ingest;
 pub mod metrics;
 pub mod ops;
 pub mod repository;
@@ -47,10 +53,10 @@ pub mod store;
 pub mod training;
 
 use crate::protocol::{
-    self, EnrollRequest, EnrollResponse, ErrorBody, UploadAck, UploadBatch, PROTOCOL_VERSION,
+    self, EnrollRequest, EnrollResponse, ErrorBody, ErrorCode, UploadAck, PROTOCOL_VERSION,
 };
-use axum::body::Bytes;
-use axum::extract::State;
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -58,8 +64,10 @@ use axum::{Json, Router};
 use std::sync::Arc;
 use store::{ServerStore, Via};
 
-/// Largest accepted request body (compressed), bytes.
+/// Largest accepted request body (compressed), bytes: a feedback batch.
 pub const MAX_BODY_BYTES: usize = 16 << 20;
+/// Largest drift upload or device models report, bytes (they carry numbers and names).
+pub const MAX_SMALL_BODY_BYTES: usize = 1 << 20;
 /// Largest accepted batch after decompression, bytes.
 pub const MAX_BATCH_BYTES: usize = 64 << 20;
 
@@ -76,6 +84,8 @@ pub struct AppState {
     /// The secret each device's export key (sealed USB feedback files) is derived from; a
     /// device enrolled without it writes unsealed files.
     pub export_secret: Option<export_key::ExportSecret>,
+    /// Timeouts, connection limits and who may read `/metrics`.
+    pub http: http::HttpSettings,
 }
 
 impl AppState {
@@ -86,7 +96,14 @@ impl AppState {
             repo,
             metrics: Arc::new(metrics::Metrics::new()),
             export_secret: None,
+            http: http::HttpSettings::default(),
         }
+    }
+
+    /// Uses `http` for body timeouts and `/metrics` access.
+    pub fn with_http(mut self, http: http::HttpSettings) -> AppState {
+        self.http = http;
+        self
     }
 
     /// Gives enrolling devices export keys derived from `secret`.
@@ -96,22 +113,113 @@ impl AppState {
     }
 }
 
-/// An API error: status and a message that says what to do.
-#[derive(Debug)]
-pub struct ApiError(pub StatusCode, pub String);
+/// An API error: a status, a machine-readable [`ErrorCode`] and a message that says what
+/// to do. Every error response of the agents' API is one of these, as an [`ErrorBody`].
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the body is not what the endpoint takes.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 400: a feedback record breaks the protocol.
+    #[error("invalid feedback record: {0}")]
+    InvalidRecord(#[from] ingest::Invalid),
+    /// 401: not a valid signed request of an enrolled device.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: the device was revoked.
+    #[error("{}", protocol::REVOKED_MESSAGE)]
+    Revoked,
+    /// 403: an unknown, used or expired enrollment code.
+    #[error("{0}")]
+    BadEnrollmentCode(String),
+    /// 403: not allowed from where the request came (`/metrics` from another machine).
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// 408: the body did not arrive in time.
+    #[error("{0}")]
+    Timeout(String),
+    /// 409: a nonce seen before.
+    #[error("replayed request (nonce already used); send a new request")]
+    Replayed,
+    /// 413: a body over the endpoint's limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// 416: a range past the end of the file.
+    #[error("range starts past the end of the file")]
+    RangeNotSatisfiable,
+    /// 426: another protocol version.
+    #[error("{0}")]
+    ProtocolMismatch(String),
+    /// 500: logged where it happened; the client gets no detail.
+    #[error("internal server error; the operator can see the cause in the server log")]
+    Internal,
+}
+
+impl ApiError {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) | ApiError::InvalidRecord(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Revoked | ApiError::BadEnrollmentCode(_) | ApiError::Forbidden(_) => {
+                StatusCode::FORBIDDEN
+            }
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Replayed => StatusCode::CONFLICT,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
+            ApiError::ProtocolMismatch(_) => StatusCode::UPGRADE_REQUIRED,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The machine-readable code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ApiError::BadRequest(_) => ErrorCode::BadRequest,
+            ApiError::InvalidRecord(_) => ErrorCode::InvalidRecord,
+            ApiError::Unauthorized(_) => ErrorCode::Unauthorized,
+            ApiError::Revoked => ErrorCode::Revoked,
+            ApiError::BadEnrollmentCode(_) => ErrorCode::BadEnrollmentCode,
+            ApiError::Forbidden(_) => ErrorCode::Forbidden,
+            ApiError::NotFound(_) => ErrorCode::NotFound,
+            ApiError::Timeout(_) => ErrorCode::Timeout,
+            ApiError::Replayed => ErrorCode::Replayed,
+            ApiError::TooLarge(_) => ErrorCode::TooLarge,
+            ApiError::RangeNotSatisfiable => ErrorCode::RangeNotSatisfiable,
+            ApiError::ProtocolMismatch(_) => ErrorCode::ProtocolMismatch,
+            ApiError::Internal => ErrorCode::Internal,
+        }
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(ErrorBody { error: self.1 })).into_response()
+        let (field, feedback_id) = match &self {
+            ApiError::InvalidRecord(i) => (Some(i.field.clone()), i.feedback_id.clone()),
+            _ => (None, None),
+        };
+        let body = ErrorBody {
+            error: self.to_string(),
+            code: Some(self.code().as_str().to_string()),
+            field,
+            feedback_id,
+        };
+        (self.status(), Json(body)).into_response()
     }
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
     tracing::error!("internal error: {e}");
-    ApiError(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal server error; the operator can see the cause in the server log".into(),
-    )
+    ApiError::Internal
+}
+
+fn bad(m: impl Into<String>) -> ApiError {
+    ApiError::BadRequest(m.into())
 }
 
 /// Current unix time in seconds.
@@ -155,8 +263,7 @@ fn check_protocol(headers: &HeaderMap) -> Result<(), ApiError> {
     match headers.get(protocol::HEADER_PROTOCOL).and_then(|v| v.to_str().ok()) {
         None => Ok(()),
         Some(v) if v == PROTOCOL_VERSION.to_string() => Ok(()),
-        Some(v) => Err(ApiError(
-            StatusCode::UPGRADE_REQUIRED,
+        Some(v) => Err(ApiError::ProtocolMismatch(
             format!("this server speaks protocol {PROTOCOL_VERSION}, the agent speaks {v}; upgrade the older of the two"),
         )),
     }
@@ -220,8 +327,13 @@ async fn health(State(st): State<AppState>) -> Response {
     }
 }
 
-/// `/metrics`: the Prometheus text exposition.
-async fn metrics_text(State(st): State<AppState>) -> Result<Response, ApiError> {
+/// `/metrics`: the Prometheus text exposition, to whom `[http] metrics` allows.
+async fn metrics_text(
+    State(st): State<AppState>,
+    peer: Option<axum::extract::Extension<ConnectInfo<std::net::SocketAddr>>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    check_metrics_access(st.http.metrics, peer.map(|p| p.0 .0), &headers)?;
     let (store, metrics) = (st.store.clone(), st.metrics.clone());
     let text = blocking(move || metrics.render(store.as_ref())).await?;
     Ok((
@@ -231,29 +343,54 @@ async fn metrics_text(State(st): State<AppState>) -> Result<Response, ApiError> 
         .into_response())
 }
 
+/// Whether a request for `/metrics` from `peer` (unknown: served without our listener) is
+/// allowed under `access`.
+fn check_metrics_access(
+    access: http::MetricsAccess,
+    peer: Option<std::net::SocketAddr>,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    let proxied = headers.contains_key("forwarded") || headers.contains_key("x-forwarded-for");
+    match access {
+        http::MetricsAccess::Anyone => Ok(()),
+        http::MetricsAccess::Off => Err(ApiError::NotFound(
+            "/metrics is off on this server ([http] metrics = \"off\")".into(),
+        )),
+        http::MetricsAccess::Loopback
+            if peer.is_some_and(|p| p.ip().is_loopback()) && !proxied =>
+        {
+            Ok(())
+        }
+        http::MetricsAccess::Loopback => Err(ApiError::Forbidden(
+            "/metrics is served only to this machine (loopback, not through a proxy); set [http] metrics = \"anyone\" in the server config to open it".into(),
+        )),
+    }
+}
+
+/// Largest enrollment request (a code and a public key), bytes: it is read unauthenticated.
+const MAX_ENROLL_BYTES: usize = 8 << 10;
+
 async fn enroll(
     State(st): State<AppState>,
     headers: HeaderMap,
-    Json(req): Json<EnrollRequest>,
+    body: Body,
 ) -> Result<Json<EnrollResponse>, ApiError> {
     use base64::Engine;
     check_protocol(&headers)?;
+    let body = read_body(&st, &headers, body, MAX_ENROLL_BYTES).await?;
+    let req: EnrollRequest = serde_json::from_slice(&body)
+        .map_err(|e| bad(format!("body is not an enrollment request: {e}")))?;
     let key = base64::engine::general_purpose::STANDARD
         .decode(&req.public_key)
         .ok()
         .filter(|k| k.len() == 32)
-        .ok_or_else(|| {
-            ApiError(
-                StatusCode::BAD_REQUEST,
-                "public_key must be a base64 Ed25519 public key (32 bytes)".into(),
-            )
-        })?;
+        .ok_or_else(|| bad("public_key must be a base64 Ed25519 public key (32 bytes)"))?;
     let code_hash = crate::hash::sha256_hex(normalise_code(&req.code).as_bytes());
     let store = st.store.clone();
     let d = blocking(move || store.enroll(&code_hash, &key))
         .await?
         .map_err(|e| match e {
-            store::ServerStoreError::BadCode => ApiError(StatusCode::FORBIDDEN, e.to_string()),
+            store::ServerStoreError::BadCode => ApiError::BadEnrollmentCode(e.to_string()),
             other => internal(other),
         })?;
     let store = st.store.clone();
@@ -280,14 +417,20 @@ pub fn normalise_code(code: &str) -> String {
         .collect()
 }
 
-/// Checks a signed request; returns the device id.
-async fn authenticate(
-    st: &AppState,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<String, ApiError> {
+/// The signed headers of a request, checked before its body is read.
+struct SignedHeaders {
+    device_id: String,
+    public_key: Vec<u8>,
+    timestamp: i64,
+    nonce: String,
+    signature: String,
+}
+
+/// The first half of authentication, before any body byte is read: the signed headers are
+/// present and well formed, the timestamp is within the window, and the device is known,
+/// enrolled and not revoked. So nobody who is not an enrolled device gets the server to
+/// read (and hold) a body.
+async fn authenticate_headers(st: &AppState, headers: &HeaderMap) -> Result<SignedHeaders, ApiError> {
     check_protocol(headers)?;
     let h = |name: &str| {
         headers
@@ -295,8 +438,8 @@ async fn authenticate(
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
-    let unauth = |m: &str| ApiError(StatusCode::UNAUTHORIZED, m.to_string());
-    let (Some(device_id), Some(ts), Some(nonce), Some(sig)) = (
+    let unauth = |m: &str| ApiError::Unauthorized(m.to_string());
+    let (Some(device_id), Some(ts), Some(nonce), Some(signature)) = (
         h(protocol::HEADER_DEVICE),
         h(protocol::HEADER_TIMESTAMP),
         h(protocol::HEADER_NONCE),
@@ -306,16 +449,19 @@ async fn authenticate(
             "this endpoint needs a signed request from an enrolled device (run `outpost enroll`)",
         ));
     };
-    let ts: i64 = ts.parse().map_err(|_| unauth("bad timestamp"))?;
+    let timestamp: i64 = ts.parse().map_err(|_| unauth("bad timestamp"))?;
     let now = unix_now();
-    if (ts - now).abs() > protocol::REPLAY_WINDOW_SECS {
+    if (timestamp - now).abs() > protocol::REPLAY_WINDOW_SECS {
         return Err(unauth(&format!(
-            "request time {ts} is more than {} s from the server's clock {now}; the agent corrects for this and retries",
+            "request time {timestamp} is more than {} s from the server's clock {now}; the agent corrects for this and retries",
             protocol::REPLAY_WINDOW_SECS
         )));
     }
-    if nonce.len() < 16 || nonce.len() > 64 {
-        return Err(unauth("bad nonce"));
+    if nonce.len() < 16 || nonce.len() > 64 || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(unauth("bad nonce: 16 to 64 hex digits"));
+    }
+    if device_id.len() > 64 {
+        return Err(unauth("unknown device; enroll it again"));
     }
     let store = st.store.clone();
     let id = device_id.clone();
@@ -326,20 +472,80 @@ async fn authenticate(
         return Err(unauth("unknown device; enroll it again"));
     };
     if device.revoked_at.is_some() {
-        return Err(ApiError(
-            StatusCode::FORBIDDEN,
-            protocol::REVOKED_MESSAGE.into(),
-        ));
+        return Err(ApiError::Revoked);
     }
-    let Some(key) = device.public_key.clone() else {
+    let Some(public_key) = device.public_key.clone() else {
         return Err(unauth("this device has not enrolled yet"));
     };
-    let payload = protocol::signing_payload(method.as_str(), uri.path(), body, ts, &nonce);
-    if !crate::identity::verify(&key, &payload, &sig) {
-        return Err(unauth("bad signature"));
+    Ok(SignedHeaders {
+        device_id,
+        public_key,
+        timestamp,
+        nonce,
+        signature,
+    })
+}
+
+/// Reads a request body of at most `limit` bytes within the body-read timeout. A declared
+/// length over the limit is refused before anything is read.
+async fn read_body(
+    st: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let too_large = || ApiError::TooLarge(format!("the body is larger than this endpoint's {limit} bytes"));
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
     }
+    let timeout = st.http.body_read_timeout();
+    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await;
+    let timed_out = || ApiError::Timeout(format!("the request body did not arrive within {} s", timeout.as_secs()));
+    match read {
+        Err(_) => Err(timed_out()),
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => {
+            let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(x) = src {
+                if x.is::<http_body_util::LengthLimitError>() {
+                    return Err(too_large());
+                }
+                if x.is::<http::BodyTimeout>() {
+                    return Err(timed_out());
+                }
+                src = x.source();
+            }
+            Err(bad(format!("could not read the request body: {e}")))
+        }
+    }
+}
+
+/// The second half: the signature over method, path and the body's hash, then the nonce
+/// is spent. Returns the device id.
+async fn verify_signed(
+    st: &AppState,
+    signed: SignedHeaders,
+    method: &Method,
+    uri: &Uri,
+    body: &[u8],
+) -> Result<String, ApiError> {
+    let payload = protocol::signing_payload(
+        method.as_str(),
+        uri.path(),
+        body,
+        signed.timestamp,
+        &signed.nonce,
+    );
+    if !crate::identity::verify(&signed.public_key, &payload, &signed.signature) {
+        return Err(ApiError::Unauthorized("bad signature".into()));
+    }
+    let now = unix_now();
     let store = st.store.clone();
-    let (id, n) = (device_id.clone(), nonce.clone());
+    let (id, n) = (signed.device_id.clone(), signed.nonce);
     let fresh =
         blocking(move || store.use_nonce(&id, &n, now + 2 * protocol::REPLAY_WINDOW_SECS, now))
             .await?
@@ -347,15 +553,28 @@ async fn authenticate(
     if !fresh {
         // 409, not 401: the signature was good, the request was simply seen before (a
         // repeating proxy, or an attacker). The agent retries with a fresh nonce.
-        return Err(ApiError(
-            StatusCode::CONFLICT,
-            "replayed request (nonce already used); send a new request".into(),
-        ));
+        return Err(ApiError::Replayed);
     }
     let store = st.store.clone();
-    let id = device_id.clone();
+    let id = signed.device_id.clone();
     let _ = blocking(move || store.touch(&id)).await;
-    Ok(device_id)
+    Ok(signed.device_id)
+}
+
+/// A signed request's device id and body (at most `limit` bytes): headers and device first,
+/// then the body, then the signature over it.
+async fn authenticated_body(
+    st: &AppState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<(String, Bytes), ApiError> {
+    let signed = authenticate_headers(st, headers).await?;
+    let body = read_body(st, headers, body, limit).await?;
+    let device_id = verify_signed(st, signed, method, uri, &body).await?;
+    Ok((device_id, body))
 }
 
 async fn upload(
@@ -363,30 +582,37 @@ async fn upload(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Json<UploadAck>, ApiError> {
-    let device_id = authenticate(&st, &method, &uri, &headers, &body).await?;
-    let raw = decompress_limited(&body, MAX_BATCH_BYTES).map_err(|e| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("body is not a zstd-compressed batch: {e}"),
-        )
-    })?;
-    let batch: UploadBatch = serde_json::from_slice(&raw).map_err(|e| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("body is not a feedback batch: {e}"),
-        )
-    })?;
-    if batch.protocol != PROTOCOL_VERSION {
-        return Err(ApiError(
-            StatusCode::UPGRADE_REQUIRED,
-            format!(
-                "batch protocol {} is not {PROTOCOL_VERSION}",
-                batch.protocol
-            ),
-        ));
-    }
+    let (device_id, body) =
+        authenticated_body(&st, &method, &uri, &headers, body, MAX_BODY_BYTES).await?;
+    let raw = decompress_limited(&body, MAX_BATCH_BYTES)
+        .map_err(|e| bad(format!("body is not a zstd-compressed batch: {e}")))?;
+    let checked = ingest::parse_batch(&raw).and_then(|b| {
+        if b.protocol != PROTOCOL_VERSION {
+            return Ok(Err(b.protocol));
+        }
+        ingest::check_batch(&b).map(|()| Ok(b))
+    });
+    let batch = match checked {
+        Ok(Ok(b)) => b,
+        Ok(Err(p)) => {
+            return Err(ApiError::ProtocolMismatch(format!(
+                "batch protocol {p} is not {PROTOCOL_VERSION}"
+            )))
+        }
+        Err(e) if !e.field.starts_with("records") => {
+            return Err(bad(format!("body is not a feedback batch: {e}")))
+        }
+        Err(e) => {
+            st.metrics
+                .ingest_refusals
+                .with_label_values(&["invalid_record"])
+                .inc();
+            tracing::warn!(device = %device_id, field = %e.field, problem = %e.problem, "feedback batch refused: invalid record");
+            return Err(e.into());
+        }
+    };
     let store = st.store.clone();
     let n = batch.records.len();
     let id = device_id.clone();
@@ -397,6 +623,13 @@ async fn upload(
     })
     .await?
     .map_err(internal)?;
+    for (id, target) in &r.foreign_supersedes {
+        st.metrics
+            .ingest_refusals
+            .with_label_values(&["foreign_supersedes"])
+            .inc();
+        tracing::warn!(device = %device_id, feedback_id = %id, supersedes = %target, "a record's supersedes names another device's decision; stored without it");
+    }
     let now = time::OffsetDateTime::now_utc();
     let fresh: std::collections::HashSet<&str> = r.stored_now.iter().map(String::as_str).collect();
     let lags: Vec<f64> = records
@@ -431,21 +664,14 @@ async fn drift_upload(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Json<protocol::DriftAck>, ApiError> {
-    let device_id = authenticate(&st, &method, &uri, &headers, &body).await?;
-    let raw = decompress_limited(&body, MAX_BATCH_BYTES).map_err(|e| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("body is not zstd-compressed: {e}"),
-        )
-    })?;
-    let up: protocol::DriftUpload = serde_json::from_slice(&raw).map_err(|e| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("body is not a drift upload: {e}"),
-        )
-    })?;
+    let (device_id, body) =
+        authenticated_body(&st, &method, &uri, &headers, body, MAX_SMALL_BODY_BYTES).await?;
+    let raw = decompress_limited(&body, MAX_BATCH_BYTES)
+        .map_err(|e| bad(format!("body is not zstd-compressed: {e}")))?;
+    let up: protocol::DriftUpload = serde_json::from_slice(&raw)
+        .map_err(|e| bad(format!("body is not a drift upload: {e}")))?;
     let up_to = up.windows.iter().map(|w| w.0).max().unwrap_or(0);
     let store = st.store.clone();
     let id = device_id.clone();
@@ -463,20 +689,14 @@ async fn device_models(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Json<protocol::DeviceStatus>, ApiError> {
-    let device_id = authenticate(&st, &method, &uri, &headers, &body).await?;
-    let report: protocol::DeviceModelsReport = serde_json::from_slice(&body).map_err(|e| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("body is not a device models report: {e}"),
-        )
-    })?;
+    let (device_id, body) =
+        authenticated_body(&st, &method, &uri, &headers, body, MAX_SMALL_BODY_BYTES).await?;
+    let report: protocol::DeviceModelsReport = serde_json::from_slice(&body)
+        .map_err(|e| bad(format!("body is not a device models report: {e}")))?;
     if report.models.len() > 1000 || report.failures.len() > 1000 {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            "report lists more than 1000 models or failures".into(),
-        ));
+        return Err(bad("report lists more than 1000 models or failures"));
     }
     let store = st.store.clone();
     let id = device_id.clone();
@@ -487,7 +707,7 @@ async fn device_models(
     })
     .await?
     .map_err(internal)?
-    .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "unknown device".into()))?;
+    .ok_or_else(|| ApiError::Unauthorized("unknown device".into()))?;
     if failures > 0 {
         tracing::warn!(device = %device.name, failures, "device reported refused or rolled-back model updates");
     }
@@ -503,10 +723,7 @@ async fn metadata(
 ) -> Result<Response, ApiError> {
     let ok = name.ends_with(".json") && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '.');
     let Some(repo) = st.repo.filter(|_| ok) else {
-        return Err(ApiError(
-            StatusCode::NOT_FOUND,
-            format!("no metadata {name:?}"),
-        ));
+        return Err(ApiError::NotFound(format!("no metadata {name:?}")));
     };
     match repo.get_from(&format!("metadata/{name}"), 0).await {
         Ok(Some(r)) => Ok((
@@ -514,10 +731,9 @@ async fn metadata(
             r.bytes,
         )
             .into_response()),
-        Ok(None) => Err(ApiError(
-            StatusCode::NOT_FOUND,
-            format!("no metadata {name:?} (nothing published yet?)"),
-        )),
+        Ok(None) => Err(ApiError::NotFound(format!(
+            "no metadata {name:?} (nothing published yet?)"
+        ))),
         Err(e) => Err(internal(e)),
     }
 }
@@ -531,10 +747,10 @@ async fn target(
 ) -> Result<Response, ApiError> {
     let ok = hash.len() == 64 && hash.chars().all(|c| c.is_ascii_hexdigit());
     let Some(repo) = st.repo.filter(|_| ok) else {
-        return Err(ApiError(StatusCode::NOT_FOUND, "no such file".into()));
+        return Err(ApiError::NotFound("no such file".into()));
     };
     let key = format!("targets/sha256/{hash}");
-    let not_found = || ApiError(StatusCode::NOT_FOUND, "no such file".into());
+    let not_found = || ApiError::NotFound("no such file".into());
     let start = headers
         .get(axum::http::header::RANGE)
         .and_then(|v| v.to_str().ok())
@@ -565,10 +781,7 @@ async fn target(
             let size = repo.size(&key).await.map_err(internal)?;
             let size = size.ok_or_else(not_found)?;
             if s >= size {
-                return Err(ApiError(
-                    StatusCode::RANGE_NOT_SATISFIABLE,
-                    "range starts past the end of the file".into(),
-                ));
+                return Err(ApiError::RangeNotSatisfiable);
             }
             let r = repo.get_from(&key, s).await.map_err(internal)?;
             let r = r.ok_or_else(not_found)?;
@@ -597,17 +810,22 @@ pub fn decompress_limited(body: &[u8], limit: usize) -> std::io::Result<Vec<u8>>
     Ok(out)
 }
 
-/// Runs the server until Ctrl-C.
+/// Runs the server until Ctrl-C, with the limits of `state.http`.
 pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::io::Result<()> {
-    serve_app(listener, router(state)).await
+    let settings = state.http.clone();
+    serve_app(listener, router(state), settings).await
 }
 
 /// Runs a router (the agents' API, with the operators' dashboard merged in by
-/// `outpost-server serve`) until Ctrl-C.
-pub async fn serve_app(listener: tokio::net::TcpListener, app: Router) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
+/// `outpost-server serve`) until Ctrl-C, with the timeouts and connection limits of
+/// `settings` ([`http::serve`]).
+pub async fn serve_app(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    settings: http::HttpSettings,
+) -> std::io::Result<()> {
+    http::serve(listener, app, settings, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
 }

@@ -9,7 +9,8 @@ pub mod drift;
 
 use crate::identity::DeviceKey;
 use crate::protocol::{
-    self, EnrollRequest, EnrollResponse, ErrorBody, UploadAck, UploadBatch, PROTOCOL_VERSION,
+    self, EnrollRequest, EnrollResponse, ErrorBody, ErrorCode, UploadAck, UploadBatch,
+    PROTOCOL_VERSION,
 };
 use crate::store::Store;
 use std::path::{Path, PathBuf};
@@ -112,16 +113,39 @@ pub fn transport_error(url: &str, e: reqwest::Error) -> SyncError {
     unreachable(url, e)
 }
 
-/// Turns an error response into a [`SyncError`] with the server's message.
+/// Largest error body the agent reads (a server's message is a line or two).
+const MAX_ERROR_BODY: usize = 64 << 10;
+
+/// Reads an error response's body (at most [`MAX_ERROR_BODY`] bytes) as an [`ErrorBody`].
+async fn error_body(mut res: reqwest::Response) -> Option<ErrorBody> {
+    let mut buf = Vec::new();
+    while let Ok(Some(chunk)) = res.chunk().await {
+        if buf.len() + chunk.len() > MAX_ERROR_BODY {
+            return None;
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&buf).ok()
+}
+
+/// Turns an error response into a [`SyncError`] with the server's message. Revocation is
+/// told by the body's `code` (`revoked`); servers older than codes are recognised by
+/// their message.
 pub async fn error_from(res: reqwest::Response) -> SyncError {
     let status = res.status().as_u16();
-    let message = match res.json::<ErrorBody>().await {
-        Ok(b) => b.error,
-        Err(_) => "no details".into(),
+    error_from_parts(status, error_body(res).await)
+}
+
+fn error_from_parts(status: u16, body: Option<ErrorBody>) -> SyncError {
+    let code = body.as_ref().and_then(|b| b.code.clone());
+    let message = body.map(|b| b.error).unwrap_or_else(|| "no details".into());
+    let revoked = match code.as_deref() {
+        Some(c) => c == ErrorCode::Revoked.as_str(),
+        None => status == 403 && message == crate::protocol::REVOKED_MESSAGE,
     };
     if status == 426 {
         SyncError::Protocol(message)
-    } else if status == 403 && message == crate::protocol::REVOKED_MESSAGE {
+    } else if revoked {
         SyncError::Revoked
     } else {
         SyncError::Server { status, message }
@@ -341,6 +365,8 @@ impl SyncClient {
             if records.is_empty() {
                 break;
             }
+            let sent_ids: std::collections::HashSet<String> =
+                records.iter().map(|r| r.feedback_id.clone()).collect();
             let json = serde_json::to_vec(&UploadBatch {
                 protocol: PROTOCOL_VERSION,
                 records,
@@ -353,7 +379,18 @@ impl SyncClient {
             let sent = body.len() as f64;
             let res = self.signed_post("/v1/feedback", body).await?;
             if !res.status().is_success() {
-                return Err(error_from(res).await);
+                let status = res.status().as_u16();
+                let body = error_body(res).await;
+                // One record the server finds invalid: set it aside (kept in the outbox and
+                // reported) and send the rest, rather than retrying the same batch forever.
+                let named = body.as_ref().and_then(invalid_record);
+                if let Some(r) = named.filter(|r| sent_ids.contains(&r.feedback_id)) {
+                    tracing::warn!(feedback_id = %r.feedback_id, reason = %r.reason, "the server refused a feedback record; it stays in the outbox");
+                    refused_ids.insert(r.feedback_id.clone());
+                    report.refused.push(r);
+                    continue;
+                }
+                return Err(error_from_parts(status, body));
             }
             let ack: UploadAck = res.json().await.map_err(|e| unreachable(&self.base, e))?;
             report.batches += 1;
@@ -380,6 +417,17 @@ impl SyncClient {
         }
         Ok(report)
     }
+}
+
+/// The record a `400 invalid_record` names, as a refusal.
+fn invalid_record(b: &ErrorBody) -> Option<protocol::Refused> {
+    if b.code.as_deref() != Some(ErrorCode::InvalidRecord.as_str()) {
+        return None;
+    }
+    Some(protocol::Refused {
+        feedback_id: b.feedback_id.clone()?,
+        reason: b.error.clone(),
+    })
 }
 
 fn unreachable_retry<T>() -> Result<T, SyncError> {
@@ -614,4 +662,41 @@ async fn try_push(
         )?,
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The agent's reading of one error answer from a one-shot server on loopback.
+    async fn reading_of(status: u16, body: &'static str) -> SyncError {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        });
+        let res = reqwest::get(format!("http://{addr}/")).await.unwrap();
+        error_from(res).await
+    }
+
+    #[tokio::test]
+    async fn revocation_is_told_by_the_code_and_by_an_old_servers_text() {
+        let by_code = reading_of(403, r#"{"error":"worded differently now","code":"revoked"}"#);
+        assert!(matches!(by_code.await, SyncError::Revoked));
+        let old = reading_of(403, r#"{"error":"this device has been revoked"}"#);
+        assert!(matches!(old.await, SyncError::Revoked));
+        let other = reading_of(
+            403,
+            r#"{"error":"this device has been revoked","code":"forbidden"}"#,
+        );
+        assert!(matches!(other.await, SyncError::Server { status: 403, .. }));
+    }
 }

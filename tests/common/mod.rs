@@ -380,6 +380,11 @@ impl ServerProcess {
         panic!("outpost-server did not start on port {port}");
     }
 
+    /// The process id (for /proc/PID/status and /proc/PID/fd).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// kill -9, then wait.
     pub fn kill(mut self) {
         let _ = self.child.kill();

@@ -111,7 +111,11 @@ pub fn import_feedback(
         .into_iter()
         .find(|d| d.name == who || d.device_id == who)
         .ok_or_else(|| OpsError::NotFound(format!("no device {who:?}")))?;
-    let result = store.ingest(&d.device_id, &records, Via::Usb)?;
+    // Records from a file are validated field by field like an upload; the invalid ones
+    // are refused with the field named, and never reach the store.
+    let (valid, invalid) = crate::server::ingest::split_valid(records.clone());
+    let mut result = store.ingest(&d.device_id, &valid, Via::Usb)?;
+    result.refused.extend(invalid);
     store.audit(
         "operator",
         "feedback import",

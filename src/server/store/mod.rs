@@ -187,6 +187,10 @@ pub struct IngestResult {
     pub stored_now: Vec<String>,
     /// Refused records.
     pub refused: Vec<Refused>,
+    /// Records stored without their `supersedes`, because it named a record of another
+    /// device (a device may only replace its own decisions): `(feedback_id, supersedes)`.
+    /// The record itself is kept and acknowledged, so the sender's outbox drains.
+    pub foreign_supersedes: Vec<(String, String)>,
 }
 
 /// Where a record came from.

@@ -466,21 +466,31 @@ impl ServerStore for PostgresServerStore {
                 },
                 None => None,
             };
+            let supersedes: Option<&str> = match &r.supersedes {
+                Some(s) => match tx.query_opt(&owner, &[s])?.map(|row| row.get::<_, String>(0)) {
+                    Some(who) if who != device_id => {
+                        out.foreign_supersedes.push((r.feedback_id.clone(), s.clone()));
+                        None
+                    }
+                    _ => Some(s.as_str()),
+                },
+                None => None,
+            };
             let n = tx.execute(
                 &insert,
                 &[
                     &r.feedback_id,
                     &device_id,
                     &r.item_id,
-                    &r.kind,
+                    &r.kind.as_str(),
                     &r.model_name,
                     &r.model_version,
-                    &r.action,
+                    &r.action.as_str(),
                     &serde_json::to_string(&r.labels).unwrap_or_default(),
                     &serde_json::to_string(&r.new_labels).unwrap_or_default(),
                     &r.annotator,
                     &r.created_at,
-                    &r.supersedes,
+                    &supersedes,
                     &embedding,
                     &content,
                     &r.content_type,
@@ -561,13 +571,15 @@ impl ServerStore for PostgresServerStore {
     }
 
     fn training_feedback(&self, model: &str) -> Result<Vec<TrainingRow>, ServerStoreError> {
-        // As on SQLite, with `seq` (arrival order) in place of SQLite's rowid.
+        // As on SQLite, with `seq` (arrival order) in place of SQLite's rowid; supersession
+        // only within a device.
         let rows = self.conn()?.query(
             "SELECT f.feedback_id, f.device_id, f.labels, f.embedding, s.split
              FROM feedback f
              LEFT JOIN feedback_split s ON s.feedback_id = f.feedback_id
              WHERE f.model_name = $1
-               AND NOT EXISTS (SELECT 1 FROM feedback l WHERE l.supersedes = f.feedback_id)
+               AND NOT EXISTS (SELECT 1 FROM feedback l WHERE l.supersedes = f.feedback_id
+                                 AND l.device_id = f.device_id)
                AND NOT EXISTS (SELECT 1 FROM feedback n
                                WHERE n.model_name = f.model_name AND n.device_id = f.device_id
                                  AND n.item_id = f.item_id

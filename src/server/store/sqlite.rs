@@ -313,6 +313,16 @@ impl ServerStore for SqliteServerStore {
                     },
                     None => None,
                 };
+                let supersedes = match &r.supersedes {
+                    Some(s) => match owner.query_row([s], |row| row.get::<_, String>(0)).optional()? {
+                        Some(who) if who != device_id => {
+                            out.foreign_supersedes.push((r.feedback_id.clone(), s.clone()));
+                            None
+                        }
+                        _ => Some(s.as_str()),
+                    },
+                    None => None,
+                };
                 let n = insert.execute(params![
                     r.feedback_id,
                     device_id,
@@ -325,7 +335,7 @@ impl ServerStore for SqliteServerStore {
                     serde_json::to_string(&r.new_labels).unwrap_or_default(),
                     r.annotator,
                     r.created_at,
-                    r.supersedes,
+                    supersedes,
                     embedding,
                     content,
                     r.content_type,
@@ -403,13 +413,16 @@ impl ServerStore for SqliteServerStore {
     fn training_feedback(&self, model: &str) -> Result<Vec<TrainingRow>, ServerStoreError> {
         let conn = self.conn();
         // Latest decision per device and item (by the reviewer's time, then arrival), and
-        // never one that a later decision names in `supersedes`.
+        // never one that a later decision of the same device names in `supersedes` (a
+        // device replaces only its own decisions; rows stored before ingest refused foreign
+        // supersession still name other devices' ids, and are ignored here).
         let mut st = conn.prepare(
             "SELECT f.feedback_id, f.device_id, f.labels, f.embedding, s.split
              FROM feedback f
              LEFT JOIN feedback_split s ON s.feedback_id = f.feedback_id
              WHERE f.model_name = ?1
-               AND NOT EXISTS (SELECT 1 FROM feedback l WHERE l.supersedes = f.feedback_id)
+               AND NOT EXISTS (SELECT 1 FROM feedback l WHERE l.supersedes = f.feedback_id
+                                 AND l.device_id = f.device_id)
                AND NOT EXISTS (SELECT 1 FROM feedback n
                                WHERE n.model_name = f.model_name AND n.device_id = f.device_id
                                  AND n.item_id = f.item_id

@@ -348,10 +348,10 @@ mod tests {
         FeedbackRecord {
             feedback_id: uuid::Uuid::new_v4().to_string(),
             item_id: format!("item-{i}"),
-            kind: "image".into(),
+            kind: crate::protocol::ItemKind::Image,
             model_name: "landcover".into(),
             model_version: "1.0.0".into(),
-            action: "correct".into(),
+            action: crate::protocol::Action::Correct,
             labels: vec!["flooded".into()],
             new_labels: vec!["flooded".into()],
             annotator: "t".into(),
