@@ -1,6 +1,6 @@
 //! `docs/openapi.yaml` describes exactly the routes the server's protocol router serves:
 //! the same paths with the same methods, no more and no fewer. The router's table is read
-//! from `src/server/mod.rs` (its `.route(...)` calls), and a real `outpost-server serve`
+//! from `src/server/api/mod.rs` (its `.route(...)` calls), and a real `outpost-server serve`
 //! process is asked every documented path, so the check cannot drift from what runs.
 
 mod common;
@@ -36,8 +36,8 @@ fn documented() -> BTreeSet<(String, String)> {
 
 /// (path, method) pairs of `.route("PATH", get(..).post(..))` in the protocol router.
 fn routed() -> BTreeSet<(String, String)> {
-    let text = std::fs::read_to_string(common::repo().join("src/server/mod.rs"))
-        .expect("src/server/mod.rs");
+    let text = std::fs::read_to_string(common::repo().join("src/server/api/mod.rs"))
+        .expect("src/server/api/mod.rs");
     let mut out = BTreeSet::new();
     for chunk in text.split(".route(\"").skip(1) {
         let Some((path, rest)) = chunk.split_once('"') else {
