@@ -367,7 +367,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let export_secret = server::export_key::ExportSecret::load_or_create(&cfg.data_dir)
                     .with_context(|| format!("the feedback export secret {}", server::export_key::path(&cfg.data_dir).display()))?;
                 let app = server::router(
-                    AppState::new(store, Some(repo.blobs().clone())).with_export_secret(export_secret),
+                    AppState::new(store, Some(repo.blobs().clone()))
+                        .with_export_secret(export_secret)
+                        .with_keys_dir(repo.data_dir()),
                 )
                     .merge(server::dashboard::router(dashboard));
                 server::serve_app(listener, app).await?;

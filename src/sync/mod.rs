@@ -65,6 +65,61 @@ pub enum SyncError {
     /// The device key failed.
     #[error(transparent)]
     Identity(#[from] crate::identity::IdentityError),
+    /// An answer larger than the agent reads for its kind: refused unread.
+    #[error("the server's {what} is larger than {limit} bytes: refused without reading it (a misbehaving server, or something on the network path)")]
+    TooLarge {
+        /// Which answer.
+        what: String,
+        /// The cap, bytes.
+        limit: usize,
+    },
+}
+
+/// Largest error body the agent reads (the rest is not read).
+pub const MAX_ERROR_BODY: usize = 64 << 10;
+/// Largest small JSON answer the agent reads: enrollment, device report, drift.
+pub const MAX_JSON_ANSWER: usize = 1 << 20;
+/// Largest acknowledgement of an upload batch (ids of up to a batch of records).
+pub const MAX_ACK: usize = 8 << 20;
+
+/// Reads a response body of at most `limit` bytes: a `Content-Length` above it is refused
+/// before reading, and a body without one is streamed and dropped once it passes the cap,
+/// so an endless or huge answer never fills the agent's memory.
+pub async fn read_limited(
+    mut res: reqwest::Response,
+    limit: usize,
+    url: &str,
+    what: &str,
+) -> Result<Vec<u8>, SyncError> {
+    let too_large = || SyncError::TooLarge {
+        what: what.to_string(),
+        limit,
+    };
+    if res.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut out = Vec::new();
+    while let Some(c) = res.chunk().await.map_err(|e| unreachable(url, e))? {
+        if out.len() + c.len() > limit {
+            return Err(too_large());
+        }
+        out.extend_from_slice(&c);
+    }
+    Ok(out)
+}
+
+/// Reads a JSON answer of at most `limit` bytes (see [`read_limited`]).
+pub async fn read_json<T: serde::de::DeserializeOwned>(
+    res: reqwest::Response,
+    limit: usize,
+    url: &str,
+    what: &str,
+) -> Result<T, SyncError> {
+    let bytes = read_limited(res, limit, url, what).await?;
+    serde_json::from_slice(&bytes).map_err(|e| SyncError::Unreachable {
+        url: url.to_string(),
+        reason: format!("the {what} is not the JSON expected: {e}"),
+    })
 }
 
 impl SyncError {
@@ -115,9 +170,14 @@ pub fn transport_error(url: &str, e: reqwest::Error) -> SyncError {
 /// Turns an error response into a [`SyncError`] with the server's message.
 pub async fn error_from(res: reqwest::Response) -> SyncError {
     let status = res.status().as_u16();
-    let message = match res.json::<ErrorBody>().await {
-        Ok(b) => b.error,
-        Err(_) => "no details".into(),
+    let url = res.url().to_string();
+    let message = match read_limited(res, MAX_ERROR_BODY, &url, "error body").await {
+        Ok(b) => match serde_json::from_slice::<ErrorBody>(&b) {
+            Ok(b) => b.error,
+            Err(_) => "no details".into(),
+        },
+        Err(e @ SyncError::TooLarge { .. }) => e.to_string(),
+        Err(_) => "no details (the error body was cut off)".into(),
     };
     if status == 426 {
         SyncError::Protocol(message)
@@ -150,7 +210,7 @@ pub async fn enroll(
     if !res.status().is_success() {
         return Err(error_from(res).await);
     }
-    let r: EnrollResponse = res.json().await.map_err(|e| unreachable(&base, e))?;
+    let r: EnrollResponse = read_json(res, MAX_JSON_ANSWER, &base, "enrollment answer").await?;
     let store = Store::open(store_path)?;
     store.set_state("server_url", &base)?;
     store.set_state("device_id", &r.device_id)?;
@@ -246,7 +306,13 @@ impl SyncClient {
         if !res.status().is_success() {
             return Err(error_from(res).await);
         }
-        res.json().await.map_err(|e| unreachable(&self.base, e))
+        read_json(
+            res,
+            MAX_JSON_ANSWER,
+            &self.base,
+            &format!("answer to {path}"),
+        )
+        .await
     }
 
     /// A plain GET of a public path (update metadata and files), optionally from byte
@@ -355,7 +421,13 @@ impl SyncClient {
             if !res.status().is_success() {
                 return Err(error_from(res).await);
             }
-            let ack: UploadAck = res.json().await.map_err(|e| unreachable(&self.base, e))?;
+            let ack: UploadAck = read_json(
+                res,
+                MAX_ACK,
+                &self.base,
+                "acknowledgement of a feedback batch",
+            )
+            .await?;
             report.batches += 1;
             report.duplicates += ack.duplicates;
             report.acked += ack.acked.len();
