@@ -126,7 +126,8 @@ impl Bench {
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
         let port = listener.local_addr().unwrap().port();
-        let state = AppState::new(store.clone(), Some(repo.blobs().clone()));
+        let state =
+            AppState::new(store.clone(), Some(repo.blobs().clone())).with_keys_dir(&server_data);
         rt.spawn(async move { axum::serve(listener, outpost::server::router(state)).await });
         Bench {
             _tmp: tmp,
@@ -167,6 +168,7 @@ impl Bench {
             shipped_models: None,
             session: Default::default(),
             keep_versions: 3,
+            limits: Default::default(),
         }
     }
 

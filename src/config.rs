@@ -159,6 +159,17 @@ pub struct UpdateConfig {
     pub keep_versions: usize,
     /// Whether `outpost sync` and `outpost run` check for updates.
     pub enabled: bool,
+    /// A download try ends (resumably) when fewer than `download_min_bytes_per_sec` arrived
+    /// over the last this many seconds (also the longest wait for the server's headers).
+    pub download_stall_secs: u64,
+    /// The slowest transfer rate a download try keeps going at, bytes per second.
+    pub download_min_bytes_per_sec: u64,
+    /// Consecutive tries that end cleanly at the same length short of the signed length
+    /// before the file is refused (the server's copy is short, not the network).
+    pub short_file_tries: u32,
+    /// A USB update file whose signed timestamp expired more than this many days ago is
+    /// refused (`outpost models install --allow-stale` overrides it, recorded).
+    pub usb_max_stale_days: u64,
 }
 
 impl Default for UpdateConfig {
@@ -169,6 +180,10 @@ impl Default for UpdateConfig {
             check_interval_secs: 3600,
             keep_versions: 3,
             enabled: true,
+            download_stall_secs: 60,
+            download_min_bytes_per_sec: 1024,
+            short_file_tries: 3,
+            usb_max_stale_days: 7,
         }
     }
 }
@@ -359,6 +374,14 @@ impl AgentConfig {
             shipped_models: Some(self.shipped_models_dir()),
             session: self.session_options(),
             keep_versions: self.update.keep_versions.max(2),
+            limits: crate::update::UpdateLimits {
+                stall: std::time::Duration::from_secs(self.update.download_stall_secs.max(1)),
+                min_rate: self.update.download_min_bytes_per_sec,
+                short_tries: self.update.short_file_tries.max(1),
+                usb_max_stale: std::time::Duration::from_secs(
+                    self.update.usb_max_stale_days.saturating_mul(86_400),
+                ),
+            },
         }
     }
 

@@ -314,6 +314,11 @@ pub struct DeviceModelsReport {
     /// agents.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_feedback: Option<i64>,
+    /// A fresh random value (hex) the server must echo in its signed
+    /// [`DeviceAssignment`], so an answer cannot be replayed from another exchange.
+    /// Absent from older agents (their answer carries no signed assignment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub challenge: Option<String>,
 }
 
 /// A model as a device runs it.
@@ -345,12 +350,68 @@ pub struct ModelFailure {
 }
 
 /// The server's answer to a [`DeviceModelsReport`]: what the device needs to pick its release.
+///
+/// `device_id` and `group` are plain JSON that anyone on the path can rewrite: the agent
+/// never targets by them. It takes its group only from `assignment`, verified against the
+/// trusted root (see [`DeviceAssignment`]), and its device id from its own enrollment.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeviceStatus {
-    /// The device id.
+    /// The device id (informative).
     pub device_id: String,
-    /// Its group (releases can target groups).
+    /// Its group (informative).
     pub group: String,
+    /// The same facts signed by the server, bound to the report's challenge. Absent when
+    /// the report had no challenge or the server holds no timestamp key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignment: Option<crate::trust::Signed<DeviceAssignment>>,
+}
+
+/// The `_type` of a [`DeviceAssignment`].
+pub const DEVICE_ASSIGNMENT_TYPE: &str = "device-assignment";
+/// How long a signed assignment is meant to be used (informative: freshness comes from
+/// the challenge, which the agent draws at random for each report).
+pub const DEVICE_ASSIGNMENT_SECS: i64 = 300;
+
+/// Which group a device is in, as the server signs it in answer to one device report.
+///
+/// Signed with the server's online **timestamp** key (the role root lists for short-lived,
+/// online statements; every serving process already holds it to re-sign the timestamp), in
+/// the metadata form `{"signed": {...}, "signatures": [...]}`. Its own `_type` keeps it
+/// from ever passing for timestamp metadata, and it names the device and echoes the
+/// agent's random challenge, so it is good for that device and that exchange only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceAssignment {
+    /// Always [`DEVICE_ASSIGNMENT_TYPE`].
+    #[serde(rename = "_type")]
+    pub type_: String,
+    /// The device the assignment is for.
+    pub device_id: String,
+    /// Its group.
+    pub group: String,
+    /// The challenge of the report this answers.
+    pub challenge: String,
+    /// When the server signed it (unix seconds, server clock).
+    pub issued_at: u64,
+    /// Informative expiry (RFC 3339).
+    pub expires: String,
+}
+
+impl crate::trust::Role for DeviceAssignment {
+    const NAME: &'static str = DEVICE_ASSIGNMENT_TYPE;
+    fn type_(&self) -> &str {
+        &self.type_
+    }
+    fn version(&self) -> u64 {
+        self.issued_at
+    }
+    fn expires(&self) -> &str {
+        &self.expires
+    }
+}
+
+/// Whether `s` is an acceptable report challenge: 32 to 128 lower-case hex characters.
+pub fn valid_challenge(s: &str) -> bool {
+    (32..=128).contains(&s.len()) && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// A window's verdict.

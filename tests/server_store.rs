@@ -412,6 +412,7 @@ fn device_models_keep_the_latest_report_and_failures(s: Arc<dyn ServerStore>) {
         }],
         failures,
         pending_feedback: Some(7),
+        challenge: None,
     };
     s.record_device_models(&d, &report("1.0.0", vec![]))
         .unwrap();
@@ -838,6 +839,7 @@ fn stats_count_the_whole_deployment(s: Arc<dyn ServerStore>) {
         }],
         failures: vec![],
         pending_feedback: None,
+        challenge: None,
     };
     s.record_device_models(&a, &report(Some("1.1.0"))).unwrap();
     s.record_device_models(&b, &report(None)).unwrap();

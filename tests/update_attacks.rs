@@ -2,12 +2,20 @@
 //! `outpost` binaries: the server's repository is altered the way an attacker who controls
 //! the server or the network would. In every case the agent refuses, says what and why,
 //! records it (and reports it to the server), and keeps serving a verified model.
+//!
+//! A man in the middle (a proxy on loopback rewriting the answer to the device report)
+//! cannot choose the release: not another group's, not a staged rollout the device is not
+//! in, not an older version. USB files get the same targeting rules and a staleness bound.
 
 mod common;
+#[path = "common/evil.rs"]
+mod evil;
 #[path = "common/update.rs"]
 mod upd;
 
-use outpost::trust::{parse, sign, Signed, Targets, Timestamp};
+use outpost::trust::{parse, rollout_bucket, sign, Signed, Targets, Timestamp};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use upd::{strings, Env};
 
 /// Runs `outpost update`, expects a refusal whose message has every one of `words`, and
@@ -230,4 +238,250 @@ fn a_root_rotation_missed_offline_is_walked_one_version_at_a_time() {
     let (c, r, _) = env.update_json(&[]);
     assert_eq!(c, 0, "{r}");
     assert_eq!(r["root_version"], 4);
+}
+
+/// A man in the middle in front of `env`'s server, with the agent pointed at it.
+fn mitm(env: &Env) -> Arc<evil::Evil> {
+    let e = Arc::new(evil::Evil::default());
+    let port = evil::start(env.server.port, e.clone());
+    env.point_at(&format!("http://127.0.0.1:{port}"));
+    e
+}
+
+fn set_rewrite(e: &evil::Evil, f: impl Fn(&mut serde_json::Value) + Send + Sync + 'static) {
+    *e.rewrite.lock().unwrap() = Some(Box::new(f));
+}
+
+/// Publishes `colours` `version` (a new head) with extra `models publish` arguments.
+fn publish_with(env: &Env, version: &str, scale: f32, args: &[&str]) {
+    let dir = env.tmp.path().join(format!("build/colours-{version}"));
+    upd::bundle(&dir, version, scale, scale, 0);
+    env.publish_dir(&dir, args);
+}
+
+fn server(env: &Env, args: &[&str]) {
+    let (c, out, err) = common::server_cmd(&env.server_data, args);
+    assert_eq!(c, 0, "{out}{err}");
+}
+
+#[test]
+fn a_man_in_the_middle_cannot_move_the_device_to_another_group() {
+    let env = Env::new();
+    // One check on a clean link: the group (north) is confirmed by a signed answer.
+    let (c, r, err) = env.update_json(&[]);
+    assert_eq!(c, 0, "{r}{err}");
+    publish_with(&env, "1.1.0", 3.0, &["--group", "south"]);
+    let e = mitm(&env);
+    // The plain answer says south (what moved the agent before); the signed one too.
+    set_rewrite(&e, |v| {
+        v["group"] = "south".into();
+        if let Some(a) = v.get_mut("assignment") {
+            a["signed"]["group"] = "south".into();
+        }
+    });
+    expect_refusal(
+        &env,
+        &[],
+        &[
+            "answer to the device report was not used",
+            "not signed by the trusted timestamp key",
+            "group stays \"north\"",
+        ],
+        "1.0.0",
+    );
+    // No signed assignment at all.
+    set_rewrite(&e, |v| {
+        v["group"] = "south".into();
+        v.as_object_mut().unwrap().remove("assignment");
+    });
+    expect_refusal(&env, &[], &["carries no signed assignment"], "1.0.0");
+    // A genuine assignment from an earlier exchange, replayed.
+    let kept: Arc<Mutex<Option<serde_json::Value>>> = Arc::default();
+    let k = kept.clone();
+    set_rewrite(&e, move |v| {
+        let mut k = k.lock().unwrap();
+        match k.as_ref() {
+            Some(old) => v["assignment"] = old.clone(),
+            None => *k = v.get("assignment").cloned(),
+        }
+    });
+    let _ = env.update_json(&[]);
+    assert!(
+        kept.lock().unwrap().is_some(),
+        "a signed assignment was captured"
+    );
+    expect_refusal(&env, &[], &["answers another report (replayed)"], "1.0.0");
+    assert!(e.rewritten.load(Ordering::Relaxed) >= 4);
+    assert!(
+        env.devices_list().contains("not used"),
+        "{}",
+        env.devices_list()
+    );
+}
+
+#[test]
+fn a_man_in_the_middle_cannot_put_the_device_into_a_staged_rollout() {
+    // A device outside the first 1% (a fresh device id is, 99 times in 100).
+    let env = (0..5)
+        .map(|_| Env::new())
+        .find(|e| rollout_bucket("colours", &e.device_id()) >= 1)
+        .unwrap();
+    publish_with(&env, "1.1.0", 3.0, &["--percent", "1"]);
+    let fake = (0..)
+        .map(|i| format!("fake-{i}"))
+        .find(|d| rollout_bucket("colours", d) == 0)
+        .unwrap();
+    let e = mitm(&env);
+    // The answer names a device id inside the 1% (what put the agent in the rollout before).
+    let f = fake.clone();
+    set_rewrite(&e, move |v| v["device_id"] = f.clone().into());
+    let (c, r, err) = env.update_json(&[]);
+    assert!(e.rewritten.load(Ordering::Relaxed) >= 1);
+    assert!(strings(&r, "installed").is_empty(), "{r}{err}");
+    assert_eq!(c, 0, "the plain device id is simply not used: {r}");
+    env.assert_serving("1.0.0");
+    // The signed device id rewritten as well: the answer is refused.
+    set_rewrite(&e, move |v| {
+        v["device_id"] = fake.clone().into();
+        v["assignment"]["signed"]["device_id"] = fake.clone().into();
+    });
+    expect_refusal(&env, &[], &["was not used"], "1.0.0");
+}
+
+#[test]
+fn a_man_in_the_middle_cannot_downgrade_and_updates_never_go_down_unless_withdrawn() {
+    let env = Env::new();
+    // 1.1.0 for this device's group; 1.0.0 (published by Env) for every group.
+    publish_with(&env, "1.1.0", 3.0, &["--group", "north"]);
+    let (c, r, err) = env.update_json(&[]);
+    assert_eq!(c, 0, "{r}{err}");
+    env.assert_serving("1.1.0");
+    let e = mitm(&env);
+    // The answer moves the device to a group 1.1.0 is not for (what forced 1.1.0 -> 1.0.0).
+    set_rewrite(&e, |v| v["group"] = "south".into());
+    let (c, r, err) = env.update_json(&[]);
+    assert_eq!(c, 0, "{r}{err}");
+    assert!(strings(&r, "installed").is_empty(), "{r}");
+    env.assert_serving("1.1.0");
+    // The operator narrows 1.1.0 to another group (signed): the device still keeps it.
+    server(
+        &env,
+        &[
+            "models",
+            "stage",
+            "colours",
+            "1.1.0",
+            "--group",
+            "south",
+            "--percent",
+            "100",
+        ],
+    );
+    let (c, r, err) = env.update_json(&[]);
+    assert_eq!(c, 0, "{r}{err}");
+    assert!(strings(&r, "installed").is_empty(), "{r}");
+    let kept = strings(&r, "unchanged").join("\n");
+    assert!(kept.contains("never goes down"), "{kept}");
+    env.assert_serving("1.1.0");
+    // The operator withdraws 1.1.0 (signed): now the device moves off it.
+    server(&env, &["models", "withdraw", "colours", "1.1.0"]);
+    let (c, r, err) = env.update_json(&[]);
+    assert_eq!(c, 0, "{r}{err}");
+    assert_eq!(strings(&r, "installed"), vec!["colours@1.0.0"], "{r}");
+    env.assert_serving("1.0.0");
+}
+
+fn install_usb(
+    env: &Env,
+    file: &std::path::Path,
+    extra: &[&str],
+    vars: &[(&str, &str)],
+) -> (i32, String, String) {
+    let mut args = vec!["models", "install", file.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    env.run_env(&args, vars)
+}
+
+#[test]
+fn a_usb_file_installs_only_a_release_meant_for_this_device() {
+    let env = Env::new();
+    let (c, r, err) = env.update_json(&[]);
+    assert_eq!(c, 0, "the group is confirmed once online: {r}{err}");
+    let refused = |version: &str, words: &[&str]| {
+        let (c, out, err) = install_usb(&env, &env.export_usb(version), &[], &[]);
+        assert_eq!(c, 1, "{version} refused: {out}{err}");
+        for w in words {
+            assert!(out.contains(w), "{w:?} in {out}");
+        }
+        env.assert_serving("1.0.0");
+    };
+    publish_with(&env, "1.1.0", 3.0, &["--channel", "canary"]);
+    refused(
+        "1.1.0",
+        &[
+            "is on channel canary; this agent follows stable",
+            "not for this device",
+        ],
+    );
+    publish_with(&env, "1.2.0", 2.0, &["--group", "south"]);
+    refused(
+        "1.2.0",
+        &["is for groups [\"south\"]; this device is in \"north\""],
+    );
+    let bucket = rollout_bucket("colours", &env.device_id()).to_string();
+    publish_with(&env, "1.3.0", 1.5, &["--percent", &bucket]);
+    refused("1.3.0", &["this device is not among them"]);
+    // One meant for it installs.
+    publish_with(&env, "1.4.0", 4.0, &[]);
+    let (c, out, err) = install_usb(&env, &env.export_usb("1.4.0"), &[], &[]);
+    assert_eq!(c, 0, "{out}{err}");
+    env.assert_serving("1.4.0");
+}
+
+#[test]
+fn a_stale_usb_file_is_refused_unless_the_operator_overrides_it_aloud() {
+    let env = Env::new();
+    env.publish("1.1.0", 8.0, 8.0, 0);
+    let file = env.export_usb("1.1.0");
+    // The stick arrives 9 days later: its timestamp (valid 1 day) expired 8 days ago.
+    let later = [("OUTPOST_CLOCK_OFFSET_SECS", "777600")];
+    let (c, out, err) = install_usb(&env, &file, &[], &later);
+    assert_eq!(c, 1, "{out}{err}");
+    for w in [
+        "signed timestamp expired 8.0 days ago",
+        "more than the 7.0 days allowed",
+        "--allow-stale",
+    ] {
+        assert!(out.contains(w), "{w:?} in {out}");
+    }
+    env.assert_serving("1.0.0");
+    // The operator overrides it: said aloud, recorded, reported.
+    let (c, out, err) = install_usb(&env, &file, &["--allow-stale"], &later);
+    assert_eq!(c, 0, "{out}{err}");
+    assert!(err.contains("WARNING: stale update file"), "{err}");
+    assert!(out.contains("switched to colours@1.1.0"), "{out}");
+    env.assert_serving("1.1.0");
+    let (n, reason): (i64, String) = env
+        .agent_db()
+        .query_row(
+            "SELECT COUNT(*), MAX(reason) FROM model_events WHERE kind = 'override' AND version = '1.1.0'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(n, 1, "one override recorded");
+    assert!(reason.contains("--allow-stale"), "{reason}");
+    let _ = env.update_json(&[]);
+    assert!(
+        env.devices_list().contains("override 1.1.0"),
+        "{}",
+        env.devices_list()
+    );
+    // Within the bound (2 days past expiry) a file installs without any override.
+    env.publish("1.2.0", 2.0, 2.0, 0);
+    let file = env.export_usb("1.2.0");
+    let (c, out, err) = install_usb(&env, &file, &[], &[("OUTPOST_CLOCK_OFFSET_SECS", "259200")]);
+    assert_eq!(c, 0, "{out}{err}");
+    assert!(!err.contains("WARNING"), "{err}");
+    env.assert_serving("1.2.0");
 }

@@ -339,6 +339,10 @@ enum ModelsCommand {
     Install {
         /// The update file.
         file: PathBuf,
+        /// Install even if the file's signed timestamp expired longer ago than
+        /// update.usb_max_stale_days (said, recorded and reported to the server).
+        #[arg(long)]
+        allow_stale: bool,
     },
     /// Verify every bundle's files and run its golden inputs through ONNX Runtime.
     Verify,
@@ -1125,12 +1129,20 @@ fn models_command(cfg: &AgentConfig, command: ModelsCommand) -> Result<ExitCode>
             println!("{name} unpinned: the next update check installs the release this device should run");
             Ok(ExitCode::SUCCESS)
         }
-        ModelsCommand::Install { file } => {
+        ModelsCommand::Install { file, allow_stale } => {
             runtime::init(cfg.runtime.library.as_deref())?;
             let opts = cfg.update_options();
             let rt = tokio::runtime::Runtime::new()?;
-            match rt.block_on(outpost::update::usb::install(&opts, &file, None)) {
+            match rt.block_on(outpost::update::usb::install(
+                &opts,
+                &file,
+                None,
+                allow_stale,
+            )) {
                 Ok(r) => {
+                    for o in &r.overrides {
+                        eprintln!("WARNING: {o}");
+                    }
                     print_update(&r);
                     Ok(if r.rolled_back.is_empty() {
                         ExitCode::SUCCESS

@@ -2,7 +2,7 @@
 //! acknowledged one, signed like feedback. Small (a few hundred bytes per window of 50
 //! items, no raw data), so it rides along with every successful sync.
 
-use super::{error_from, unreachable, SyncClient, SyncError};
+use super::{error_from, read_json, SyncClient, SyncError, MAX_JSON_ANSWER};
 use crate::protocol::{DriftAck, DriftUpload, PROTOCOL_VERSION};
 use crate::store::Store;
 use std::path::Path;
@@ -40,7 +40,8 @@ impl SyncClient {
         if !res.status().is_success() {
             return Err(error_from(res).await);
         }
-        let ack: DriftAck = res.json().await.map_err(|e| unreachable(&self.base, e))?;
+        let ack: DriftAck =
+            read_json(res, MAX_JSON_ANSWER, &self.base, "answer to /v1/drift").await?;
         let path = store_path.to_path_buf();
         tokio::task::spawn_blocking(move || -> Result<(), SyncError> {
             Store::open(&path)?.set_state(DRIFT_SENT_KEY, &ack.up_to.to_string())?;

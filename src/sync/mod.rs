@@ -66,6 +66,61 @@ pub enum SyncError {
     /// The device key failed.
     #[error(transparent)]
     Identity(#[from] crate::identity::IdentityError),
+    /// An answer larger than the agent reads for its kind: refused unread.
+    #[error("the server's {what} is larger than {limit} bytes: refused without reading it (a misbehaving server, or something on the network path)")]
+    TooLarge {
+        /// Which answer.
+        what: String,
+        /// The cap, bytes.
+        limit: usize,
+    },
+}
+
+/// Largest error body the agent reads (the rest is not read).
+pub const MAX_ERROR_BODY: usize = 64 << 10;
+/// Largest small JSON answer the agent reads: enrollment, device report, drift.
+pub const MAX_JSON_ANSWER: usize = 1 << 20;
+/// Largest acknowledgement of an upload batch (ids of up to a batch of records).
+pub const MAX_ACK: usize = 8 << 20;
+
+/// Reads a response body of at most `limit` bytes: a `Content-Length` above it is refused
+/// before reading, and a body without one is streamed and dropped once it passes the cap,
+/// so an endless or huge answer never fills the agent's memory.
+pub async fn read_limited(
+    mut res: reqwest::Response,
+    limit: usize,
+    url: &str,
+    what: &str,
+) -> Result<Vec<u8>, SyncError> {
+    let too_large = || SyncError::TooLarge {
+        what: what.to_string(),
+        limit,
+    };
+    if res.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut out = Vec::new();
+    while let Some(c) = res.chunk().await.map_err(|e| unreachable(url, e))? {
+        if out.len() + c.len() > limit {
+            return Err(too_large());
+        }
+        out.extend_from_slice(&c);
+    }
+    Ok(out)
+}
+
+/// Reads a JSON answer of at most `limit` bytes (see [`read_limited`]).
+pub async fn read_json<T: serde::de::DeserializeOwned>(
+    res: reqwest::Response,
+    limit: usize,
+    url: &str,
+    what: &str,
+) -> Result<T, SyncError> {
+    let bytes = read_limited(res, limit, url, what).await?;
+    serde_json::from_slice(&bytes).map_err(|e| SyncError::Unreachable {
+        url: url.to_string(),
+        reason: format!("the {what} is not the JSON expected: {e}"),
+    })
 }
 
 impl SyncError {
@@ -113,19 +168,15 @@ pub fn transport_error(url: &str, e: reqwest::Error) -> SyncError {
     unreachable(url, e)
 }
 
-/// Largest error body the agent reads (a server's message is a line or two).
-const MAX_ERROR_BODY: usize = 64 << 10;
-
-/// Reads an error response's body (at most [`MAX_ERROR_BODY`] bytes) as an [`ErrorBody`].
-async fn error_body(mut res: reqwest::Response) -> Option<ErrorBody> {
-    let mut buf = Vec::new();
-    while let Ok(Some(chunk)) = res.chunk().await {
-        if buf.len() + chunk.len() > MAX_ERROR_BODY {
-            return None;
-        }
-        buf.extend_from_slice(&chunk);
+/// Reads an error response's body (at most [`MAX_ERROR_BODY`] bytes) as an [`ErrorBody`],
+/// or says why there is none to read (too large, cut off, not the JSON expected).
+async fn error_body(res: reqwest::Response) -> Result<ErrorBody, String> {
+    let url = res.url().to_string();
+    match read_limited(res, MAX_ERROR_BODY, &url, "error body").await {
+        Ok(b) => serde_json::from_slice::<ErrorBody>(&b).map_err(|_| "no details".into()),
+        Err(e @ SyncError::TooLarge { .. }) => Err(e.to_string()),
+        Err(_) => Err("no details (the error body was cut off)".into()),
     }
-    serde_json::from_slice(&buf).ok()
 }
 
 /// Turns an error response into a [`SyncError`] with the server's message. Revocation is
@@ -136,9 +187,9 @@ pub async fn error_from(res: reqwest::Response) -> SyncError {
     error_from_parts(status, error_body(res).await)
 }
 
-fn error_from_parts(status: u16, body: Option<ErrorBody>) -> SyncError {
-    let code = body.as_ref().and_then(|b| b.code.clone());
-    let message = body.map(|b| b.error).unwrap_or_else(|| "no details".into());
+fn error_from_parts(status: u16, body: Result<ErrorBody, String>) -> SyncError {
+    let code = body.as_ref().ok().and_then(|b| b.code.clone());
+    let message = body.map(|b| b.error).unwrap_or_else(|why| why);
     let revoked = match code.as_deref() {
         Some(c) => c == ErrorCode::Revoked.as_str(),
         None => status == 403 && message == crate::protocol::REVOKED_MESSAGE,
@@ -174,7 +225,7 @@ pub async fn enroll(
     if !res.status().is_success() {
         return Err(error_from(res).await);
     }
-    let r: EnrollResponse = res.json().await.map_err(|e| unreachable(&base, e))?;
+    let r: EnrollResponse = read_json(res, MAX_JSON_ANSWER, &base, "enrollment answer").await?;
     let store = Store::open(store_path)?;
     store.set_state("server_url", &base)?;
     store.set_state("device_id", &r.device_id)?;
@@ -270,7 +321,13 @@ impl SyncClient {
         if !res.status().is_success() {
             return Err(error_from(res).await);
         }
-        res.json().await.map_err(|e| unreachable(&self.base, e))
+        read_json(
+            res,
+            MAX_JSON_ANSWER,
+            &self.base,
+            &format!("answer to {path}"),
+        )
+        .await
     }
 
     /// A plain GET of a public path (update metadata and files), optionally from byte
@@ -383,7 +440,7 @@ impl SyncClient {
                 let body = error_body(res).await;
                 // One record the server finds invalid: set it aside (kept in the outbox and
                 // reported) and send the rest, rather than retrying the same batch forever.
-                let named = body.as_ref().and_then(invalid_record);
+                let named = body.as_ref().ok().and_then(invalid_record);
                 if let Some(r) = named.filter(|r| sent_ids.contains(&r.feedback_id)) {
                     tracing::warn!(feedback_id = %r.feedback_id, reason = %r.reason, "the server refused a feedback record; it stays in the outbox");
                     refused_ids.insert(r.feedback_id.clone());
@@ -392,7 +449,13 @@ impl SyncClient {
                 }
                 return Err(error_from_parts(status, body));
             }
-            let ack: UploadAck = res.json().await.map_err(|e| unreachable(&self.base, e))?;
+            let ack: UploadAck = read_json(
+                res,
+                MAX_ACK,
+                &self.base,
+                "acknowledgement of a feedback batch",
+            )
+            .await?;
             report.batches += 1;
             report.duplicates += ack.duplicates;
             report.acked += ack.acked.len();

@@ -11,14 +11,17 @@
 //!    then timestamp, snapshot and targets, with every signature, threshold, version and
 //!    expiry rule of [`crate::trust::client`]. Anything refused is recorded with its reason
 //!    and nothing is installed.
-//! 2. **Choice**: [`Targets::release_for`] with the device id, the group the server gave it
-//!    and the configured channel (default `stable`). A model pinned by hand is left alone.
+//! 2. **Choice** ([`targeting`]): the newest release for the configured channel (default
+//!    `stable`), the group from the server's *signed* answer to this device's own report,
+//!    and the device id the agent enrolled with; never lower than the active version unless
+//!    the signed targets withdrew it. A model pinned by hand is left alone.
 //! 3. **Download** ([`download`]): files are content-addressed. A file whose sha256 is
 //!    already in the local store (`<data_dir>/models/.blobs/sha256/`) is not fetched again,
 //!    so a head-only update moves kilobytes. A download goes to `.partial/<hash>.partial`,
 //!    survives restarts and resumes with `Range`; it never reads more than the length the
-//!    signed metadata gives (endless data), and its sha256 is checked before it enters the
-//!    store.
+//!    signed metadata gives (endless data), a try that slows below a minimum rate ends
+//!    (resumably: slow retrieval does not hold the update), a server whose copy is shorter
+//!    than signed is refused, and its sha256 is checked before it enters the store.
 //! 4. **Staging** ([`local::Installed::stage`]): the bundle is assembled in
 //!    `.staging/`, opened with [`crate::model::Bundle::open`] (every file against the
 //!    manifest, which must name the release's model and version), loaded in ONNX Runtime
@@ -33,7 +36,8 @@
 //!    server shows them in `outpost-server devices list`.
 //!
 //! A site with no network carries a single file ([`usb`]) holding the signed metadata chain
-//! and the bundle's files; `outpost models install FILE` verifies it the same way.
+//! and the bundle's files; `outpost models install FILE` verifies it the same way, applies
+//! the same targeting rules, and refuses a stale file (`--allow-stale` overrides, recorded).
 //!
 //! The clock: expiry is checked against the trusted time (see [`crate::trust::client`]):
 //! a clock set back cannot revive expired metadata, a clock far ahead only stops updates
@@ -45,6 +49,7 @@ pub mod download;
 pub mod local;
 pub mod manual;
 pub mod run;
+pub mod targeting;
 pub mod trust_store;
 pub mod usb;
 
@@ -53,8 +58,33 @@ pub use local::Installed;
 pub use run::{check_and_install, UpdateOptions, UpdateReport};
 
 use crate::trust::client::TrustedState;
-use crate::trust::Targets;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Bounds on what an update may cost in time and trust (`[update]` in the config).
+#[derive(Debug, Clone, Copy)]
+pub struct UpdateLimits {
+    /// A download try ends when fewer than `min_rate` bytes per second arrived over the
+    /// last `stall` (and the server's headers must come within it).
+    pub stall: Duration,
+    /// Slowest rate kept, bytes per second.
+    pub min_rate: u64,
+    /// Consecutive tries ending cleanly at the same short length before a refusal.
+    pub short_tries: u32,
+    /// How long after its signed timestamp expired a USB file is still accepted.
+    pub usb_max_stale: Duration,
+}
+
+impl Default for UpdateLimits {
+    fn default() -> Self {
+        UpdateLimits {
+            stall: Duration::from_secs(60),
+            min_rate: 1024,
+            short_tries: 3,
+            usb_max_stale: Duration::from_secs(7 * 86_400),
+        }
+    }
+}
 
 /// Why an update step failed. Each says what was refused and why.
 #[derive(Debug, thiserror::Error)]
@@ -179,17 +209,6 @@ pub(crate) fn pause_point(data_dir: &Path, point: &str) {
         tracing::warn!(point, "test hook: pausing for 60 s");
         std::thread::sleep(std::time::Duration::from_secs(60));
     }
-}
-
-/// The release of `model` this device should run under `state`'s trusted targets.
-pub fn chosen_release<'a>(
-    targets: &'a Targets,
-    model: &str,
-    channel: &str,
-    group: &str,
-    device_id: &str,
-) -> Option<&'a crate::trust::Release> {
-    targets.release_for(model, channel, group, device_id)
 }
 
 /// Every model name the trusted targets has a release for.

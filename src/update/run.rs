@@ -2,7 +2,8 @@
 //! report, refresh the metadata, install what the device should run, report again.
 
 use super::local::{self, Installed};
-use super::{clock_now, io, trust_store, ActiveModels, UpdateError};
+use super::targeting::{self, Choice, Device};
+use super::{clock_now, io, trust_store, ActiveModels, UpdateError, UpdateLimits};
 use crate::model::pool::SessionOptions;
 use crate::protocol::{DeviceModel, DeviceModelsReport, DeviceStatus, ModelFailure};
 use crate::store::Store;
@@ -31,6 +32,8 @@ pub struct UpdateOptions {
     pub session: SessionOptions,
     /// Versions kept per model (at least 2: the active and the previous one).
     pub keep_versions: usize,
+    /// Download and USB bounds.
+    pub limits: UpdateLimits,
 }
 
 /// What an update check did.
@@ -56,6 +59,9 @@ pub struct UpdateReport {
     pub files_cached: usize,
     /// A download was cut off (network trouble): it resumes at the next check.
     pub interrupted: bool,
+    /// Rules an operator overrode for this install (said aloud, recorded and reported).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<String>,
 }
 
 /// Records an event in the agent database (identical unreported refusals are not repeated).
@@ -109,7 +115,7 @@ pub fn build_report(
         .conn()
         .prepare(
             "SELECT event_id, model, version, kind, reason, at FROM model_events
-             WHERE reported = 0 AND kind IN ('refused', 'rolled_back') ORDER BY event_id LIMIT 200",
+             WHERE reported = 0 AND kind IN ('refused', 'rolled_back', 'override') ORDER BY event_id LIMIT 200",
         )
         .map_err(crate::store::StoreError::from)?;
     let rows: Vec<(i64, ModelFailure)> = st
@@ -142,18 +148,23 @@ pub fn build_report(
             models,
             failures: rows.into_iter().map(|r| r.1).collect(),
             pending_feedback,
+            challenge: None,
         },
         ids,
     ))
 }
 
-/// Sends the report; on success marks its failures reported and stores the group.
+/// Sends the report (with `challenge`, for a signed answer); on success marks its
+/// failures reported. The answer is returned as it came: nothing in it is trusted until
+/// [`confirm_group`] verified its signed assignment.
 pub async fn report(
     client: &SyncClient,
     db: &Path,
     installed: &Installed,
+    challenge: Option<&str>,
 ) -> Result<DeviceStatus, UpdateError> {
-    let (body, ids) = build_report(db, installed)?;
+    let (mut body, ids) = build_report(db, installed)?;
+    body.challenge = challenge.map(str::to_string);
     let status: DeviceStatus = client.signed_json("/v1/device/models", &body).await?;
     let store = Store::open(db)?;
     for id in ids {
@@ -165,10 +176,60 @@ pub async fn report(
             )
             .map_err(crate::store::StoreError::from)?;
     }
-    store
-        .set_state("device_group", &status.group)
-        .map_err(|e| UpdateError::Refused(e.to_string()))?;
     Ok(status)
+}
+
+/// An agent-state read or write that failed.
+pub(crate) fn state_error(e: crate::store::feedback::FeedbackError) -> UpdateError {
+    UpdateError::Refused(format!("agent state: {e}"))
+}
+
+/// The group this device targets with: the one in the answer's signed assignment if it
+/// verifies against `root` for this device and `challenge` (then remembered), else the
+/// one verified before (`None` if never). An answer that does not verify is recorded and
+/// reported as refused; it changes nothing.
+pub fn confirm_group(
+    db: &Path,
+    root: &crate::trust::Root,
+    device_id: &str,
+    answer: Option<(&DeviceStatus, &str)>,
+    report: &mut UpdateReport,
+) -> Result<Option<String>, UpdateError> {
+    let store = Store::open(db)?;
+    let known = store
+        .state(targeting::VERIFIED_GROUP_KEY)
+        .map_err(state_error)?;
+    let Some((status, challenge)) = answer else {
+        return Ok(known);
+    };
+    match targeting::verify_assignment(status.assignment.as_ref(), root, device_id, challenge) {
+        Ok(group) => {
+            if known.as_deref() != Some(group.as_str()) {
+                tracing::info!(
+                    group,
+                    "device group confirmed by the server's signed answer"
+                );
+            }
+            store
+                .set_state(targeting::VERIFIED_GROUP_KEY, &group)
+                .map_err(state_error)?;
+            store
+                .set_state("device_group", &group)
+                .map_err(state_error)?;
+            Ok(Some(group))
+        }
+        Err(why) => {
+            let stays = match &known {
+                Some(g) => format!("the group stays {g:?}"),
+                None => "no group is confirmed yet (only releases for every group apply)".into(),
+            };
+            let reason =
+                format!("the server's answer to the device report was not used: {why}; {stays}");
+            record(db, "", None, "refused", &reason)?;
+            report.refused.push(reason);
+            Ok(known)
+        }
+    }
 }
 
 /// Holds `<models>/.update.lock` so two agents (a CLI next to `outpost run`) never stage
@@ -220,22 +281,10 @@ async fn get_bytes(client: &SyncClient, path: &str) -> Result<Option<Vec<u8>>, U
     }
     // Metadata is small; refuse an endless answer.
     const MAX_META: usize = 16 << 20;
-    let mut res = res;
-    let mut out = Vec::new();
-    while let Some(c) = res
-        .chunk()
-        .await
-        .map_err(|e| crate::sync::transport_error(client.server_url(), e))?
-    {
-        out.extend_from_slice(&c);
-        if out.len() > MAX_META {
-            return Err(UpdateError::Trust(TrustError::Malformed {
-                role: path.into(),
-                reason: format!("larger than {MAX_META} bytes"),
-            }));
-        }
-    }
-    Ok(Some(out))
+    let what = format!("metadata {path}");
+    Ok(Some(
+        crate::sync::read_limited(res, MAX_META, client.server_url(), &what).await?,
+    ))
 }
 
 /// Walks the root chain and refreshes timestamp, snapshot and targets from the server.
@@ -319,6 +368,7 @@ pub async fn install_release(
                     target,
                     entry,
                     &opts.data_dir,
+                    &opts.limits,
                     &mut report.bytes_downloaded,
                 )
                 .await?;
@@ -404,8 +454,7 @@ pub async fn apply_targets(
     opts: &UpdateOptions,
     installed: &Installed,
     state: &TrustedState,
-    group: &str,
-    device_id: &str,
+    device: &Device<'_>,
     client: Option<&SyncClient>,
     active: Option<&ActiveModels>,
     report: &mut UpdateReport,
@@ -417,7 +466,7 @@ pub async fn apply_targets(
     // release is not installed yet (a download cut off resumes, it does not start over).
     let mut wanted = std::collections::BTreeSet::new();
     for model in super::release_models(state) {
-        if let Some(r) = targets.release_for(&model, &opts.channel, group, device_id) {
+        if let Some(r) = targeting::newest_for(targets, &model, device) {
             for t in r.files.values() {
                 if let Some(e) = targets.targets.get(t) {
                     wanted.insert(e.sha256.to_ascii_lowercase());
@@ -434,15 +483,20 @@ pub async fn apply_targets(
                 .push(format!("{model}: pinned at {p} by hand"));
             continue;
         }
-        let Some(release) = targets.release_for(&model, &opts.channel, group, device_id) else {
-            continue;
+        let release = match targeting::choose(targets, &model, device, current.as_deref()) {
+            Choice::Nothing => continue,
+            Choice::Current(r) => {
+                report
+                    .unchanged
+                    .push(format!("{model}: {} is current", r.version));
+                continue;
+            }
+            Choice::Keep(why) => {
+                report.unchanged.push(format!("{model}: kept: {why}"));
+                continue;
+            }
+            Choice::Install(r) => r,
         };
-        if current.as_deref() == Some(release.version.as_str()) {
-            report
-                .unchanged
-                .push(format!("{model}: {} is current", release.version));
-            continue;
-        }
         if let Some(why) = st.failed.get(&release.version) {
             report.unchanged.push(format!(
                 "{model}: {} failed before ({why}); not retried",
@@ -502,22 +556,15 @@ pub async fn check_and_install(
         let store = Store::open(&opts.database)?;
         SyncClient::from_store(&store, &opts.data_dir)?
     };
-    let status = match report(&client, &opts.database, &installed).await {
-        Ok(s) => s,
+    let challenge = targeting::new_challenge();
+    let status = match report(&client, &opts.database, &installed, Some(&challenge)).await {
+        Ok(s) => Some(s),
         Err(e @ UpdateError::Sync(crate::sync::SyncError::Unreachable { .. })) => return Err(e),
         Err(e) => {
-            // A server without the report endpoint (older, or its database not migrated):
-            // updates still work with the group recorded at enrollment.
-            tracing::warn!(error = %e, "device report refused; using the group from enrollment");
-            let group = Store::open(&opts.database)?
-                .state("device_group")
-                .ok()
-                .flatten()
-                .unwrap_or_else(|| "default".into());
-            DeviceStatus {
-                device_id: client.device_id().to_string(),
-                group,
-            }
+            // A server without the report endpoint (older, or its database not migrated),
+            // or an answer refused unread: updates go on with the group verified before.
+            tracing::warn!(error = %e, "device report refused; keeping the group verified before");
+            None
         }
     };
     let mut state = trust_store::load(&root, &opts.data_dir)?;
@@ -527,18 +574,33 @@ pub async fn check_and_install(
     if let Err(e) = refreshed {
         if !e.is_transient() {
             record(&opts.database, "", None, "refused", &e.to_string())?;
-            let _ = report(&client, &opts.database, &installed).await;
+            let _ = report(&client, &opts.database, &installed, None).await;
         }
         set_last(&opts.database, Err(&e));
         return Err(e);
     }
     out.targets_version = state.targets.as_ref().map(|t| t.signed.version);
+    // Targeting: the device id the agent enrolled with, the group only from a signed answer
+    // (checked against the root just refreshed), never the plain JSON of the answer.
+    let device_id = client.device_id().to_string();
+    let answer = status.as_ref().map(|s| (s, challenge.as_str()));
+    let group = confirm_group(
+        &opts.database,
+        &state.root.signed,
+        &device_id,
+        answer,
+        &mut out,
+    )?;
+    let device = Device {
+        channel: &opts.channel,
+        group: group.as_deref(),
+        device_id: Some(&device_id),
+    };
     let result = apply_targets(
         opts,
         &installed,
         &state,
-        &status.group,
-        &status.device_id,
+        &device,
         Some(&client),
         active,
         &mut out,
@@ -547,7 +609,7 @@ pub async fn check_and_install(
     if let Some(a) = active {
         refresh_serving(&installed, a, opts.session, &mut out).await;
     }
-    let _ = report(&client, &opts.database, &installed).await;
+    let _ = report(&client, &opts.database, &installed, None).await;
     set_last(&opts.database, result.as_ref().map(|_| &out));
     result.map(|_| out)
 }

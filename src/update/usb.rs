@@ -6,14 +6,24 @@
 //!
 //! One relaxation, because a stick travels for days: the short-lived timestamp and snapshot
 //! may have expired on the way (they are checked at their own expiry, so their versions
-//! still may not go back); root and targets must be unexpired at the trusted time.
+//! still may not go back); root and targets must be unexpired at the trusted time. The
+//! relaxation is bounded: a file whose signed timestamp expired more than
+//! `update.usb_max_stale_days` ago (7 by default) is refused, since a release it carries may
+//! have been withdrawn since; `--allow-stale` overrides that, with a warning, recorded as an
+//! `override` model event and reported to the server.
+//!
+//! The header only says which release the file carries: whether this device should run it
+//! is decided by the same rules as online ([`super::targeting`]), from the signed targets
+//! inside the file, this agent's channel, its verified group and its own device id.
 //!
 //! Format: the line `OUTPOST-UPDATE 1`, one line of JSON ([`Header`]), then each entry's
 //! bytes in order.
 
 use super::local::Installed;
 use super::run::{install_release, prepare, UpdateOptions, UpdateReport};
+use super::targeting::{self, Device};
 use super::{clock_now, io, trust_store, ActiveModels, UpdateError};
+use crate::store::Store;
 use crate::trust::{parse, Snapshot, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, Read, Write};
@@ -118,14 +128,16 @@ pub fn write(repo: &Path, model: &str, version: &str, out: &Path) -> Result<u64,
     Ok(std::fs::metadata(out).map(|m| m.len()).unwrap_or(0))
 }
 
-/// Installs the release an update file carries. Returns what was done.
+/// Installs the release an update file carries, if it is for this device. `allow_stale`:
+/// the operator's override of the staleness bound. Returns what was done.
 pub async fn install(
     opts: &UpdateOptions,
     file: &Path,
     active: Option<&ActiveModels>,
+    allow_stale: bool,
 ) -> Result<UpdateReport, UpdateError> {
     let (root, installed, _lock) = prepare(opts)?;
-    let result = install_inner(opts, &installed, &root, file, active).await;
+    let result = install_inner(opts, &installed, &root, file, active, allow_stale).await;
     if let Err(e) = &result {
         let _ = super::run::record(
             &opts.database,
@@ -144,6 +156,7 @@ async fn install_inner(
     root: &Path,
     file: &Path,
     active: Option<&ActiveModels>,
+    allow_stale: bool,
 ) -> Result<UpdateReport, UpdateError> {
     let f = std::fs::File::open(file).map_err(io(file))?;
     let mut r = std::io::BufReader::new(f);
@@ -217,7 +230,9 @@ async fn install_inner(
     };
     let ts = get("timestamp.json")?;
     let ts_exp = parse::<Timestamp>(ts)?.signed.expires;
+    let now = state.trusted_now(clock);
     state.update_timestamp(ts, clock.min(at_expiry(&ts_exp)?))?;
+    let overrides = staleness(opts, file, &ts_exp, now, allow_stale)?;
     let sn = get("snapshot.json")?;
     let sn_exp = parse::<Snapshot>(sn)?.signed.expires;
     state.update_snapshot(sn, clock.min(at_expiry(&sn_exp)?))?;
@@ -259,9 +274,21 @@ async fn install_inner(
                 ),
             )
         })?;
-    if release.withdrawn {
+    let store = Store::open(&opts.database)?;
+    let (device_id, group) = (
+        store.state("device_id").map_err(super::run::state_error)?,
+        store
+            .state(targeting::VERIFIED_GROUP_KEY)
+            .map_err(super::run::state_error)?,
+    );
+    let device = Device {
+        channel: &opts.channel,
+        group: group.as_deref(),
+        device_id: device_id.as_deref(),
+    };
+    if let Some(why) = targeting::why_not(release, &device) {
         return Err(UpdateError::Refused(format!(
-            "{} {} was withdrawn by the operator",
+            "{} {} {why}: the update file is not for this device",
             release.model, release.version
         )));
     }
@@ -281,22 +308,62 @@ async fn install_inner(
             ..Default::default()
         });
     }
-    if let Some(cur) = current.as_deref() {
-        use crate::model::manifest::parse_version;
-        if parse_version(&release.version) < parse_version(cur) {
-            return Err(UpdateError::Refused(format!(
-                "{} {} is older than the active {cur}; use `outpost models rollback` or `pin` to go back",
-                release.model, release.version
-            )));
-        }
+    if let Some(why) = targeting::downgrade(targets, release, current.as_deref(), &device) {
+        return Err(UpdateError::Refused(why));
+    }
+    for o in &overrides {
+        super::run::record(
+            &opts.database,
+            &release.model,
+            Some(&release.version),
+            "override",
+            o,
+        )?;
     }
     let mut report = UpdateReport {
         root_version: state.root.signed.version,
         targets_version: Some(targets.version),
+        overrides,
         ..Default::default()
     };
     install_release(opts, installed, release, targets, None, active, &mut report).await?;
     Ok(report)
+}
+
+/// The staleness bound: a file whose signed timestamp expired more than
+/// `opts.limits.usb_max_stale` before the trusted time `now` is refused, unless
+/// `allow_stale`; then the override is returned, to be said and recorded.
+fn staleness(
+    opts: &UpdateOptions,
+    file: &Path,
+    ts_expires: &str,
+    now: time::OffsetDateTime,
+    allow_stale: bool,
+) -> Result<Vec<String>, UpdateError> {
+    let expired = at_expiry(ts_expires)? + time::Duration::seconds(1);
+    let max = opts.limits.usb_max_stale;
+    let age = now - expired;
+    if age <= time::Duration::try_from(max).unwrap_or(time::Duration::MAX) {
+        return Ok(vec![]);
+    }
+    let days = |d: f64| format!("{:.1} days", d / 86_400.0);
+    let said = format!(
+        "its signed timestamp expired {} ago ({ts_expires}), more than the {} allowed (update.usb_max_stale_days)",
+        days(age.as_seconds_f64()),
+        days(max.as_secs_f64())
+    );
+    if !allow_stale {
+        return Err(bad(
+            file,
+            format!("{said}: a release it carries may have been withdrawn since. Bring a fresh file, or install this one anyway with `outpost models install --allow-stale FILE` (recorded and reported)"),
+        ));
+    }
+    let o = format!(
+        "stale update file {} installed by operator override (--allow-stale): {said}",
+        file.display()
+    );
+    tracing::warn!("{o}");
+    Ok(vec![o])
 }
 
 fn at_expiry(expires: &str) -> Result<time::OffsetDateTime, UpdateError> {

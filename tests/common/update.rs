@@ -270,6 +270,45 @@ impl Env {
         rusqlite::Connection::open(self.agent.join("data/agent.db")).unwrap()
     }
 
+    /// Points the agent at another server URL (a proxy in front of the real one).
+    pub fn point_at(&self, url: &str) {
+        self.agent_db()
+            .execute(
+                "UPDATE agent_state SET value = ?1 WHERE key = 'server_url'",
+                [url],
+            )
+            .unwrap();
+    }
+
+    /// The agent's own device id (from its enrollment).
+    pub fn device_id(&self) -> String {
+        self.agent_db()
+            .query_row(
+                "SELECT value FROM agent_state WHERE key = 'device_id'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
+    /// Exports `version` of `colours` to a USB update file; returns its path.
+    pub fn export_usb(&self, version: &str) -> PathBuf {
+        let out = self.tmp.path().join(format!("colours-{version}.update"));
+        let (c, o, e) = common::server_cmd(
+            &self.server_data,
+            &[
+                "models",
+                "export-usb",
+                "colours",
+                version,
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(c, 0, "{o}{e}");
+        out
+    }
+
     /// `outpost-server devices list`.
     pub fn devices_list(&self) -> String {
         let (c, out, err) = common::server_cmd(&self.server_data, &["devices", "list"]);

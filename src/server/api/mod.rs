@@ -72,6 +72,10 @@ pub struct AppState {
     /// The secret each device's export key (sealed USB feedback files) is derived from; a
     /// device enrolled without it writes unsealed files.
     pub export_secret: Option<export_key::ExportSecret>,
+    /// The data folder holding the online keys: its timestamp key signs each device's
+    /// group in answer to its report ([`protocol::DeviceAssignment`]). `None`: answers
+    /// are unsigned, and agents keep the group they last verified.
+    pub keys_dir: Option<std::path::PathBuf>,
     /// Timeouts, connection limits and who may read `/metrics`.
     pub http: http::HttpSettings,
 }
@@ -84,6 +88,7 @@ impl AppState {
             repo,
             metrics: Arc::new(metrics::Metrics::new()),
             export_secret: None,
+            keys_dir: None,
             http: http::HttpSettings::default(),
         }
     }
@@ -91,6 +96,12 @@ impl AppState {
     /// Uses `http` for body timeouts and `/metrics` access.
     pub fn with_http(mut self, http: http::HttpSettings) -> AppState {
         self.http = http;
+        self
+    }
+
+    /// Signs device assignments with the timestamp key under `data_dir/keys/online/`.
+    pub fn with_keys_dir(mut self, data_dir: &std::path::Path) -> AppState {
+        self.keys_dir = Some(data_dir.to_path_buf());
         self
     }
 
@@ -526,6 +537,13 @@ async fn device_models(
     if report.models.len() > 1000 || report.failures.len() > 1000 {
         return Err(bad("report lists more than 1000 models or failures"));
     }
+    let challenge = report.challenge.clone();
+    if challenge
+        .as_deref()
+        .is_some_and(|c| !protocol::valid_challenge(c))
+    {
+        return Err(bad("challenge must be 32 to 128 lower-case hex characters"));
+    }
     let store = st.store.clone();
     let id = device_id.clone();
     let failures = report.failures.len();
@@ -539,10 +557,48 @@ async fn device_models(
     if failures > 0 {
         tracing::warn!(device = %device.name, failures, "device reported refused or rolled-back model updates");
     }
+    let assignment = match (&st.keys_dir, challenge) {
+        (Some(dir), Some(c)) => {
+            let (dir, id, group) = (dir.clone(), device_id.clone(), device.group.clone());
+            blocking(move || sign_assignment(&dir, id, group, c)).await?
+        }
+        _ => None,
+    };
     Ok(Json(protocol::DeviceStatus {
         device_id,
         group: device.group,
+        assignment,
     }))
+}
+
+/// The device's group signed with the timestamp key, bound to the report's challenge
+/// (`None`, logged, if the key cannot be read: the agent then keeps its verified group).
+fn sign_assignment(
+    keys_dir: &std::path::Path,
+    device_id: String,
+    group: String,
+    challenge: String,
+) -> Option<crate::trust::Signed<protocol::DeviceAssignment>> {
+    let key = match repository::keys::online_key(keys_dir, "timestamp") {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!(error = %e, "device assignment not signed");
+            return None;
+        }
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let expires = (now + time::Duration::seconds(protocol::DEVICE_ASSIGNMENT_SECS))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let a = protocol::DeviceAssignment {
+        type_: protocol::DEVICE_ASSIGNMENT_TYPE.into(),
+        device_id,
+        group,
+        challenge,
+        issued_at: now.unix_timestamp().max(0) as u64,
+        expires,
+    };
+    Some(crate::trust::sign(a, &[&key]))
 }
 
 async fn metadata(

@@ -1161,6 +1161,7 @@ mod tests {
                         at: "2026-11-28T00:00:00Z".into(),
                     }],
                     pending_feedback: Some(7),
+                    challenge: None,
                 },
             )
             .unwrap();

@@ -75,7 +75,8 @@ pub fn init_keys(
     Ok(signed)
 }
 
-pub(super) fn online_key(data_dir: &Path, role: &str) -> Result<SigningKey, PublishError> {
+/// An online signing key from `data_dir/keys/online/<role>.pk8`.
+pub(crate) fn online_key(data_dir: &Path, role: &str) -> Result<SigningKey, PublishError> {
     let p = data_dir.join(format!("keys/online/{role}.pk8"));
     let b = std::fs::read(&p).map_err(|e| {
         PublishError::Keys(format!(
