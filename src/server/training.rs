@@ -746,8 +746,10 @@ fn run_inner(
         (
             RunStatus::Published,
             format!(
-                "published to {} {:?} {}% as targets version {tv}",
-                settings.channel, settings.groups, settings.percent
+                "published to {} {} {}% as targets version {tv}",
+                settings.channel,
+                publish::audience(&settings.groups),
+                settings.percent
             ),
         )
     };
