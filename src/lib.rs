@@ -20,9 +20,12 @@
 //! - [`trust`]: TUF-style signed update metadata (roles, thresholds, versions, expiry).
 //! - [`doctor`]: `outpost doctor`, the checks of an installation.
 //! - [`bench`]: the end-to-end benchmark against raw ONNX Runtime.
+//! - [`cli`]: what the binaries share at the terminal (stdout that survives `| head`,
+//!   colour only on a terminal, secret prompts).
 
 pub mod analyze;
 pub mod bench;
+pub mod cli;
 
 pub mod config;
 pub mod doctor;
