@@ -21,7 +21,7 @@ use crate::infer::image::{self as img, ImageLimits, TileBox};
 use crate::infer::text::{self, Encoded, TextOptions};
 use crate::infer::InputError;
 use crate::model::LoadedModel;
-use crate::store::{NewItem, NewPrediction, Store, StoreError};
+use crate::store::{NewItem, NewPrediction, Sighting, Store, StoreError};
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array2, Array4};
 use std::collections::BTreeMap;
@@ -30,6 +30,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod inputs;
 
 /// How a run behaves.
 #[derive(Debug, Clone)]
@@ -114,12 +116,15 @@ pub struct Summary {
     pub run_id: i64,
     /// Input files found.
     pub files: usize,
-    /// Image items (tiles) analysed in this run.
+    /// Image items (distinct tiles) analysed in this run.
     pub image_items: u64,
-    /// Report items analysed in this run.
+    /// Report items (distinct reports) analysed in this run.
     pub text_items: u64,
-    /// Items skipped because the same model version had analysed them before.
+    /// Items skipped because the same model version had analysed them in an earlier run.
     pub already_analysed: u64,
+    /// Places items were seen in this run (file, place in the file, footprint): the same
+    /// tile in two scenes is one item and two sightings, and both reach the export.
+    pub sightings: u64,
     /// Scene tiles skipped for lack of valid pixels (nodata borders).
     pub skipped_nodata: u64,
     /// Files in folders ignored for their extension.
@@ -167,7 +172,7 @@ pub enum AnalyzeError {
 /// Messages from the producer and inference stages to the writer.
 enum Event {
     Batch(Vec<NewItem>, Vec<NewPrediction>),
-    Already(Vec<(String, String, String)>),
+    Already(Vec<(String, String, String)>, Sighting),
     Failure(FailureRecord),
     Note(String),
     SkippedNodata(u64),
@@ -185,72 +190,6 @@ fn failure(source: &Path, locator: Option<String>, e: &InputError) -> FailureRec
     }
 }
 
-/// Inputs sorted by kind.
-#[derive(Debug, Default)]
-struct Inputs {
-    images: Vec<PathBuf>,
-    texts: Vec<PathBuf>,
-    failures: Vec<FailureRecord>,
-    ignored: u64,
-}
-
-fn collect_inputs(paths: &[PathBuf]) -> Inputs {
-    let mut out = Inputs::default();
-    let push = |p: PathBuf, explicit: bool, out: &mut Inputs| {
-        if img::is_image_path(&p) {
-            out.images.push(p);
-        } else if text::is_text_path(&p) {
-            out.texts.push(p);
-        } else if explicit {
-            out.failures.push(failure(
-                &p,
-                None,
-                &InputError::Unsupported(
-                    "not an image (.jpg .jpeg .png .tif .tiff) or report (.txt .md .csv .jsonl)"
-                        .into(),
-                ),
-            ));
-        } else {
-            out.ignored += 1;
-        }
-    };
-    for p in paths {
-        if p.is_dir() {
-            let walker = walkdir::WalkDir::new(p)
-                .sort_by_file_name()
-                .into_iter()
-                .filter_entry(|e| {
-                    e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.')
-                });
-            for entry in walker {
-                match entry {
-                    Ok(e) if e.file_type().is_file() => push(e.into_path(), false, &mut out),
-                    Ok(_) => {}
-                    Err(e) => {
-                        let path = e.path().map(Path::to_path_buf).unwrap_or_else(|| p.clone());
-                        let io = e
-                            .into_io_error()
-                            .unwrap_or_else(|| std::io::Error::other("cannot walk the folder"));
-                        out.failures.push(failure(&path, None, &InputError::Io(io)));
-                    }
-                }
-            }
-        } else if p.is_file() {
-            push(p.clone(), true, &mut out);
-        } else {
-            out.failures.push(failure(
-                p,
-                None,
-                &InputError::Io(std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "no such file or folder",
-                )),
-            ));
-        }
-    }
-    out
-}
-
 /// Runs a whole analysis. `stop` is polled between files and batches (Ctrl-C).
 pub fn analyze(
     store: &mut Store,
@@ -260,7 +199,7 @@ pub fn analyze(
 ) -> Result<Summary, AnalyzeError> {
     let started = Instant::now();
     store.set_bulk_writes()?;
-    let inputs = collect_inputs(&opts.inputs);
+    let inputs = inputs::collect(&opts.inputs);
     let run_id = store.begin_run(
         &opts
             .inputs
@@ -278,6 +217,10 @@ pub fn analyze(
         store.record_failure(run_id, &f.source, f.locator.as_deref(), &f.code, &f.reason)?;
     }
     summary.failures.extend(inputs.failures.iter().cloned());
+    for n in &inputs.notes {
+        tracing::info!("{n}");
+    }
+    summary.notes.extend(inputs.notes.iter().cloned());
     let db_path = store.path().map(Path::to_path_buf);
 
     if !inputs.images.is_empty() {
@@ -344,6 +287,7 @@ pub fn analyze(
             pb.finish_and_clear();
         }
     }
+    summary.sightings = store.run_sightings(run_id)?;
     summary.interrupted = stop.load(Ordering::Relaxed);
     summary.elapsed_secs = started.elapsed().as_secs_f64();
     store.finish_run(
@@ -419,32 +363,18 @@ fn handle_event(
 ) -> Result<(), AnalyzeError> {
     match ev {
         Event::Batch(items, preds) => {
-            store.save_batch(run_id, &items, &preds)?;
-            for p in &preds {
-                let counts = summary
-                    .labels
-                    .entry(format!("{}@{}", p.model_name, p.model_version))
-                    .or_default();
-                for l in &p.labels {
-                    *counts.entry(l.clone()).or_default() += 1;
-                }
-            }
+            let fresh = store.save_batch(run_id, &items, &preds)?;
+            count_labels(summary, &preds, &fresh);
             if images {
-                summary.image_items += items.len() as u64;
+                summary.image_items += fresh.len() as u64;
             } else {
-                summary.text_items += items.len() as u64;
+                summary.text_items += fresh.len() as u64;
             }
             pb.inc(items.len() as u64);
         }
-        Event::Already(keys) => {
-            let n = keys
-                .iter()
-                .map(|k| &k.0)
-                .collect::<std::collections::HashSet<_>>()
-                .len() as u64;
-            store.touch_predictions(run_id, &keys)?;
-            summary.already_analysed += n;
-            pb.inc(n);
+        Event::Already(keys, seen) => {
+            summary.already_analysed += store.touch_predictions(run_id, &keys, &[seen])?;
+            pb.inc(1);
         }
         Event::Failure(f) => {
             store.record_failure(run_id, &f.source, f.locator.as_deref(), &f.code, &f.reason)?;
@@ -464,6 +394,30 @@ fn handle_event(
         Event::MoreWork(n) => pb.inc_length(n),
     }
     Ok(())
+}
+
+/// Adds a batch's labels to the summary, once per item new to this run and model (an
+/// item met again, in another place, is not counted twice).
+fn count_labels(
+    summary: &mut Summary,
+    preds: &[NewPrediction],
+    fresh: &std::collections::HashSet<String>,
+) {
+    let mut counted = std::collections::HashSet::new();
+    for p in preds {
+        if !fresh.contains(&p.item_id)
+            || !counted.insert((&p.item_id, &p.model_name, &p.model_version))
+        {
+            continue;
+        }
+        let counts = summary
+            .labels
+            .entry(format!("{}@{}", p.model_name, p.model_version))
+            .or_default();
+        for l in &p.labels {
+            *counts.entry(l.clone()).or_default() += 1;
+        }
+    }
 }
 
 /// Groups models that share a backbone file (same sha256), so the embedding is computed
@@ -711,27 +665,18 @@ impl ImageStage {
                     img::crop(&raster.rgb, &b)
                 };
                 let item_id = img::tile_hash(&tile);
+                let geometry = tile_geometry(path, &raster, reproj.as_ref(), &b, out);
+                let locator = (!whole).then(|| format!("tile {},{},{},{}", b.x, b.y, b.w, b.h));
                 if let Some(keys) = already.done(&item_id) {
-                    let _ = out.send(Event::Already(keys));
+                    let seen = Sighting {
+                        item_id,
+                        source: path.display().to_string(),
+                        locator,
+                        geometry,
+                    };
+                    let _ = out.send(Event::Already(keys, seen));
                     continue;
                 }
-                let geometry = match (&raster.georef, &reproj) {
-                    (Some(g), Some(r)) => match footprint(g, r, b.x, b.y, b.w, b.h) {
-                        Ok(ring) => {
-                            Some(serde_json::json!({"type": "Polygon", "coordinates": [ring]}))
-                        }
-                        Err(e) => {
-                            let _ = out.send(Event::Note(format!(
-                                "{}: tile {},{}: cannot reproject ({e})",
-                                path.display(),
-                                b.x,
-                                b.y
-                            )));
-                            None
-                        }
-                    },
-                    _ => None,
-                };
                 let (content, content_type) =
                     tile_content(path, raster.file_bytes.as_deref(), &tile, whole);
                 let row = cur.items.len();
@@ -744,7 +689,7 @@ impl ImageStage {
                     item_id,
                     kind: "image",
                     source: path.display().to_string(),
-                    locator: (!whole).then(|| format!("tile {},{},{},{}", b.x, b.y, b.w, b.h)),
+                    locator,
                     size: Some((b.w, b.h)),
                     geometry,
                     content,
@@ -761,6 +706,29 @@ impl ImageStage {
         }
         flush(&mut cur);
         let _ = btx.send(None);
+    }
+}
+
+/// The WGS84 footprint of a tile of a georeferenced scene (a note says why if it has none).
+fn tile_geometry(
+    path: &Path,
+    raster: &img::Raster,
+    reproj: Option<&Reprojector>,
+    b: &TileBox,
+    out: &SyncSender<Event>,
+) -> Option<serde_json::Value> {
+    let (g, r) = (raster.georef.as_ref()?, reproj?);
+    match footprint(g, r, b.x, b.y, b.w, b.h) {
+        Ok(ring) => Some(serde_json::json!({"type": "Polygon", "coordinates": [ring]})),
+        Err(e) => {
+            let _ = out.send(Event::Note(format!(
+                "{}: tile {},{}: cannot reproject ({e})",
+                path.display(),
+                b.x,
+                b.y
+            )));
+            None
+        }
     }
 }
 
@@ -897,7 +865,7 @@ impl TextStage {
             let mut pending = Vec::new();
             for (item, t) in &reports {
                 if let Some(keys) = already.done(&item.item_id) {
-                    let _ = out.send(Event::Already(keys));
+                    let _ = out.send(Event::Already(keys, item.sighting()));
                     continue;
                 }
                 match text::encode(tok, t) {

@@ -1,5 +1,9 @@
 //! Export of stored predictions as JSON, CSV or GeoJSON.
 //!
+//! One row per prediction and place its item was seen (`item_sightings`): the same tile in
+//! two scenes is analysed once and exported at both footprints. With a run, only the places
+//! that run saw.
+//!
 //! GeoJSON is written for GIS analysts: one Feature per georeferenced tile, a Polygon
 //! footprint in WGS84 (RFC 7946), and flat properties (QGIS shows nested objects as text),
 //! including one `score_<label>` column per label. CSV carries the same footprint as WKT in
@@ -21,7 +25,7 @@ pub enum Format {
     Geojson,
 }
 
-/// One exported prediction.
+/// One exported prediction at one place its item was seen.
 #[derive(Debug, Clone)]
 pub struct ExportRow {
     /// Item id (content hash).
@@ -51,7 +55,7 @@ pub struct ExportRow {
 /// Which predictions to export.
 #[derive(Debug, Clone, Default)]
 pub struct ExportFilter {
-    /// Only this run (the predictions it produced or saw).
+    /// Only this run (the predictions it produced or saw, at the places it saw them).
     pub run_id: Option<i64>,
     /// Only this model.
     pub model_name: Option<String>,
@@ -65,11 +69,13 @@ pub fn load_rows(
     labels_of: &dyn Fn(&str, &str) -> Option<Vec<String>>,
 ) -> Result<Vec<ExportRow>, StoreError> {
     let mut st = store.conn().prepare(
-        "SELECT p.item_id, i.kind, i.source, i.locator, p.model_name, p.model_version, p.labels,
-                p.top_label, p.top_score, p.scores, i.geometry
+        "SELECT p.item_id, i.kind, s.source, NULLIF(s.locator, ''), p.model_name, p.model_version,
+                p.labels, p.top_label, p.top_score, p.scores, NULLIF(s.geometry, '')
          FROM predictions p JOIN items i ON i.item_id = p.item_id
-         WHERE (?1 IS NULL OR p.run_id = ?1) AND (?2 IS NULL OR p.model_name = ?2)
-         ORDER BY i.source, p.prediction_id",
+              JOIN item_sightings s ON s.item_id = p.item_id
+         WHERE (?1 IS NULL OR (p.run_id = ?1 AND s.last_run_id = ?1))
+           AND (?2 IS NULL OR p.model_name = ?2)
+         ORDER BY s.source, p.prediction_id, s.sighting_id",
     )?;
     let rows = st.query_map(params![filter.run_id, filter.model_name], |r| {
         Ok((

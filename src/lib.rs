@@ -30,9 +30,12 @@
 //! - [`status`]: `outpost status`, what the agent knows about itself.
 //! - [`doctor`]: `outpost doctor`, the checks of an installation.
 //! - [`bench`]: the end-to-end benchmark against raw ONNX Runtime.
+//! - [`cli`]: what the binaries share at the terminal (stdout that survives `| head`,
+//!   colour only on a terminal, secret prompts).
 
 pub mod analyze;
 pub mod bench;
+pub mod cli;
 
 pub mod clock;
 pub mod config;

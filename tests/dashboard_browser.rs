@@ -575,3 +575,166 @@ async fn operators_dashboard_in_a_real_browser() {
     assert_eq!(r.status(), 303, "the session ended");
     eprintln!("dashboard test: {:.1} s", t0.elapsed().as_secs_f64());
 }
+
+/// The report of a run with 12 labels, as the training job writes it (the parts the
+/// report page reads).
+fn twelve_label_report(candidate: &str) -> String {
+    let labels: Vec<String> = [
+        "annual-crop",
+        "forest",
+        "herbaceous-vegetation",
+        "highway",
+        "industrial",
+        "pasture",
+        "permanent-crop",
+        "residential",
+        "river",
+        "sea-lake",
+        "flooded-field",
+        "burnt-area",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let n = labels.len();
+    let confusion: Vec<Vec<u64>> = (0..n)
+        .map(|i| {
+            (0..n)
+                .map(|j| if i == j { 40 } else { ((i + j) % 3) as u64 })
+                .collect()
+        })
+        .collect();
+    let side = serde_json::json!({
+        "count": 500, "accuracy": 0.9, "macro_f1": 0.88,
+        "precision": vec![0.9; n], "recall": vec![0.9; n], "confusion": confusion,
+    });
+    serde_json::json!({
+        "labels": labels, "new_labels": ["flooded-field", "burnt-area"],
+        "base_version": "1.0.0", "candidate_version": candidate,
+        "gate": {"passed": true, "tolerance": 0.02, "problems": []},
+        "data": {"base_train": 1000, "base_holdout": 500, "feedback_train": 100,
+                 "feedback_holdout": 40, "feedback_skipped": 0},
+        "feedback_holdout": {"current": side, "candidate": side, "support": vec![40; n]},
+        "base_holdout": {"current": side, "candidate": side, "support": vec![40; n]},
+    })
+    .to_string()
+}
+
+/// Issue 22: the confusion matrix's legend is legible with 12 labels (no two entries
+/// overlap on screen), a reason published to every group says "all groups", not `[]`,
+/// and the models page shows its 25 training runs 20 to a page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twelve_labels_all_groups_and_pages_of_runs() {
+    let browser = Browser::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let data = root.join("server");
+    let keys = root.join("offline");
+    let (c, out, err) = server_cmd(
+        &data,
+        &["keys", "init", "--root-keys-dir", keys.to_str().unwrap()],
+    );
+    assert_eq!(c, 0, "{out}{err}");
+    let (c, out, err) = server_cmd(&data, &["admin", "add", "alice"]);
+    assert_eq!(c, 0, "{out}{err}");
+    let password = out
+        .lines()
+        .map(str::trim)
+        .find(|l| l.len() == 29 && l.matches('-').count() == 5)
+        .unwrap_or_else(|| panic!("no generated password in {out}"))
+        .to_string();
+    {
+        let db = rusqlite::Connection::open(data.join("server.db")).unwrap();
+        for i in 1..=25 {
+            let candidate = format!("1.{i}.0");
+            let reason = if i == 25 {
+                "published to stable [] 100% as targets version 9".to_string()
+            } else {
+                format!("held for an operator (run {i})")
+            };
+            db.execute(
+                "INSERT INTO training_runs (run_id, model_name, base_version, candidate_version, trigger,
+                   status, reason, feedback_seen, report, started_at, finished_at)
+                 VALUES (?1, 'landcover', '1.0.0', ?2, 'operator', ?3, ?4, 100, ?5,
+                         '2026-12-01T10:00:00Z', '2026-12-01T10:01:00Z')",
+                rusqlite::params![
+                    i,
+                    candidate,
+                    if i == 25 { "published" } else { "held" },
+                    reason,
+                    twelve_label_report(&candidate)
+                ],
+            )
+            .unwrap();
+        }
+    }
+    let server = ServerProcess::start(&data, common::free_port());
+    let url = server.url.clone();
+    browser.goto(&format!("{url}/admin/")).await;
+    browser.wait_page("login").await;
+    browser.type_into("#name", "alice").await;
+    browser.type_into("#password", &password).await;
+    browser.click("#sign-in").await;
+    browser.wait_page("fleet").await;
+
+    // The report of the run published to every group.
+    browser.goto(&format!("{url}/admin/runs/25")).await;
+    browser.wait_page("run").await;
+    let facts = browser.text("dl.facts").await;
+    assert!(
+        facts.contains("published to stable all groups 100%"),
+        "{facts}"
+    );
+    assert!(!facts.contains("[]"), "{facts}");
+    // Every text of the confusion picture, as laid out by the browser: no two overlap.
+    let overlaps = browser
+        .js(
+            "const fig = document.querySelector('#feedback_holdout figure.confusion');
+             fig.scrollIntoView();
+             const r = [...fig.querySelectorAll('svg text')].map(t => [t.textContent, t.getBoundingClientRect()]);
+             const out = [];
+             for (let a = 0; a < r.length; a++) for (let b = a + 1; b < r.length; b++) {
+               const [p, q] = [r[a][1], r[b][1]];
+               if (p.left < q.right - 0.5 && q.left < p.right - 0.5 && p.top < q.bottom - 0.5 && q.top < p.bottom - 0.5)
+                 out.push(r[a][0] + ' / ' + r[b][0]);
+             }
+             return [r.length, out];",
+        )
+        .await;
+    assert!(
+        overlaps[0].as_u64().unwrap() >= 1 + 12 + 12 * 12 + 12 + 12,
+        "title, row names, cell counts, column numbers and legend: {overlaps}"
+    );
+    assert_eq!(overlaps[1], serde_json::json!([]), "overlapping texts");
+    for label in ["12: burnt-area", "11: flooded-field", "1: annual-crop"] {
+        assert!(
+            browser
+                .text("#feedback_holdout figure.confusion")
+                .await
+                .contains(label),
+            "{label}"
+        );
+    }
+    screenshot(&browser, "confusion-12").await;
+
+    // The models page: 20 runs, newest first, and a link to the 5 older ones.
+    browser.goto(&format!("{url}/admin/models")).await;
+    browser.wait_page("models").await;
+    assert_eq!(browser.count("table.runs tr[data-run]").await, 20);
+    assert_eq!(browser.count("tr[data-run='25']").await, 1, "newest first");
+    assert!(browser
+        .text("tr[data-run='25']")
+        .await
+        .contains("all groups"));
+    assert!(browser.text("nav.pager").await.contains("Page 1 of 2"));
+    browser.click("nav.pager a[rel=next]").await;
+    browser.wait_page("models").await;
+    assert_eq!(browser.count("table.runs tr[data-run]").await, 5);
+    assert_eq!(browser.count("tr[data-run='1']").await, 1);
+    assert!(browser.text("nav.pager").await.contains("Page 2 of 2"));
+    screenshot(&browser, "models-page-2").await;
+    browser.click("nav.pager a[rel=prev]").await;
+    browser.wait_page("models").await;
+    assert_eq!(browser.count("table.runs tr[data-run]").await, 20);
+    server.kill();
+}

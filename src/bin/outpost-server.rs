@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use outpost::outln;
 use outpost::server;
 use outpost::server::config::ServerConfig;
 use outpost::server::store::RunStatus;
@@ -283,7 +284,7 @@ enum FeedbackCommand {
 /// The models a device last reported running, and its latest refused or rolled-back updates.
 fn print_device_models(rows: &[server::store::DeviceModelRow], device_id: &str) {
     for r in rows.iter().filter(|r| r.device_id == device_id) {
-        println!(
+        outln!(
             "    model {:<18} runs {:<10}{}  (reported {})",
             r.model,
             r.active_version.as_deref().unwrap_or("none"),
@@ -294,7 +295,7 @@ fn print_device_models(rows: &[server::store::DeviceModelRow], device_id: &str) 
             r.reported_at
         );
         for (version, kind, reason, at) in &r.failures {
-            println!(
+            outln!(
                 "      {kind} {}: {reason} ({at})",
                 version.as_deref().unwrap_or("metadata")
             );
@@ -305,14 +306,9 @@ fn print_device_models(rows: &[server::store::DeviceModelRow], device_id: &str) 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default = if cli.verbose > 0 { "debug" } else { "info" };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    outpost::cli::init_logging(default, true);
     match run(cli) {
+        Ok(_) if outpost::cli::stdout_failed() => ExitCode::FAILURE,
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -378,20 +374,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     "operator",
                 )?;
                 let (d, code) = (&n.device, &n.code);
-                println!(
+                outln!(
                     "device {} added to group {} (id {})",
                     d.name, d.group, d.device_id
                 );
-                println!(
+                outln!(
                     "enrollment code (valid until {}, usable once):\n\n    {code}\n",
                     n.expires
                 );
-                println!("on the device: outpost enroll <this server's URL> {code}");
+                outln!("on the device: outpost enroll <this server's URL> {code}");
             }
             DevicesCommand::List => {
                 let device_models = store.device_models()?;
                 for d in store.devices()? {
-                    println!(
+                    outln!(
                         "{:<20} {:<12} {:<20} feedback {:>6}{}  last seen {}  {}",
                         d.name,
                         d.group,
@@ -408,7 +404,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             DevicesCommand::Revoke { device } => {
                 let d = server::ops::revoke(store.as_ref(), &device, "operator")?;
-                println!(
+                outln!(
                     "device {} revoked; it is refused from its next request",
                     d.name
                 );
@@ -423,11 +419,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 },
         } => {
             server::ops::keys::init(store.as_ref(), &repo, &root_keys_dir, root_keys, threshold)?;
-            println!(
+            outln!(
                 "root metadata v1 signed by {threshold} of {root_keys} root keys; root keys written to {} (move them offline now)",
                 root_keys_dir.display()
             );
-            println!(
+            outln!(
                 "pin this root on the agents: metadata/root.json in {} (also served at <server URL>/v1/metadata/1.root.json)",
                 repo.blobs().url()
             );
@@ -448,14 +444,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 &roles,
                 new_root_keys.map(|n| (n, threshold)),
             )?;
-            println!(
+            outln!(
                 "root metadata v{} written; online keys replaced for {:?}",
                 r.root_version, r.roles
             );
             for f in &r.new_root_key_files {
-                println!("new root key: {} (move it offline now)", f.display());
+                outln!("new root key: {} (move it offline now)", f.display());
             }
-            println!(
+            outln!(
                 "agents pick the new root up on their next sync, however many versions they missed"
             );
         }
@@ -492,15 +488,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 &settings,
                 |queued| {
                     match queued {
-                    server::ops::Queued::New(j) => println!("training job #{j} queued for {model}"),
-                    server::ops::Queued::AlreadyOpen(j) => println!(
+                    server::ops::Queued::New(j) => outln!("training job #{j} queued for {model}"),
+                    server::ops::Queued::AlreadyOpen(j) => outln!(
                         "a training job for {model} is already queued or running (#{j}); waiting for it (its own settings apply)"
                     ),
                 }
                 },
             )?;
             let job = &t.job;
-            println!(
+            outln!(
                 "job #{} {} (run by {})",
                 job.job_id,
                 job.state,
@@ -515,18 +511,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(report) = &run.report {
                 print_report_value(&serde_json::from_str(report)?);
             }
-            println!(
+            outln!(
                 "candidate bundle: {}",
                 run.bundle_dir.as_deref().unwrap_or("-")
             );
-            println!("{}: {}", run.status.as_str(), run.reason);
+            outln!("{}: {}", run.status.as_str(), run.reason);
             if run.status == RunStatus::Held {
                 return Ok(ExitCode::from(4));
             }
         }
         Command::Runs { model } => {
             for r in store.runs(model.as_deref())? {
-                println!(
+                outln!(
                     "#{:<4} {:<16} {} -> {:<8} {:<9} {:<8} {}  {}",
                     r.run_id,
                     r.model_name,
@@ -542,10 +538,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Jobs { limit } => {
             let jobs = store.training_jobs(limit)?;
             if jobs.is_empty() {
-                println!("no training jobs yet (serving processes queue them when a model is due)");
+                outln!("no training jobs yet (serving processes queue them when a model is due)");
             }
             for j in jobs {
-                println!(
+                outln!(
                     "#{:<4} {:<16} {:<8} {:<7} attempts {} run {} owner {} lease until {}  {}{}",
                     j.job_id,
                     j.model_name,
@@ -567,7 +563,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Drift => {
             let all = store.drift_latest()?;
             if all.is_empty() {
-                println!("no drift summaries yet (agents send them when they sync)");
+                outln!("no drift summaries yet (agents send them when they sync)");
             }
             for d in &all {
                 let w = &d.latest;
@@ -578,7 +574,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .chain(w.novel_folders.iter().map(|(f, n)| format!("{f} ({n})")))
                     .collect::<Vec<_>>()
                     .join(", ");
-                println!(
+                outln!(
                     "{:<16} {:<10} {:<16} {:<8} since {}  {}/{} unfamiliar  {}",
                     d.device,
                     d.group,
@@ -599,12 +595,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 e[d.latest.state as usize] += 1;
             }
             for ((g, m), [ok, watch, drifted]) in groups {
-                println!("group {g} / {m}: {ok} ok, {watch} watch, {drifted} drifted");
+                outln!("group {g} / {m}: {ok} ok, {watch} watch, {drifted} drifted");
             }
         }
         Command::Audit { limit } => {
             for a in store.audit_log(limit)? {
-                println!("{} {:<8} {:<18} {}", a.at, a.actor, a.action, a.detail);
+                outln!("{} {:<8} {:<18} {}", a.at, a.actor, a.action, a.detail);
             }
         }
         Command::Feedback {
@@ -613,7 +609,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let i =
                 server::ops::usb::import_feedback(store.as_ref(), &cfg.data_dir, &file, device)?;
             let r = &i.result;
-            println!(
+            outln!(
                 "{}: {} records, {} new, {} already stored, {} refused",
                 file.display(),
                 i.records,
@@ -622,7 +618,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 r.refused.len()
             );
             for x in &r.refused {
-                println!("  refused {}: {}", x.feedback_id, x.reason);
+                outln!("  refused {}: {}", x.feedback_id, x.reason);
             }
         }
     }
@@ -637,7 +633,7 @@ fn admin(store: &dyn ServerStore, command: AdminCommand) -> Result<()> {
                 anyhow::bail!("no operator {name:?}");
             }
             store.audit("operator", "admin remove", &name)?;
-            println!("operator {name} removed; their sessions are ended");
+            outln!("operator {name} removed; their sessions are ended");
             return Ok(());
         }
         AdminCommand::Add {
@@ -672,13 +668,13 @@ fn admin(store: &dyn ServerStore, command: AdminCommand) -> Result<()> {
         &name,
     )?;
     if password_stdin {
-        println!("operator {name}: password set");
+        outln!("operator {name}: password set");
     } else {
-        println!(
+        outln!(
             "operator {name}: password (shown once, store it in a password manager):\n\n    {password}\n"
         );
     }
-    println!("sign in at <server URL>/admin/ (outpost-server serve)");
+    outln!("sign in at <server URL>/admin/ (outpost-server serve)");
     Ok(())
 }
 
@@ -694,7 +690,7 @@ fn models(
             out,
         } => {
             let n = server::ops::usb::export_release(store, repo, &model, &version, &out)?;
-            println!(
+            outln!(
                 "wrote {model} {version} with its signed metadata to {} ({n} bytes); on the laptop: outpost models install {}",
                 out.display(),
                 out.display()
@@ -702,9 +698,9 @@ fn models(
         }
         ModelsCommand::List => {
             let targets = server::repository::published_targets(repo)?;
-            println!("published releases:");
+            outln!("published releases:");
             for r in targets.iter().flat_map(|t| t.releases.iter()) {
-                println!(
+                outln!(
                     "  {:<16} {:<8} {:<8} groups {:<16} {:>3}%{}",
                     r.model,
                     r.version,
@@ -718,10 +714,10 @@ fn models(
                     if r.withdrawn { "  WITHDRAWN" } else { "" }
                 );
             }
-            println!("candidates:");
+            outln!("candidates:");
             for r in store.runs(None)? {
                 if let Some(v) = &r.candidate_version {
-                    println!(
+                    outln!(
                         "  {:<16} {:<8} {:<9} from {} (run #{})  {}",
                         r.model_name,
                         v,
@@ -741,12 +737,12 @@ fn models(
             let run = server::ops::find_candidate(store, &version, model.as_deref())?;
             let report = run.report.clone().unwrap_or_default();
             if json {
-                println!("{report}");
+                outln!("{report}");
             } else {
                 let v: serde_json::Value = serde_json::from_str(&report)?;
                 print_report_value(&v);
-                println!("status: {} — {}", run.status.as_str(), run.reason);
-                println!("bundle: {}", run.bundle_dir.as_deref().unwrap_or("-"));
+                outln!("status: {} — {}", run.status.as_str(), run.reason);
+                outln!("bundle: {}", run.bundle_dir.as_deref().unwrap_or("-"));
             }
         }
         ModelsCommand::Publish {
@@ -766,7 +762,7 @@ fn models(
                 percent,
                 "operator",
             )?;
-            println!(
+            outln!(
                 "published {} as targets version {} on channel {channel}",
                 p.bundle_dir.display(),
                 p.targets_version
@@ -797,7 +793,7 @@ fn models(
                 percent,
                 "operator",
             )?;
-            println!("{what} (targets version {v})");
+            outln!("{what} (targets version {v})");
         }
         ModelsCommand::Withdraw {
             model,
@@ -812,7 +808,7 @@ fn models(
                 channel.as_deref(),
                 "operator",
             )?;
-            println!("{model} {version} withdrawn (targets version {v}); devices running it move to the newest release that applies to them");
+            outln!("{model} {version} withdrawn (targets version {v}); devices running it move to the newest release that applies to them");
         }
     }
     Ok(())
@@ -828,7 +824,7 @@ fn print_report_value(v: &serde_json::Value) {
                 .collect()
         })
         .unwrap_or_default();
-    println!(
+    outln!(
         "{} {} -> {} (new labels: {})",
         v["model"].as_str().unwrap_or("?"),
         v["base_version"].as_str().unwrap_or("?"),
@@ -844,7 +840,7 @@ fn print_report_value(v: &serde_json::Value) {
             .unwrap_or_else(|| "none".into())
     );
     let d = &v["data"];
-    println!(
+    outln!(
         "data: base {} train / {} held out; field {} train / {} held out / {} skipped; trained in {:.1} s",
         d["base_train"], d["base_holdout"], d["feedback_train"], d["feedback_holdout"], d["feedback_skipped"],
         v["train_seconds"].as_f64().unwrap_or(0.0)
@@ -859,15 +855,15 @@ fn print_report_value(v: &serde_json::Value) {
         ("held-out base data", "base_holdout"),
     ] {
         let c = &v[key];
-        println!("{name} ({} rows):", c["candidate"]["count"]);
-        println!("  {:<24} {:>9} {:>9}", "", "current", "candidate");
+        outln!("{name} ({} rows):", c["candidate"]["count"]);
+        outln!("  {:<24} {:>9} {:>9}", "", "current", "candidate");
         for (m, k) in [
             ("accuracy", "accuracy"),
             ("macro-F1", "macro_f1"),
             ("accuracy, known labels", "known_accuracy"),
             ("macro-F1, known labels", "known_macro_f1"),
         ] {
-            println!(
+            outln!(
                 "  {:<24} {:>9} {:>9}",
                 m,
                 f(&c["current"][k]),
@@ -877,7 +873,7 @@ fn print_report_value(v: &serde_json::Value) {
         for (j, l) in labels.iter().enumerate() {
             let support = c["support"][j].as_u64().unwrap_or(0);
             if support > 0 {
-                println!(
+                outln!(
                     "  recall {:<17} {:>9} {:>9}   ({support} rows)",
                     l,
                     f(&c["current"]["recall"][j]),
@@ -889,13 +885,13 @@ fn print_report_value(v: &serde_json::Value) {
             .as_array()
             .filter(|a| !a.is_empty() && a.len() <= 16)
         {
-            println!("  candidate confusion (rows: truth, columns: predicted, in label order):");
+            outln!("  candidate confusion (rows: truth, columns: predicted, in label order):");
             for (j, row) in conf.iter().enumerate() {
                 let cells: Vec<String> = row
                     .as_array()
                     .map(|r| r.iter().map(|x| format!("{x:>4}")).collect())
                     .unwrap_or_default();
-                println!(
+                outln!(
                     "  {:<22}{}",
                     labels.get(j).map(String::as_str).unwrap_or("?"),
                     cells.join("")
@@ -905,11 +901,11 @@ fn print_report_value(v: &serde_json::Value) {
     }
     let g = &v["gate"];
     if g["passed"].as_bool() == Some(true) {
-        println!("gate: passed (tolerance {})", g["tolerance"]);
+        outln!("gate: passed (tolerance {})", g["tolerance"]);
     } else {
-        println!("gate: FAILED (tolerance {})", g["tolerance"]);
+        outln!("gate: FAILED (tolerance {})", g["tolerance"]);
         for p in g["problems"].as_array().into_iter().flatten() {
-            println!("  - {}", p.as_str().unwrap_or(""));
+            outln!("  - {}", p.as_str().unwrap_or(""));
         }
     }
 }

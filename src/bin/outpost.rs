@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use outpost::{out, outln};
 use outpost::analyze::{self, AnalyzeOptions, ModelSet};
 use outpost::config::AgentConfig;
 use outpost::export::{self, ExportFilter, Format};
@@ -357,6 +358,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     match run(cli) {
+        Ok(_) if outpost::cli::stdout_failed() => ExitCode::FAILURE,
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -371,13 +373,7 @@ fn init_logging(verbose: u8) {
         1 => "info,outpost=debug,ort=info",
         _ => "debug,outpost=trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    outpost::cli::init_logging(default, false);
 }
 
 fn load_config(cli: &Cli) -> Result<AgentConfig> {
@@ -473,10 +469,11 @@ fn unlock(cfg: &AgentConfig, may_stay_locked: bool) -> Result<bool> {
                     .unwrap_or_else(|| anyhow::anyhow!("the agent's data is locked")));
             }
             for _ in 0..3 {
-                let p = zeroize::Zeroizing::new(rpassword::prompt_password(format!(
-                    "Passphrase for {}: ",
-                    dir.display()
-                ))?);
+                let p = prompt(
+                    &format!("Passphrase for {}: ", dir.display()),
+                    "passphrase",
+                    CURRENT_INSTEAD,
+                )?;
                 match vault::unlock_with_passphrase(&dir, &p) {
                     Ok(_) => return Ok(true),
                     Err(VaultError::WrongPassphrase) => eprintln!("wrong passphrase"),
@@ -488,13 +485,28 @@ fn unlock(cfg: &AgentConfig, may_stay_locked: bool) -> Result<bool> {
     }
 }
 
-/// A new passphrase: from a file, or typed twice on the terminal.
-fn new_passphrase(file: Option<&Path>) -> Result<zeroize::Zeroizing<String>> {
+/// What to do instead of typing the current passphrase.
+const CURRENT_INSTEAD: &str = "set OUTPOST_PASSPHRASE_FILE to a file holding it";
+
+fn prompt(
+    text: &str,
+    what: &'static str,
+    instead: &'static str,
+) -> Result<zeroize::Zeroizing<String>> {
+    Ok(outpost::cli::prompt_secret(text, what, instead)?)
+}
+
+/// A new passphrase: from a file, or typed twice on the terminal. `instead` says how to
+/// give it in a file (said when there is no terminal).
+fn new_passphrase(
+    file: Option<&Path>,
+    instead: &'static str,
+) -> Result<zeroize::Zeroizing<String>> {
     if let Some(f) = file {
         return read_secret_file(f);
     }
-    let a = zeroize::Zeroizing::new(rpassword::prompt_password("New passphrase: ")?);
-    let b = zeroize::Zeroizing::new(rpassword::prompt_password("The same again: ")?);
+    let a = prompt("New passphrase: ", "new passphrase", instead)?;
+    let b = prompt("The same again: ", "new passphrase", instead)?;
     if a != b {
         bail!("the two passphrases differ: nothing was changed");
     }
@@ -517,13 +529,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let (mode, pass) = if passphrase {
                 (
                     KeyMode::Passphrase,
-                    Some(new_passphrase(passphrase_file.as_deref())?),
+                    Some(new_passphrase(
+                        passphrase_file.as_deref(),
+                        "give it in a file with --passphrase-file FILE",
+                    )?),
                 )
             } else {
                 (KeyMode::SystemdCreds, None)
             };
             let r = vault::set_up(&dir, mode, pass.as_deref().map(|s| s.as_str()))?;
-            println!(
+            outln!(
                 "{} is now encrypted (SQLCipher, key kept by {}){}",
                 dir.display(),
                 r.mode.as_str(),
@@ -533,10 +548,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     ""
                 }
             );
-            println!();
-            println!("Recovery key (shown once; write it down and keep it away from this device):");
-            println!("  {}", r.recovery_key.as_str());
-            println!(
+            outln!();
+            outln!("Recovery key (shown once; write it down and keep it away from this device):");
+            outln!("  {}", r.recovery_key.as_str());
+            outln!(
                 "If the {} is lost, `outpost passphrase --recovery-key -` sets a new passphrase with it.",
                 if mode == KeyMode::Passphrase { "passphrase" } else { "sealed key (new disk, new TPM)" }
             );
@@ -549,15 +564,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             use outpost::store::vault::{self, Secret};
             let dir = cfg.data_dir();
             let old: zeroize::Zeroizing<String> = match &recovery_key {
-                Some(f) if f.as_os_str() == "-" => {
-                    zeroize::Zeroizing::new(rpassword::prompt_password("Recovery key: ")?)
-                }
+                Some(f) if f.as_os_str() == "-" => prompt(
+                    "Recovery key: ",
+                    "recovery key",
+                    "give it in a file with --recovery-key FILE",
+                )?,
                 Some(f) => read_secret_file(f)?,
                 None => match std::env::var_os(vault::PASSPHRASE_FILE_ENV) {
                     Some(f) => read_secret_file(Path::new(&f))?,
-                    None => {
-                        zeroize::Zeroizing::new(rpassword::prompt_password("Current passphrase: ")?)
-                    }
+                    None => prompt("Current passphrase: ", "passphrase", CURRENT_INSTEAD)?,
                 },
             };
             let secret = if recovery_key.is_some() {
@@ -565,9 +580,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 Secret::Passphrase(&old)
             };
-            let new = new_passphrase(new_passphrase_file.as_deref())?;
+            let new = new_passphrase(
+                new_passphrase_file.as_deref(),
+                "give it in a file with --new-passphrase-file FILE",
+            )?;
             vault::change_passphrase(&dir, secret, &new)?;
-            println!("passphrase changed (the database was not re-encrypted; the recovery key stays the same)");
+            outln!("passphrase changed (the database was not re-encrypted; the recovery key stays the same)");
             Ok(ExitCode::SUCCESS)
         }
         Command::Analyze {
@@ -621,7 +639,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let summary = analyze::analyze(&mut store, &set, &opts, stop)?;
             if json_summary {
-                println!("{}", serde_json::to_string_pretty(&summary)?);
+                outln!("{}", serde_json::to_string_pretty(&summary)?);
             } else {
                 print_summary(&summary, &db);
             }
@@ -734,16 +752,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(outpost::daemon::run(cfg, opts, loop_opts, |url| {
-                println!("Review page: {url}  (sync runs in the background; Ctrl-C to stop)")
+                outln!("Review page: {url}  (sync runs in the background; Ctrl-C to stop)")
             }))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor { json } => {
             let report = outpost::doctor::check(&cfg);
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                outln!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{report}");
+                out!("{report}");
             }
             Ok(if report.has_failures() {
                 ExitCode::FAILURE
@@ -759,7 +777,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 &server_url,
                 &code,
             ))?;
-            println!(
+            outln!(
                 "enrolled as {} (group {}, device id {}) with {}",
                 r.name, r.group, r.device_id, server_url
             );
@@ -772,7 +790,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             match rt.block_on(outpost::update::check_and_install(&opts, None)) {
                 Ok(r) => {
                     if json {
-                        println!("{}", serde_json::to_string_pretty(&r)?);
+                        outln!("{}", serde_json::to_string_pretty(&r)?);
                     } else {
                         print_update(&r);
                     }
@@ -784,10 +802,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 Err(e) => {
                     if json {
-                        println!("{}", serde_json::json!({ "error": e.to_string() }));
+                        outln!("{}", serde_json::json!({ "error": e.to_string() }));
                     } else {
-                        println!("refused: {e}");
-                        println!("the current models keep serving");
+                        outln!("refused: {e}");
+                        outln!("the current models keep serving");
                     }
                     Ok(ExitCode::FAILURE)
                 }
@@ -800,7 +818,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let store = Store::open(&cfg.database_path())?;
             let days = older_than_days.unwrap_or(cfg.retention.purge_after_days);
             let r = outpost::store::retention::purge(&store, days, dry_run)?;
-            println!(
+            outln!(
                 "{} {} reviewed and synced items older than {days} days ({} predictions, {} decisions)",
                 if dry_run { "would purge" } else { "purged" },
                 r.items,
@@ -808,7 +826,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 r.feedback
             );
             if r.kept_unsynced > 0 {
-                println!(
+                outln!(
                     "kept {} reviewed items whose decisions are not synced yet (run `outpost sync`)",
                     r.kept_unsynced
                 );
@@ -831,20 +849,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 outpost::daemon::SyncOutcome::Synced { push, update } => (push, update),
             };
-            println!(
+            outln!(
                 "sent {} decisions in {} batches ({} bytes); {} were already on the server",
                 r.acked, r.batches, r.bytes_sent, r.duplicates
             );
             for x in &r.refused {
-                println!("  refused {}: {}", x.feedback_id, x.reason);
+                outln!("  refused {}: {}", x.feedback_id, x.reason);
             }
             use outpost::daemon::UpdateAfterSync;
             match update {
                 Some(UpdateAfterSync::Checked(u)) => print_update(&u),
                 Some(UpdateAfterSync::Refused(e)) => {
-                    println!("model update refused: {e} (the current models keep serving)")
+                    outln!("model update refused: {e} (the current models keep serving)")
                 }
-                Some(UpdateAfterSync::Skipped(e)) => println!("model updates skipped: {e}"),
+                Some(UpdateAfterSync::Skipped(e)) => outln!("model updates skipped: {e}"),
                 None => {}
             }
             Ok(if r.refused.is_empty() {
@@ -857,7 +875,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let store = Store::open(&cfg.database_path())?;
             let st = outpost::status::read(&store, &cfg)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&st)?);
+                outln!("{}", serde_json::to_string_pretty(&st)?);
             } else {
                 let (server, name, c, drift) =
                     (&st.server_url, &st.device_name, &st.counters, &st.drift);
@@ -867,35 +885,35 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     &st.last_update_error,
                 );
                 match (&server, &name) {
-                    (Some(s), Some(n)) => println!("enrolled as {n} with {s}"),
-                    _ => println!("not enrolled (outpost enroll <server-url> <code>)"),
+                    (Some(s), Some(n)) => outln!("enrolled as {n} with {s}"),
+                    _ => outln!("not enrolled (outpost enroll <server-url> <code>)"),
                 }
-                println!(
+                outln!(
                     "feedback waiting to sync: {}; synced: {}; reviewed today: {}",
                     c.waiting_to_sync, c.synced, c.reviewed_today
                 );
-                println!(
+                outln!(
                     "last successful sync: {}",
                     c.last_sync.as_deref().unwrap_or("never")
                 );
                 if let Some(e) = err {
-                    println!("last sync failed: {e}");
+                    outln!("last sync failed: {e}");
                 }
-                println!(
+                outln!(
                     "last model update check: {}",
                     update_check.as_deref().unwrap_or("never")
                 );
                 if let Some(e) = update_err {
-                    println!("last update refused: {e}");
+                    outln!("last update refused: {e}");
                 }
                 if drift.is_empty() {
-                    println!(
+                    outln!(
                         "drift: not enough analysed items yet (windows of {})",
                         cfg.drift.window
                     );
                 }
                 for d in drift {
-                    println!("{}", drift_line(d));
+                    outln!("{}", drift_line(d));
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -1009,7 +1027,7 @@ fn write_rows(rows: &[export::ExportRow], format: Format, out: Option<&Path>) ->
             );
             n
         }
-        None => export::write(rows, format, &mut std::io::stdout().lock())?,
+        None => export::write(rows, format, &mut outpost::cli::stdout())?,
     };
     if left_out > 0 {
         eprintln!("note: {left_out} predictions have no map position (reports, or tiles without georeferencing) and are not in the GeoJSON; use --format csv or json for them");
@@ -1019,30 +1037,40 @@ fn write_rows(rows: &[export::ExportRow], format: Format, out: Option<&Path>) ->
 
 fn print_summary(s: &analyze::Summary, db: &Path) {
     let analysed = s.image_items + s.text_items;
-    println!(
+    outln!(
         "Analysed {analysed} items ({} image tiles, {} reports) from {} files in {:.1} s.",
-        s.image_items, s.text_items, s.files, s.elapsed_secs
+        s.image_items,
+        s.text_items,
+        s.files,
+        s.elapsed_secs
     );
+    if s.sightings != analysed + s.already_analysed {
+        outln!(
+            "  Seen in {} places: the same tile or report found in several places is one item, and every place is kept (export has them all).",
+            s.sightings
+        );
+    }
     if s.already_analysed > 0 {
-        println!(
+        outln!(
             "  {} items were already analysed by the same model version (use --force to redo).",
             s.already_analysed
         );
     }
+
     if s.skipped_nodata > 0 {
-        println!(
+        outln!(
             "  {} scene tiles skipped: mostly nodata or transparent.",
             s.skipped_nodata
         );
     }
     if s.truncated_reports > 0 {
-        println!(
+        outln!(
             "  {} reports were longer than the model reads and were cut.",
             s.truncated_reports
         );
     }
     if s.ignored_files > 0 {
-        println!(
+        outln!(
             "  {} files in folders were ignored (not images or reports).",
             s.ignored_files
         );
@@ -1056,18 +1084,18 @@ fn print_summary(s: &analyze::Summary, db: &Path) {
         } else {
             String::new()
         };
-        println!("  {model}: {}{more}", shown.join(", "));
+        outln!("  {model}: {}{more}", shown.join(", "));
     }
     if !s.failures.is_empty() {
-        println!("{} inputs failed:", s.failures.len());
+        outln!("{} inputs failed:", s.failures.len());
         for f in s.failures.iter().take(20) {
             match &f.locator {
-                Some(l) => println!("  {} ({l}): {}", f.source, f.reason),
-                None => println!("  {}: {}", f.source, f.reason),
+                Some(l) => outln!("  {} ({l}): {}", f.source, f.reason),
+                None => outln!("  {}: {}", f.source, f.reason),
             }
         }
         if s.failures.len() > 20 {
-            println!(
+            outln!(
                 "  ... and {} more (see the failures table of run {})",
                 s.failures.len() - 20,
                 s.run_id
@@ -1075,9 +1103,9 @@ fn print_summary(s: &analyze::Summary, db: &Path) {
         }
     }
     if s.interrupted {
-        println!("Interrupted: run the same command again to continue where it stopped.");
+        outln!("Interrupted: run the same command again to continue where it stopped.");
     }
-    println!("Results: run {} in {}", s.run_id, db.display());
+    outln!("Results: run {} in {}", s.run_id, db.display());
 }
 
 fn models_command(cfg: &AgentConfig, command: ModelsCommand) -> Result<ExitCode> {
@@ -1085,7 +1113,7 @@ fn models_command(cfg: &AgentConfig, command: ModelsCommand) -> Result<ExitCode>
         ModelsCommand::Hash { dir } => {
             let files = model::bundle::hash_folder(&dir)
                 .with_context(|| format!("cannot read {}", dir.display()))?;
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&serde_json::json!({ "files": files }))?
             );
@@ -1100,7 +1128,7 @@ fn models_command(cfg: &AgentConfig, command: ModelsCommand) -> Result<ExitCode>
                 &name,
                 cfg.session_options(),
             )?;
-            println!(
+            outln!(
                 "{name}: {} -> {} (a running `outpost run` picks it up at its next check; restart it to switch at once)",
                 r.from.as_deref().unwrap_or("none"),
                 r.to
@@ -1120,13 +1148,13 @@ fn models_command(cfg: &AgentConfig, command: ModelsCommand) -> Result<ExitCode>
                 &version,
                 cfg.session_options(),
             )?;
-            println!("{name} pinned at {version}: updates leave it alone until `outpost models unpin {name}`");
+            outln!("{name} pinned at {version}: updates leave it alone until `outpost models unpin {name}`");
             Ok(ExitCode::SUCCESS)
         }
         ModelsCommand::Unpin { name } => {
             let installed = outpost::update::Installed::new(&cfg.data_dir());
             outpost::update::manual::unpin(&installed, &cfg.database_path(), &name)?;
-            println!("{name} unpinned: the next update check installs the release this device should run");
+            outln!("{name} unpinned: the next update check installs the release this device should run");
             Ok(ExitCode::SUCCESS)
         }
         ModelsCommand::Install { file, allow_stale } => {
@@ -1151,8 +1179,8 @@ fn models_command(cfg: &AgentConfig, command: ModelsCommand) -> Result<ExitCode>
                     })
                 }
                 Err(e) => {
-                    println!("refused: {e}");
-                    println!("the current models keep serving");
+                    outln!("refused: {e}");
+                    outln!("the current models keep serving");
                     Ok(ExitCode::FAILURE)
                 }
             }
@@ -1162,13 +1190,13 @@ fn models_command(cfg: &AgentConfig, command: ModelsCommand) -> Result<ExitCode>
             installed.seed(&cfg.shipped_models_dir());
             let list = installed.list();
             if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                outln!("{}", serde_json::to_string_pretty(&list)?);
                 return Ok(ExitCode::SUCCESS);
             }
             if !list.is_empty() {
-                println!("installed models: {}", installed.root().display());
+                outln!("installed models: {}", installed.root().display());
                 for l in &list {
-                    println!(
+                    outln!(
                         "  {:<20} active {:<10} installed {}{}",
                         l.model,
                         l.active.as_deref().unwrap_or("none"),
@@ -1180,21 +1208,21 @@ fn models_command(cfg: &AgentConfig, command: ModelsCommand) -> Result<ExitCode>
                             .unwrap_or_default()
                     );
                     for (v, why) in &l.state.failed {
-                        println!("      {v} failed: {why}");
+                        outln!("      {v} failed: {why}");
                     }
                 }
             }
             let dir = cfg.models_dir();
-            println!("models folder: {}", dir.display());
+            outln!("models folder: {}", dir.display());
             let dirs = model::bundle::discover(&dir).unwrap_or_default();
             if dirs.is_empty() {
-                println!("  (no bundles)");
+                outln!("  (no bundles)");
             }
             for d in dirs {
                 match model::bundle::read_manifest(&d) {
                     Ok(m) => {
                         let size: u64 = m.files.values().map(|f| f.size).sum();
-                        println!(
+                        outln!(
                             "  {:<20} {:<9} {:<22} {} labels{}  {:.1} MB  {}",
                             m.name,
                             m.version,
@@ -1205,7 +1233,7 @@ fn models_command(cfg: &AgentConfig, command: ModelsCommand) -> Result<ExitCode>
                             d.display()
                         );
                     }
-                    Err(e) => println!("  {}: {e}", d.display()),
+                    Err(e) => outln!("  {}: {e}", d.display()),
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -1216,11 +1244,11 @@ fn models_command(cfg: &AgentConfig, command: ModelsCommand) -> Result<ExitCode>
             let (models, failed) = model::load_all(&dir, cfg.session_options());
             let mut ok = failed.is_empty();
             for (path, e) in &failed {
-                println!("FAIL {}: {e}", path.display());
+                outln!("FAIL {}: {e}", path.display());
             }
             for m in &models {
                 match outpost::infer::golden::check(m) {
-                    Ok(Some(r)) if r.passed() => println!(
+                    Ok(Some(r)) if r.passed() => outln!(
                         "ok   {}: files verified; {} golden cases within {:.0e} (max difference {:.1e})",
                         m.id(),
                         r.cases,
@@ -1229,15 +1257,15 @@ fn models_command(cfg: &AgentConfig, command: ModelsCommand) -> Result<ExitCode>
                     ),
                     Ok(Some(r)) => {
                         ok = false;
-                        println!("FAIL {}: golden outputs not reproduced:", m.id());
+                        outln!("FAIL {}: golden outputs not reproduced:", m.id());
                         for f in &r.failures {
-                            println!("       {f}");
+                            outln!("       {f}");
                         }
                     }
-                    Ok(None) => println!("ok   {}: files verified (no golden cases)", m.id()),
+                    Ok(None) => outln!("ok   {}: files verified (no golden cases)", m.id()),
                     Err(e) => {
                         ok = false;
-                        println!("FAIL {}: {e}", m.id());
+                        outln!("FAIL {}: {e}", m.id());
                     }
                 }
             }
@@ -1324,23 +1352,26 @@ fn bench_command(
     report.peak_rss_mib = bench::proc_status_mib("VmHWM:");
     let _ = std::fs::remove_dir_all(&work);
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "threads per session: {threads}, batch size: {batch_size}, rounds: {rounds} (medians)"
-    );
+    outln!("threads per session: {threads}, batch size: {batch_size}, rounds: {rounds} (medians)");
     for (kind, c) in [("tiles", &report.image), ("reports", &report.text)] {
         if let Some(c) = c {
-            println!(
+            outln!(
                 "{:<8} {:<28} raw ONNX Runtime {:>8.1}/s   end to end {:>8.1}/s   ratio {:.2}",
-                kind, c.model, c.raw_median, c.e2e_median, c.ratio_median
+                kind,
+                c.model,
+                c.raw_median,
+                c.e2e_median,
+                c.ratio_median
             );
         }
     }
-    println!(
+    outln!(
         "memory: {:.0} MiB resident after loading models, {:.0} MiB peak",
-        report.rss_after_load_mib, report.peak_rss_mib
+        report.rss_after_load_mib,
+        report.peak_rss_mib
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -1385,7 +1416,7 @@ fn print_feedback(f: &outpost::store::feedback::Feedback) {
     } else {
         format!("  new: {}", f.new_labels.join(";"))
     };
-    println!(
+    outln!(
         "{}  {}  {:<7} {:<9} {}@{}  item {}  [{}]{}  by {}",
         f.feedback_id,
         &f.created_at[..f.created_at.len().min(19)],
@@ -1423,10 +1454,10 @@ fn feedback_command(cfg: &AgentConfig, command: FeedbackCommand) -> Result<ExitC
         } => {
             let rows = store.list_feedback(pending, limit)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                outln!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 let c = store.counters()?;
-                println!(
+                outln!(
                     "{} waiting to sync, {} synced, {} reviewed today; last sync: {}",
                     c.waiting_to_sync,
                     c.synced,
@@ -1440,7 +1471,7 @@ fn feedback_command(cfg: &AgentConfig, command: FeedbackCommand) -> Result<ExitC
             let f = store
                 .feedback(&id)?
                 .with_context(|| format!("no feedback {id}"))?;
-            println!("{}", serde_json::to_string_pretty(&f)?);
+            outln!("{}", serde_json::to_string_pretty(&f)?);
         }
         FeedbackCommand::Give {
             item,
@@ -1480,9 +1511,9 @@ fn feedback_command(cfg: &AgentConfig, command: FeedbackCommand) -> Result<ExitC
         }
         FeedbackCommand::Undo { id } => {
             let restored = store.undo_feedback(&id)?;
-            println!("undone {id}");
+            outln!("undone {id}");
             if let Some(r) = restored {
-                print!("the earlier decision is active again: ");
+                out!("the earlier decision is active again: ");
                 print_feedback(&r);
             }
         }
@@ -1575,7 +1606,7 @@ fn feedback_command(cfg: &AgentConfig, command: FeedbackCommand) -> Result<ExitC
                     }
                 }
             }
-            println!(
+            outln!(
                 "imported {ok} decisions from {}; {failed} rows refused",
                 file.display()
             );
@@ -1607,7 +1638,7 @@ fn feedback_command(cfg: &AgentConfig, command: FeedbackCommand) -> Result<ExitC
                 store.state("device_id")?,
                 key.as_ref(),
             )?;
-            println!(
+            outln!(
                 "wrote {} pending decisions to {} ({}, sha256 {}); they stay pending here until the agent syncs",
                 header.records,
                 file.display(),
@@ -1625,18 +1656,18 @@ fn feedback_command(cfg: &AgentConfig, command: FeedbackCommand) -> Result<ExitC
 
 fn print_update(r: &outpost::update::UpdateReport) {
     for m in &r.installed {
-        println!("installed and switched to {m}");
+        outln!("installed and switched to {m}");
     }
     for m in &r.rolled_back {
-        println!("rolled back {m}");
+        outln!("rolled back {m}");
     }
     for m in &r.refused {
-        println!("refused: {m}");
+        outln!("refused: {m}");
     }
     for m in &r.unchanged {
-        println!("unchanged: {m}");
+        outln!("unchanged: {m}");
     }
-    println!(
+    outln!(
         "root v{}, targets v{}; {} bytes downloaded ({} files fetched, {} already here)",
         r.root_version,
         r.targets_version
@@ -1654,13 +1685,8 @@ fn review_options(
     annotator: Option<String>,
     include_content: bool,
 ) -> Result<outpost::review::ReviewOptions> {
+    // A fresh data folder gets an empty database: the page says to analyse first.
     let db = cfg.database_path();
-    if !db.exists() {
-        bail!(
-            "no database at {}: run `outpost analyze` first",
-            db.display()
-        );
-    }
     let mut opts = outpost::review::ReviewOptions::new(db, cfg.models_dir());
     opts.listen = listen;
     opts.annotator = annotator.unwrap_or_else(|| cfg.feedback.annotator());

@@ -135,6 +135,62 @@ fn check_pixels(w: u32, h: u32, limits: &ImageLimits) -> Result<(), InputError> 
     Ok(())
 }
 
+/// Why a JPEG is cut short, or `None` if it is whole (or not a JPEG). JPEG decoders are
+/// lenient: a file cut at a third decodes, grey below the cut, and would be classified as
+/// if whole. A whole JPEG walks, segment by segment and through its entropy-coded scans,
+/// to an end-of-image marker (FFD9).
+pub fn jpeg_truncation(b: &[u8]) -> Option<String> {
+    if !b.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        return None;
+    }
+    let cut = |at: usize| Some(format!("it ends at byte {at} with no end-of-image marker"));
+    let mut i = 2;
+    loop {
+        while i < b.len() && b[i] == 0xFF {
+            i += 1; // a marker, after any fill bytes
+        }
+        let Some(&m) = b.get(i) else {
+            return cut(b.len());
+        };
+        i += 1;
+        match m {
+            0xD9 => return None,
+            0x01 | 0xD0..=0xD8 => continue,
+            _ => {}
+        }
+        let Some(len) = b
+            .get(i..i + 2)
+            .map(|l| u16::from_be_bytes([l[0], l[1]]) as usize)
+        else {
+            return cut(b.len());
+        };
+        i += len.max(2);
+        if i > b.len() {
+            return cut(b.len());
+        }
+        if m == 0xDA {
+            i = match scan_end(b, i) {
+                Some(next) => next,
+                None => return cut(b.len()),
+            };
+        } else if b.get(i) != Some(&0xFF) {
+            return None; // not a segment boundary: leave the verdict to the decoder
+        }
+    }
+}
+
+/// The index of the marker ending the entropy-coded data from `i` (stuffed `FF00` and
+/// restart markers are part of it), or `None` if the data runs to the end of the file.
+fn scan_end(b: &[u8], mut i: usize) -> Option<usize> {
+    loop {
+        i += b.get(i..)?.iter().position(|&x| x == 0xFF)?;
+        match *b.get(i + 1)? {
+            0x00 | 0xD0..=0xD7 => i += 2,
+            _ => return Some(i),
+        }
+    }
+}
+
 /// Decodes an image file into an 8-bit RGB raster.
 pub fn decode(path: &Path, limits: &ImageLimits) -> Result<Raster, InputError> {
     let mut notes = Vec::new();
@@ -147,6 +203,9 @@ pub fn decode(path: &Path, limits: &ImageLimits) -> Result<Raster, InputError> {
         // review page all use it.
         check_file(path, limits)?;
         let bytes = std::fs::read(path).map_err(InputError::Io)?;
+        if let Some(why) = jpeg_truncation(&bytes) {
+            return Err(InputError::Truncated(why));
+        }
         let in_memory =
             |limits: &ImageLimits| -> Result<ImageReader<std::io::Cursor<&[u8]>>, InputError> {
                 let mut r = ImageReader::new(std::io::Cursor::new(&bytes[..]))
@@ -541,6 +600,31 @@ pub fn preprocess_into(tile: &RgbImage, spec: &ImageSpec, out: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_jpeg_is_whole_only_up_to_its_end_marker() {
+        let img = RgbImage::from_fn(64, 48, |x, y| {
+            image::Rgb([(x * 4) as u8, (y * 5) as u8, 90])
+        });
+        let mut whole = Vec::new();
+        img.write_to(
+            &mut std::io::Cursor::new(&mut whole),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
+        assert_eq!(jpeg_truncation(&whole), None);
+        let mut trailing = whole.clone();
+        trailing.extend_from_slice(b"trailer a camera appended");
+        assert_eq!(
+            jpeg_truncation(&trailing),
+            None,
+            "data after the end marker is fine"
+        );
+        for cut in [whole.len() / 3, whole.len() - 2, 40] {
+            assert!(jpeg_truncation(&whole[..cut]).is_some(), "cut at {cut}");
+        }
+        assert_eq!(jpeg_truncation(b"\x89PNG not a jpeg"), None);
+    }
 
     #[test]
     fn tiles_cover_the_raster_and_stay_inside() {

@@ -82,6 +82,37 @@ pub enum InputError {
     /// The model failed on this input.
     #[error("inference failed: {0}")]
     Model(String),
+    /// A FIFO, device or socket given as an input.
+    #[error("it is a {0}, not a regular file or folder; only regular files and folders are read (copy the data into a file first)")]
+    NotAFile(&'static str),
+    /// A symbolic link whose target does not exist.
+    #[error(
+        "broken symbolic link: it points to {target}, which does not exist; fix or remove the link"
+    )]
+    BrokenLink {
+        /// Where the link points.
+        target: String,
+    },
+    /// A symbolic link back to a folder that contains it.
+    #[error("symbolic link loop: it points back to {ancestor}, which is already being read; not followed again")]
+    LinkLoop {
+        /// The folder it points back to.
+        ancestor: String,
+    },
+    /// The file ends before its format says it does.
+    #[error("the file is truncated ({0}); copy it again from its source")]
+    Truncated(String),
+    /// Binary content in a file named as text.
+    #[error("not text: {0}; is this file really a report?")]
+    NotText(String),
+    /// A CSV quote that never closes (it would swallow every row after it).
+    #[error("a quoted field opens on line {line} and never closes, so the {swallowed} lines after it would merge into one report; close the quote (a quote inside a field is written twice: \"\") and analyse the file again")]
+    UnclosedQuote {
+        /// Line (1-based) where the quote opens.
+        line: u64,
+        /// Lines it would swallow.
+        swallowed: u64,
+    },
 }
 
 impl InputError {
@@ -100,6 +131,12 @@ impl InputError {
             InputError::NoModel(_) => "no-model",
             InputError::Io(_) => "io",
             InputError::Model(_) => "model",
+            InputError::NotAFile(_) => "not-a-file",
+            InputError::BrokenLink { .. } => "broken-link",
+            InputError::LinkLoop { .. } => "link-loop",
+            InputError::Truncated(_) => "truncated",
+            InputError::NotText(_) => "not-text",
+            InputError::UnclosedQuote { .. } => "unclosed-quote",
         }
     }
 }

@@ -80,6 +80,64 @@ fn check_text(text: &str, opts: &TextOptions) -> Result<(), InputError> {
     Ok(())
 }
 
+/// Share of control characters (other than tab, newline, carriage return, form feed) from
+/// which valid UTF-8 is still refused as binary.
+const MAX_CONTROL_SHARE: f64 = 0.01;
+
+/// Refuses binary content named as text: any NUL byte (no text format has one; an
+/// all-NUL file is valid UTF-8), or more than 1% control characters.
+pub fn check_is_text(text: &str) -> Result<(), InputError> {
+    if let Some(at) = text.find('\0') {
+        return Err(InputError::NotText(format!(
+            "it holds NUL bytes (the first at byte {at}), which no text file has"
+        )));
+    }
+    let (mut control, mut all) = (0usize, 0usize);
+    for c in text.chars() {
+        all += 1;
+        if c.is_control() && !matches!(c, '\t' | '\n' | '\r' | '\u{c}') {
+            control += 1;
+        }
+    }
+    if all > 0 && control as f64 > MAX_CONTROL_SHARE * all as f64 {
+        return Err(InputError::NotText(format!(
+            "{control} of its {all} characters are control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Where a CSV quote opens and never closes, as (line, lines after it), or `None`.
+/// Follows the CSV reader's rules: a quote opens only at the start of a field; inside,
+/// `""` is a quote and a lone `"` closes.
+pub fn unclosed_quote(text: &str) -> Option<(u64, u64)> {
+    let (mut line, mut open_line) = (1u64, 0u64);
+    let (mut in_quotes, mut field_start) = (false, true);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\n' {
+            line += 1;
+        }
+        if in_quotes {
+            if c == '"' {
+                if chars.peek() == Some(&'"') {
+                    chars.next();
+                } else {
+                    in_quotes = false;
+                }
+            }
+            continue;
+        }
+        if c == '"' && field_start {
+            in_quotes = true;
+            open_line = line;
+        }
+        field_start = matches!(c, ',' | '\n' | '\r');
+    }
+    let last = line - u64::from(text.ends_with('\n'));
+    in_quotes.then_some((open_line, last.saturating_sub(open_line)))
+}
+
 /// Reads the reports in one file. A file-level problem is an `Err`; a problem with one row
 /// or line goes into the returned list of per-row failures and the rest is read.
 #[allow(clippy::type_complexity)]
@@ -102,6 +160,7 @@ pub fn read_reports(
         offset: e.utf8_error().valid_up_to(),
     })?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    check_is_text(text)?;
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
@@ -164,8 +223,21 @@ fn read_csv(
     let col = headers.iter().position(|h| h == field).unwrap_or(0);
     let mut reports = Vec::new();
     let mut failed = Vec::new();
-    for (i, rec) in rdr.records().enumerate() {
+    // A quote that never closes swallows the rest of the file into its record; that
+    // record is refused with the line the quote opens on, not read as one long report.
+    // It is always the last record, as it runs to the end of the file.
+    let unclosed = unclosed_quote(text);
+    let records: Vec<_> = rdr.records().collect();
+    if let (Some((line, swallowed)), true) = (unclosed, records.is_empty()) {
+        return Err(InputError::UnclosedQuote { line, swallowed });
+    }
+    let last = records.len();
+    for (i, rec) in records.into_iter().enumerate() {
         let row = format!("row {}", i + 2); // the header is row 1, as in a spreadsheet
+        if let Some((line, swallowed)) = unclosed.filter(|_| i + 1 == last) {
+            failed.push((row, InputError::UnclosedQuote { line, swallowed }));
+            continue;
+        }
         match rec {
             Err(e) => failed.push((row, InputError::Decode(e.to_string()))),
             Ok(r) => match r.get(col) {
@@ -283,4 +355,36 @@ pub fn pad_batch(batch: &[&Encoded], pad_id: i64) -> (Array2<i64>, Array2<i64>, 
 /// The padding id of a tokenizer: its `[PAD]` token, or 0.
 pub fn pad_id(tok: &Tokenizer) -> i64 {
     tok.token_to_id("[PAD]").map(|i| i as i64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_quote_that_never_closes_is_unclosed() {
+        // Closed quotes, doubled quotes, a quoted field over two lines, a quote inside an
+        // unquoted field: all well-formed.
+        let good =
+            "id,message\n1,\"a, b\"\n2,\"she said \"\"go\"\"\"\n3,\"two\nlines\"\n4,5\" tall\n";
+        assert_eq!(unclosed_quote(good), None);
+        let bad = "id,message\n1,ok\n2,\"never closed\n3,x\n4,y\n";
+        assert_eq!(unclosed_quote(bad), Some((3, 2)));
+        let (reports, failed) = read_csv(bad, &TextOptions::default()).unwrap();
+        assert_eq!(reports.len(), 1);
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].0, "row 3");
+        assert_eq!(failed[0].1.code(), "unclosed-quote");
+        let (reports, failed) = read_csv(good, &TextOptions::default()).unwrap();
+        assert_eq!((reports.len(), failed.len()), (4, 0));
+    }
+
+    #[test]
+    fn binary_content_is_not_text() {
+        assert!(check_is_text("A report.\n\tWith a tab\r\n").is_ok());
+        assert!(check_is_text("caf\u{e9} na\u{ef}ve \u{1F600}").is_ok());
+        assert_eq!(check_is_text("\0\0\0").unwrap_err().code(), "not-text");
+        let junk: String = (0..200u8).map(|i| char::from(1 + i % 8)).collect();
+        assert_eq!(check_is_text(&junk).unwrap_err().code(), "not-text");
+    }
 }

@@ -505,18 +505,28 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Finds an item by its source file (and locator, for tiles of a scene or rows of a CSV).
+    /// Finds an item by a file it was seen in (and locator, for tiles of a scene or rows of
+    /// a CSV). The path matches in either form: sources are stored canonical (absolute,
+    /// links resolved), older rows as typed; a bare file name or a path's tail matches too.
+    /// An exact match wins, then the most recently seen.
     pub fn find_item(
         &self,
         source: &str,
         locator: Option<&str>,
     ) -> Result<Option<String>, FeedbackError> {
+        let canon = std::fs::canonicalize(source)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| absolute(source));
         Ok(self
             .conn
             .query_row(
-                "SELECT item_id FROM items WHERE (source = ?1 OR source LIKE '%/' || ?1) AND (?2 IS NULL OR locator = ?2)
-                 ORDER BY last_seen DESC LIMIT 1",
-                params![source, locator],
+                "SELECT item_id FROM item_sightings
+                 WHERE (source IN (?1, ?3)
+                        OR substr(source, -length(?1) - 1) = '/' || ?1
+                        OR substr(?3, -length(source) - 1) = '/' || source)
+                   AND (?2 IS NULL OR locator = ?2)
+                 ORDER BY source IN (?1, ?3) DESC, last_seen DESC LIMIT 1",
+                params![source, locator, canon],
                 |r| r.get(0),
             )
             .optional()?)
@@ -530,4 +540,26 @@ impl Store {
         let rows = st.query_map([item_id], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+}
+
+/// `path` made absolute against the working folder (`.` and `..` resolved by text), for a
+/// path that no longer exists on disk.
+fn absolute(path: &str) -> String {
+    let p = std::path::Path::new(path);
+    let joined = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(p)
+    };
+    let mut out = std::path::PathBuf::new();
+    for c in joined.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out.display().to_string()
 }

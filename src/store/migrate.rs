@@ -26,6 +26,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "0004_model_updates.sql",
         include_str!("../../migrations/agent/0004_model_updates.sql"),
     ),
+    (
+        5,
+        "0005_item_sightings.sql",
+        include_str!("../../migrations/agent/0005_item_sightings.sql"),
+    ),
 ];
 
 /// Applies every agent migration newer than the database.

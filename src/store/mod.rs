@@ -1,5 +1,8 @@
-//! The agent's SQLite database: items, predictions, runs and failures (and, in later
-//! migrations, the feedback outbox).
+//! The agent's SQLite database: items, every place each item was seen (sightings),
+//! predictions, runs and failures (and, in later migrations, the feedback outbox).
+//!
+//! An item is keyed by its content; where it was found is a sighting (file, place in the
+//! file, footprint), so the same tile in two scenes is analysed once and exported twice.
 //!
 //! Durability: WAL journal with `synchronous = FULL`, so a committed transaction survives a
 //! crash or power loss (each commit syncs the WAL). A batch of predictions is written in one
@@ -85,6 +88,55 @@ pub struct NewItem {
     pub content: Vec<u8>,
     /// MIME type of `content`.
     pub content_type: &'static str,
+}
+
+/// One place an item was seen: its file, where in the file, and its footprint.
+#[derive(Debug, Clone)]
+pub struct Sighting {
+    /// Content hash of the item.
+    pub item_id: String,
+    /// File it was found in (canonical path).
+    pub source: String,
+    /// Where in the file.
+    pub locator: Option<String>,
+    /// GeoJSON geometry (WGS84), for georeferenced tiles.
+    pub geometry: Option<serde_json::Value>,
+}
+
+impl NewItem {
+    /// Where this item was seen.
+    pub fn sighting(&self) -> Sighting {
+        Sighting {
+            item_id: self.item_id.clone(),
+            source: self.source.clone(),
+            locator: self.locator.clone(),
+            geometry: self.geometry.clone(),
+        }
+    }
+}
+
+const PUT_SIGHTING: &str = "INSERT INTO item_sightings (item_id, source, locator, geometry, last_run_id, first_seen, last_seen)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+     ON CONFLICT (item_id, source, locator, geometry) DO UPDATE SET
+       last_run_id = excluded.last_run_id, last_seen = excluded.last_seen";
+
+fn put_sighting(
+    st: &mut rusqlite::CachedStatement<'_>,
+    run_id: i64,
+    s: &Sighting,
+    ts: &str,
+) -> rusqlite::Result<usize> {
+    st.execute(params![
+        s.item_id,
+        s.source,
+        s.locator.as_deref().unwrap_or(""),
+        s.geometry
+            .as_ref()
+            .map(|g| g.to_string())
+            .unwrap_or_default(),
+        run_id,
+        ts
+    ])
 }
 
 /// A prediction to store.
@@ -233,16 +285,33 @@ impl Store {
         Ok(())
     }
 
-    /// Stores items and their predictions in one transaction.
+    /// Stores items, where they were seen and their predictions in one transaction.
+    /// Returns the ids of the items new to this run (an item met again in the same run, in
+    /// another place or through another backbone, is only a new sighting).
     pub fn save_batch(
         &mut self,
         run_id: i64,
         items: &[NewItem],
         predictions: &[NewPrediction],
-    ) -> Result<(), StoreError> {
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
         let ts = now();
         let tx = self.conn.transaction()?;
+        let mut fresh = std::collections::HashSet::new();
         {
+            let mut seen_in_run = tx.prepare_cached(
+                "SELECT 1 FROM predictions WHERE item_id = ?1 AND run_id = ?2 LIMIT 1",
+            )?;
+            for it in items {
+                if !fresh.contains(&it.item_id)
+                    && seen_in_run
+                        .query_row(params![it.item_id, run_id], |_| Ok(()))
+                        .optional()?
+                        .is_none()
+                {
+                    fresh.insert(it.item_id.clone());
+                }
+            }
+            let mut sight = tx.prepare_cached(PUT_SIGHTING)?;
             let mut put_item = tx.prepare_cached(
                 "INSERT INTO items (item_id, kind, source, locator, width, height, geometry, content, content_type, first_seen, last_seen)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)
@@ -262,6 +331,7 @@ impl Store {
                     it.content_type,
                     ts
                 ])?;
+                put_sighting(&mut sight, run_id, &it.sighting(), &ts)?;
             }
             let mut put_pred = tx.prepare_cached(
                 "INSERT INTO predictions (item_id, model_name, model_version, run_id, labels, top_label, top_score, scores, embedding, truncated, preprocess_ms, infer_ms, created_at)
@@ -290,7 +360,7 @@ impl Store {
             }
         }
         tx.commit()?;
-        Ok(())
+        Ok(fresh)
     }
 
     /// Whether an item already has a prediction from this model version.
@@ -308,23 +378,44 @@ impl Store {
             .is_some())
     }
 
-    /// Marks existing predictions as seen by this run (re-runs that skip inference).
+    /// Marks existing predictions as seen by this run (re-runs that skip inference), and
+    /// records where their item was seen. Returns how many distinct items had not been
+    /// seen by this run before (the others were met earlier in the same run).
     pub fn touch_predictions(
         &mut self,
         run_id: i64,
         keys: &[(String, String, String)],
-    ) -> Result<(), StoreError> {
+        sightings: &[Sighting],
+    ) -> Result<u64, StoreError> {
+        let ts = now();
         let tx = self.conn.transaction()?;
+        let mut earlier = std::collections::HashSet::new();
         {
             let mut st = tx.prepare_cached(
-                "UPDATE predictions SET run_id = ?1 WHERE item_id = ?2 AND model_name = ?3 AND model_version = ?4",
+                "UPDATE predictions SET run_id = ?1 WHERE item_id = ?2 AND model_name = ?3 AND model_version = ?4
+                 AND run_id IS NOT ?1",
             )?;
             for (item, name, version) in keys {
-                st.execute(params![run_id, item, name, version])?;
+                if st.execute(params![run_id, item, name, version])? > 0 {
+                    earlier.insert(item.as_str());
+                }
+            }
+            let mut sight = tx.prepare_cached(PUT_SIGHTING)?;
+            for s in sightings {
+                put_sighting(&mut sight, run_id, s, &ts)?;
             }
         }
         tx.commit()?;
-        Ok(())
+        Ok(earlier.len() as u64)
+    }
+
+    /// How many places (sightings) this run saw items in.
+    pub fn run_sightings(&self, run_id: i64) -> Result<u64, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT COUNT(*) FROM item_sightings WHERE last_run_id = ?1",
+            [run_id],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
     }
 
     /// The most recent run, if any.

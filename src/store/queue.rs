@@ -93,6 +93,9 @@ pub struct QueuePage {
     pub total: usize,
     /// This page, least confident first.
     pub entries: Vec<QueueEntry>,
+    /// Predictions stored in all, whatever the filter (0: nothing analysed yet, and the
+    /// page says to run `outpost analyze`).
+    pub analysed: usize,
 }
 
 /// An item as the review page shows it.
@@ -366,7 +369,16 @@ impl Store {
                 reviewed_labels,
             });
         }
-        Ok(QueuePage { total, entries })
+        let analysed = self
+            .conn()
+            .query_row("SELECT COUNT(*) FROM predictions", [], |r| {
+                r.get::<_, i64>(0)
+            })? as usize;
+        Ok(QueuePage {
+            total,
+            entries,
+            analysed,
+        })
     }
 
     /// Everything the review page shows about one item, or `None` if it is unknown.

@@ -155,6 +155,7 @@ fn delete_items(store: &Store, ids: &[String]) -> Result<usize, StoreError> {
             )?;
             conn.execute("DELETE FROM feedback WHERE item_id = ?1", params![id])?;
             conn.execute("DELETE FROM predictions WHERE item_id = ?1", params![id])?;
+            conn.execute("DELETE FROM item_sightings WHERE item_id = ?1", params![id])?;
             conn.execute("DELETE FROM items WHERE item_id = ?1", params![id])?;
         }
         Ok(())

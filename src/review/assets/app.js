@@ -187,6 +187,7 @@ async function loadQueue(keep) {
   }
   S.queue = q.entries;
   S.total = q.total;
+  S.analysed = q.analysed;
   let idx = Math.min(S.index, Math.max(0, S.queue.length - 1));
   if (keep) {
     const i = S.queue.findIndex((e) => e.item_id === keep.item_id && e.model_name === keep.model_name);
@@ -202,7 +203,8 @@ async function select(i) {
     S.detail = null;
     S.pred = null;
     $('current').hidden = true;
-    $('empty').hidden = false;
+    $('empty').hidden = S.analysed === 0;
+    $('fresh').hidden = S.analysed !== 0;
     document.body.dataset.item = '';
     return;
   }
@@ -299,6 +301,7 @@ function renderItem(entry) {
   const d = S.detail;
   const p = S.pred;
   $('empty').hidden = true;
+  $('fresh').hidden = true;
   $('current').hidden = false;
   $('current').dataset.item = d.item_id;
   $('current').dataset.kind = d.kind;

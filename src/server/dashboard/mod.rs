@@ -509,9 +509,13 @@ async fn device(State(d): State<Shared>, headers: HeaderMap, Path(id): Path<Stri
     .await
 }
 
-async fn models(State(d): State<Shared>, headers: HeaderMap) -> Response {
+async fn models(
+    State(d): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<views::PageQuery>,
+) -> Response {
     page(d, headers, move |store, cfg, frame| {
-        views::models(store, cfg, frame)
+        views::models(store, cfg, frame, &q)
     })
     .await
 }

@@ -192,8 +192,19 @@ pub fn confusion(title: &str, labels: &[String], matrix: &[Vec<u64>]) -> String 
     let left = 150i32;
     let topm = 40i32;
     let size = cell * n as i32;
-    let (w, h) = ((left + size + 20) as u32, (topm + size + 110) as u32);
-    svg(w, h, |root| {
+    let names: Vec<String> = (0..n)
+        .map(|j| {
+            let name: String = labels
+                .get(j)
+                .map(|l| l.chars().take(22).collect())
+                .unwrap_or_default();
+            format!("{}: {name}", j + 1)
+        })
+        .collect();
+    let legend = LegendLayout::new(&names, left + size + 20);
+    let w = (left + size + 20).max(16 + legend.cols * legend.col_width);
+    let h = (topm + size + 10 + legend.height()) as u32;
+    svg(w as u32, h, |root| {
         let text = |s: &str, x: i32, y: i32, size: u32| {
             Text::new(
                 s.to_string(),
@@ -235,14 +246,11 @@ pub fn confusion(title: &str, labels: &[String], matrix: &[Vec<u64>]) -> String 
                 }
             }
         }
-        // Predicted labels under the columns, one per line (rotated text is not portable).
-        for j in 0..n {
-            let name: String = labels
-                .get(j)
-                .map(|l| l.chars().take(22).collect())
-                .unwrap_or_default();
-            let y = topm + size + 6 + (j as i32 % 6) * 16;
-            root.draw(&text(&format!("{}: {name}", j + 1), left, y, 11))
+        // Predicted labels under the picture, in columns wide enough for the longest name
+        // (rotated text is not portable).
+        for (j, name) in names.iter().enumerate() {
+            let (x, y) = legend.position(j);
+            root.draw(&text(name, x, topm + size + 10 + y, 11))
                 .map_err(|e| e.to_string())?;
             root.draw(&text(
                 &(j + 1).to_string(),
@@ -256,9 +264,87 @@ pub fn confusion(title: &str, labels: &[String], matrix: &[Vec<u64>]) -> String 
     })
 }
 
+/// Where the entries of a legend go: filled column by column, each column as wide as the
+/// longest entry, as many columns as fit in the picture's width.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct LegendLayout {
+    cols: i32,
+    rows: i32,
+    col_width: i32,
+}
+
+/// Line height of an 11 px legend entry.
+const LEGEND_LINE: i32 = 16;
+/// A generous width of one 11 px sans-serif character (digits and lower case are narrower).
+const LEGEND_CHAR: i32 = 7;
+
+impl LegendLayout {
+    fn new(entries: &[String], width: i32) -> LegendLayout {
+        let n = entries.len().max(1) as i32;
+        let longest = entries.iter().map(|e| e.chars().count()).max().unwrap_or(1) as i32;
+        let col_width = longest * LEGEND_CHAR + 16;
+        let cols = ((width - 8) / col_width).clamp(1, n);
+        LegendLayout {
+            cols,
+            rows: (n as u32).div_ceil(cols as u32) as i32,
+            col_width,
+        }
+    }
+
+    /// Offset of entry `j` from the legend's top-left corner (x from the picture's left).
+    fn position(&self, j: usize) -> (i32, i32) {
+        let j = j as i32;
+        (
+            8 + (j / self.rows) * self.col_width,
+            (j % self.rows) * LEGEND_LINE,
+        )
+    }
+
+    fn height(&self) -> i32 {
+        self.rows * LEGEND_LINE + 8
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn legend_entries_never_share_a_place_or_overlap() {
+        for n in [1usize, 2, 6, 7, 12, 13, 30] {
+            let names: Vec<String> = (0..n)
+                .map(|j| format!("{}: {}", j + 1, "building-damage".repeat(1 + j % 2)))
+                .collect();
+            let cell = if n <= 6 {
+                48
+            } else if n <= 12 {
+                32
+            } else {
+                18
+            };
+            let width = 150 + cell * n as i32 + 20;
+            let l = LegendLayout::new(&names, width);
+            let boxes: Vec<(i32, i32, i32)> = names
+                .iter()
+                .enumerate()
+                .map(|(j, s)| {
+                    let (x, y) = l.position(j);
+                    (x, y, x + s.chars().count() as i32 * LEGEND_CHAR)
+                })
+                .collect();
+            for (a, ba) in boxes.iter().enumerate() {
+                for bb in &boxes[a + 1..] {
+                    let same_line = ba.1 == bb.1;
+                    let apart = ba.2 <= bb.0 || bb.2 <= ba.0;
+                    assert!(!same_line || apart, "n={n}: {ba:?} overlaps {bb:?}");
+                }
+                assert!(
+                    ba.1 + LEGEND_LINE <= l.height(),
+                    "n={n}: inside the picture"
+                );
+            }
+        }
+    }
 
     #[test]
     fn plots_are_svg_and_escape_field_text() {

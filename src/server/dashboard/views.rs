@@ -557,8 +557,85 @@ fn release_form(frame: &Frame, r: &Release) -> String {
     )
 }
 
-/// `GET /admin/models`.
-pub fn models(store: &dyn ServerStore, repo: &Repository, frame: &Frame) -> Result<String, String> {
+/// Rows of each table of the models page per page.
+pub const MODELS_PER_PAGE: usize = 20;
+
+/// The page asked for (`?page=N`, from 1).
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct PageQuery {
+    /// 1-based page number.
+    pub page: Option<usize>,
+}
+
+impl PageQuery {
+    fn index(&self) -> usize {
+        self.page.unwrap_or(1).max(1) - 1
+    }
+}
+
+/// The rows of page `index` (0-based) of `rows`.
+fn page_of<T>(rows: &[T], index: usize) -> &[T] {
+    let start = (index * MODELS_PER_PAGE).min(rows.len());
+    &rows[start..(start + MODELS_PER_PAGE).min(rows.len())]
+}
+
+/// "Releases 21–40 of 45" under a table.
+fn page_count(what: &str, shown: usize, total: usize, index: usize) -> String {
+    if total <= MODELS_PER_PAGE {
+        return String::new();
+    }
+    let first = index * MODELS_PER_PAGE + 1;
+    if shown == 0 {
+        return format!("<p class=\"page-count\">No {what} on this page ({total} in all).</p>");
+    }
+    format!(
+        "<p class=\"page-count\">{what} {first}–{} of {total}, newest first.</p>",
+        first + shown - 1
+    )
+}
+
+/// Newer / older links, if some table has more than one page.
+fn pager(index: usize, longest: usize) -> String {
+    let pages = longest.div_ceil(MODELS_PER_PAGE).max(1);
+    if pages <= 1 && index == 0 {
+        return String::new();
+    }
+    let mut s = format!(
+        "<nav class=\"pager\" aria-label=\"pages\">Page {} of {pages} ",
+        index + 1
+    );
+    if index > 0 {
+        let _ = write!(
+            s,
+            "<a href=\"/admin/models?page={index}\" rel=\"prev\">← newer</a> "
+        );
+    }
+    if index + 1 < pages {
+        let _ = write!(
+            s,
+            "<a href=\"/admin/models?page={}\" rel=\"next\">older →</a>",
+            index + 2
+        );
+    }
+    s + "</nav>"
+}
+
+/// A stored reason for display: runs stored before reasons said "all groups" carry a raw
+/// `[]` ("published to stable [] 100%").
+fn reason_text(reason: &str) -> String {
+    reason.replace(" [] ", " all groups ")
+}
+
+/// `GET /admin/models`: each model's releases and training runs, [`MODELS_PER_PAGE`] of
+/// each per page, newest first.
+pub fn models(
+    store: &dyn ServerStore,
+    repo: &Repository,
+    frame: &Frame,
+    q: &PageQuery,
+) -> Result<String, String> {
+    let index = q.index();
+    let mut longest = 0usize;
     let e = |e: crate::server::store::ServerStoreError| e.to_string();
     let targets = crate::server::repository::published_targets(repo).map_err(|e| e.to_string())?;
     let releases: Vec<Release> = targets.map(|t| t.releases).unwrap_or_default();
@@ -589,7 +666,11 @@ pub fn models(store: &dyn ServerStore, repo: &Repository, frame: &Frame) -> Resu
             );
         }
         body.push_str("<h3>Releases</h3><table class=\"releases\"><thead><tr><th>Version</th><th>Channel</th><th>Groups</th><th>Rollout</th><th>Devices running it</th><th>State</th><th>Actions</th></tr></thead><tbody>");
-        for r in releases.iter().filter(|r| &r.model == name).rev() {
+        let mine_releases: Vec<&Release> =
+            releases.iter().filter(|r| &r.model == name).rev().collect();
+        longest = longest.max(mine_releases.len());
+        let shown = page_of(&mine_releases, index);
+        for r in shown.iter().copied() {
             let n = running
                 .iter()
                 .filter(|m| {
@@ -611,9 +692,18 @@ pub fn models(store: &dyn ServerStore, repo: &Repository, frame: &Frame) -> Resu
                 if r.withdrawn { String::new() } else { release_form(frame, r) }
             );
         }
-        body.push_str("</tbody></table><h3>Candidates from training runs</h3><table class=\"runs\"><thead><tr><th>Run</th><th>Candidate</th><th>From</th><th>Started</th><th>Trigger</th><th>Outcome</th><th>Held-out feedback accuracy</th><th>Reason</th><th>Actions</th></tr></thead><tbody>");
+        body.push_str("</tbody></table>");
+        body.push_str(&page_count(
+            "Releases",
+            shown.len(),
+            mine_releases.len(),
+            index,
+        ));
+        body.push_str("<h3>Candidates from training runs</h3><table class=\"runs\"><thead><tr><th>Run</th><th>Candidate</th><th>From</th><th>Started</th><th>Trigger</th><th>Outcome</th><th>Held-out feedback accuracy</th><th>Reason</th><th>Actions</th></tr></thead><tbody>");
         let mine: Vec<&TrainingRun> = runs.iter().filter(|r| &r.model_name == name).collect();
-        for r in &mine {
+        longest = longest.max(mine.len());
+        let shown = page_of(&mine, index);
+        for r in shown {
             let rep = report_of(r);
             let acc = rep
                 .as_ref()
@@ -647,11 +737,12 @@ pub fn models(store: &dyn ServerStore, repo: &Repository, frame: &Frame) -> Resu
                 r.status.as_str(),
                 r.status.as_str(),
                 acc,
-                esc(&r.reason),
+                esc(&reason_text(&r.reason)),
                 publish
             );
         }
         body.push_str("</tbody></table>");
+        body.push_str(&page_count("Training runs", shown.len(), mine.len(), index));
         // Metrics from version to version: the first run's current model, then each
         // candidate, oldest first.
         let mut x: Vec<String> = Vec::new();
@@ -700,6 +791,7 @@ pub fn models(store: &dyn ServerStore, repo: &Repository, frame: &Frame) -> Resu
         }
         body.push_str("</section>");
     }
+    body.push_str(&pager(index, longest));
     Ok(layout(frame, "Models and releases", "models", &body))
 }
 
@@ -726,7 +818,7 @@ pub fn run(
         esc(&r.base_version),
         r.status.as_str(),
         r.status.as_str(),
-        esc(&r.reason),
+        esc(&reason_text(&r.reason)),
         when(&r.started_at),
         opt_when(r.finished_at.as_deref()),
     );

@@ -167,7 +167,11 @@ pub fn publish(
         (dir, Some(run))
     };
     let v = repository::publish(repo, &dir, channel, groups, percent)?;
-    let what = format!("{} to {channel} {groups:?} {percent}%", dir.display());
+    let what = format!(
+        "{} to {channel} {} {percent}%",
+        dir.display(),
+        repository::publish::audience(groups)
+    );
     store.audit(actor, "models publish", &what)?;
     if let Some(run) = candidate {
         store.mark_published(

@@ -22,6 +22,15 @@ pub fn publish(
     publish_if(repo, &|| true, bundle_dir, channel, groups, percent)
 }
 
+/// Who a release targets, in words: `all groups`, or `groups a, b` (never a raw `[]`).
+pub fn audience(groups: &[String]) -> String {
+    if groups.is_empty() {
+        "all groups".to_string()
+    } else {
+        format!("groups {}", groups.join(", "))
+    }
+}
+
 /// [`publish`], asking `still_ours` once the repository lease is held and before anything
 /// is written: a training run whose job another process took over answers false, and then
 /// nothing is published ([`PublishError::LeaseLost`]).

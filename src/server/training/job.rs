@@ -293,8 +293,10 @@ pub fn settle(
             (
                 RunStatus::Published,
                 format!(
-                    "published to {} {:?} {}% as targets version {tv}",
-                    settings.channel, settings.groups, settings.percent
+                    "published to {} {} {}% as targets version {tv}",
+                    settings.channel,
+                    repository::publish::audience(&settings.groups),
+                    settings.percent
                 ),
             )
         })
