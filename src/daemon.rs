@@ -123,8 +123,8 @@ pub enum SyncOutcome {
     Synced {
         /// The push.
         push: crate::sync::PushReport,
-        /// The update check after it (`None`: updates are off).
-        update: Option<UpdateAfterSync>,
+        /// The update check after it (`None`: updates are off; boxed, it is large).
+        update: Option<Box<UpdateAfterSync>>,
     },
     /// The server said this device is revoked: its item data was wiped per
     /// `retention.on_revoked`.
@@ -165,6 +165,6 @@ pub async fn sync_and_update(cfg: &AgentConfig) -> Result<SyncOutcome, crate::sy
     };
     Ok(SyncOutcome::Synced {
         push,
-        update: Some(update),
+        update: Some(Box::new(update)),
     })
 }

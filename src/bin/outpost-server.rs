@@ -376,7 +376,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let (d, code) = (&n.device, &n.code);
                 outln!(
                     "device {} added to group {} (id {})",
-                    d.name, d.group, d.device_id
+                    d.name,
+                    d.group,
+                    d.device_id
                 );
                 outln!(
                     "enrollment code (valid until {}, usable once):\n\n    {code}\n",
@@ -446,7 +448,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             )?;
             outln!(
                 "root metadata v{} written; online keys replaced for {:?}",
-                r.root_version, r.roles
+                r.root_version,
+                r.roles
             );
             for f in &r.new_root_key_files {
                 outln!("new root key: {} (move it offline now)", f.display());

@@ -2,12 +2,12 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use outpost::{out, outln};
 use outpost::analyze::{self, AnalyzeOptions, ModelSet};
 use outpost::config::AgentConfig;
 use outpost::export::{self, ExportFilter, Format};
 use outpost::model::{self, runtime, LoadedModel, Task};
 use outpost::store::Store;
+use outpost::{out, outln};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -779,7 +779,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             ))?;
             outln!(
                 "enrolled as {} (group {}, device id {}) with {}",
-                r.name, r.group, r.device_id, server_url
+                r.name,
+                r.group,
+                r.device_id,
+                server_url
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -851,13 +854,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             outln!(
                 "sent {} decisions in {} batches ({} bytes); {} were already on the server",
-                r.acked, r.batches, r.bytes_sent, r.duplicates
+                r.acked,
+                r.batches,
+                r.bytes_sent,
+                r.duplicates
             );
             for x in &r.refused {
                 outln!("  refused {}: {}", x.feedback_id, x.reason);
             }
             use outpost::daemon::UpdateAfterSync;
-            match update {
+            match update.map(|u| *u) {
                 Some(UpdateAfterSync::Checked(u)) => print_update(&u),
                 Some(UpdateAfterSync::Refused(e)) => {
                     outln!("model update refused: {e} (the current models keep serving)")
@@ -890,7 +896,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 outln!(
                     "feedback waiting to sync: {}; synced: {}; reviewed today: {}",
-                    c.waiting_to_sync, c.synced, c.reviewed_today
+                    c.waiting_to_sync,
+                    c.synced,
+                    c.reviewed_today
                 );
                 outln!(
                     "last successful sync: {}",

@@ -16,13 +16,24 @@
 //! - [`serve`]: `outpost-server serve`: the API, the dashboard and the background work.
 //! - [`config`], [`metrics`], [`export_key`]: settings, `/metrics`, sealed USB files.
 //!
-//!
 //! The API's routes, authentication and errors are described in [`api`].
 
+pub mod api;
+pub mod background;
+pub mod config;
+pub mod dashboard;
+pub mod export_key;
+pub mod http;
+pub mod ingest;
+pub mod metrics;
+pub mod ops;
+pub mod repository;
+pub mod serve;
+pub mod store;
+pub mod training;
 
-
+pub use crate::clock::unix_now;
 pub use api::{
     decompress_limited, normalise_code, router, serve, serve_app, ApiError, AppState,
     MAX_BATCH_BYTES, MAX_BODY_BYTES, MAX_SMALL_BODY_BYTES,
 };
-pub use crate::clock::unix_now;

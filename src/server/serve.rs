@@ -63,8 +63,11 @@ pub async fn run(
                 source,
             }
         })?;
-    let state = AppState::new(store, Some(repo.blobs().clone())).with_export_secret(export_secret);
+    let state = AppState::new(store, Some(repo.blobs().clone()))
+        .with_export_secret(export_secret)
+        .with_keys_dir(repo.data_dir())
+        .with_http(cfg.http.clone());
     let app = super::router(state).merge(super::dashboard::router(dashboard));
-    super::serve_app(listener, app).await?;
+    super::serve_app(listener, app, cfg.http.clone()).await?;
     Ok(())
 }

@@ -22,25 +22,14 @@
 //! only its own decisions; every record is checked against the protocol first ([`ingest`]).
 //! Errors are [`ApiError`]s: a status, a machine-readable `code` and a message.
 
-pub mod api;
-pub mod background;
-pub mod config;
-pub mod dashboard;
-pub mod export_key;
-pub mod http;
-pub mod ingest;
-pub mod metrics;
-pub mod ops;
-pub mod repository;
-pub mod serve;
-pub mod store;
-pub mod training;
-
 mod auth;
 
+use super::store::{ServerStore, Via};
+use super::{export_key, http, ingest, metrics, repository, store};
 use crate::protocol::{
     self, EnrollRequest, EnrollResponse, ErrorBody, ErrorCode, UploadAck, PROTOCOL_VERSION,
 };
+use auth::{authenticated_body, read_body};
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
@@ -48,9 +37,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use std::sync::Arc;
-use super::store::{ServerStore, Via};
-use super::{export_key, http, ingest, metrics, repository, store};
-use auth::{SignedHeaders, authenticate_headers, read_body, verify_signed, authenticated_body};
 
 /// Largest accepted request body (compressed), bytes: a feedback batch.
 pub const MAX_BODY_BYTES: usize = 16 << 20;
