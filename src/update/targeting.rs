@@ -250,6 +250,54 @@ mod tests {
     }
 
     #[test]
+    fn an_assignment_counts_only_signed_for_this_device_and_this_report() {
+        use crate::trust::{sign, RoleKeys, SigningKey};
+        let key = SigningKey::generate();
+        let mut root = Root {
+            type_: "root".into(),
+            version: 1,
+            expires: String::new(),
+            keys: BTreeMap::from([(key.key_id(), key.public())]),
+            roles: BTreeMap::new(),
+        };
+        root.roles.insert(
+            "timestamp".into(),
+            RoleKeys {
+                keyids: vec![key.key_id()],
+                threshold: 1,
+            },
+        );
+        let doc = |by: &SigningKey| {
+            sign(
+                DeviceAssignment {
+                    type_: crate::protocol::DEVICE_ASSIGNMENT_TYPE.into(),
+                    device_id: "d".into(),
+                    group: "north".into(),
+                    challenge: "c1".into(),
+                    issued_at: 1,
+                    expires: String::new(),
+                },
+                &[by],
+            )
+        };
+        let good = doc(&key);
+        assert_eq!(
+            verify_assignment(Some(&good), &root, "d", "c1").unwrap(),
+            "north"
+        );
+        assert!(verify_assignment(Some(&good), &root, "other", "c1").is_err());
+        assert!(verify_assignment(Some(&good), &root, "d", "c2")
+            .unwrap_err()
+            .contains("replayed"));
+        assert!(verify_assignment(None, &root, "d", "c1").is_err());
+        let forged = doc(&SigningKey::generate());
+        assert!(verify_assignment(Some(&forged), &root, "d", "c1").is_err());
+        let mut moved = good.clone();
+        moved.signed.group = "south".into();
+        assert!(verify_assignment(Some(&moved), &root, "d", "c1").is_err());
+    }
+
+    #[test]
     fn no_group_or_no_id_gets_only_what_every_device_gets() {
         let t = targets(vec![
             rel("1.0.0", &[], 100, false),
