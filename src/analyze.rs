@@ -16,7 +16,7 @@
 //! resumes where it stopped) unless `force` is set. An item is keyed by its content, and
 //! every place it is met (another scene, another file, another tile of the same scene) is
 //! stored as a sighting, so the export has every footprint and the summary counts items
-//! and places apart. Which files a run reads is [`inputs`].
+//! and places apart. Which files a run reads is decided in `analyze/inputs.rs`.
 
 use crate::config::AgentConfig;
 use crate::infer::geotiff::{footprint, Reprojector};
