@@ -13,7 +13,10 @@
 //! Channels between stages are bounded (two batches), so memory stays flat on a scene of
 //! any size. A file that cannot be read becomes a failure record with a reason; the run goes
 //! on. Items already analysed by the same model version are skipped (so an interrupted run
-//! resumes where it stopped) unless `force` is set.
+//! resumes where it stopped) unless `force` is set. An item is keyed by its content, and
+//! every place it is met (another scene, another file, another tile of the same scene) is
+//! stored as a sighting, so the export has every footprint and the summary counts items
+//! and places apart. Which files a run reads is decided in `analyze/inputs.rs`.
 
 use crate::config::AgentConfig;
 use crate::infer::geotiff::{footprint, Reprojector};

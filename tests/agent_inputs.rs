@@ -413,6 +413,21 @@ fn sources_are_canonical_and_feedback_import_takes_either_form() {
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("imported 1 decisions"), "{o:?}");
+    // Analysed again: the old row's place, stored as typed, is the canonical one; it is
+    // not kept twice.
+    let (code, out, err) = run(
+        &root,
+        &["analyze", tiles.to_str().unwrap(), "--no-progress"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let places: Vec<String> = conn
+        .prepare("SELECT source FROM item_sightings ORDER BY source")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(places, [abs("a.png"), abs("b.png")]);
 }
 
 /// Spawns the agent with stdout on a pipe whose reader is already gone.

@@ -120,23 +120,25 @@ const PUT_SIGHTING: &str = "INSERT INTO item_sightings (item_id, source, locator
      ON CONFLICT (item_id, source, locator, geometry) DO UPDATE SET
        last_run_id = excluded.last_run_id, last_seen = excluded.last_seen";
 
-fn put_sighting(
-    st: &mut rusqlite::CachedStatement<'_>,
-    run_id: i64,
-    s: &Sighting,
-    ts: &str,
-) -> rusqlite::Result<usize> {
-    st.execute(params![
-        s.item_id,
-        s.source,
-        s.locator.as_deref().unwrap_or(""),
-        s.geometry
-            .as_ref()
-            .map(|g| g.to_string())
-            .unwrap_or_default(),
-        run_id,
-        ts
-    ])
+/// A place stored before sources were canonical names the same file by the relative path
+/// it was typed as (`scenes/a.tif`); seen again under its canonical path, the old row goes,
+/// so the same place is not exported twice.
+const DROP_TYPED_SIGHTING: &str = "DELETE FROM item_sightings
+     WHERE item_id = ?1 AND locator = ?3 AND geometry = ?4 AND source <> ?2
+       AND substr(source, 1, 1) <> '/' AND substr(?2, -length(source) - 1) = '/' || source";
+
+fn put_sighting(conn: &Connection, run_id: i64, s: &Sighting, ts: &str) -> rusqlite::Result<()> {
+    let locator = s.locator.as_deref().unwrap_or("");
+    let geometry = s
+        .geometry
+        .as_ref()
+        .map(|g| g.to_string())
+        .unwrap_or_default();
+    conn.prepare_cached(PUT_SIGHTING)?
+        .execute(params![s.item_id, s.source, locator, geometry, run_id, ts])?;
+    conn.prepare_cached(DROP_TYPED_SIGHTING)?
+        .execute(params![s.item_id, s.source, locator, geometry])?;
+    Ok(())
 }
 
 /// A prediction to store.
@@ -311,7 +313,6 @@ impl Store {
                     fresh.insert(it.item_id.clone());
                 }
             }
-            let mut sight = tx.prepare_cached(PUT_SIGHTING)?;
             let mut put_item = tx.prepare_cached(
                 "INSERT INTO items (item_id, kind, source, locator, width, height, geometry, content, content_type, first_seen, last_seen)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)
@@ -331,7 +332,7 @@ impl Store {
                     it.content_type,
                     ts
                 ])?;
-                put_sighting(&mut sight, run_id, &it.sighting(), &ts)?;
+                put_sighting(&tx, run_id, &it.sighting(), &ts)?;
             }
             let mut put_pred = tx.prepare_cached(
                 "INSERT INTO predictions (item_id, model_name, model_version, run_id, labels, top_label, top_score, scores, embedding, truncated, preprocess_ms, infer_ms, created_at)
@@ -400,9 +401,8 @@ impl Store {
                     earlier.insert(item.as_str());
                 }
             }
-            let mut sight = tx.prepare_cached(PUT_SIGHTING)?;
             for s in sightings {
-                put_sighting(&mut sight, run_id, s, &ts)?;
+                put_sighting(&tx, run_id, s, &ts)?;
             }
         }
         tx.commit()?;
