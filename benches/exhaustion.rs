@@ -123,7 +123,10 @@ fn run(label: &str, server_bin: Option<&Path>, http: &str) -> Outcome {
     let base_rss = status_kb(pid, "VmRSS:");
     let base_sockets = sockets(pid);
     println!("\n== {label}");
-    println!("  before: RSS {:.1} MiB, {base_sockets} sockets", mib(base_rss));
+    println!(
+        "  before: RSS {:.1} MiB, {base_sockets} sockets",
+        mib(base_rss)
+    );
 
     let started = Instant::now();
     let mut half_open = Vec::with_capacity(HALF_OPEN);
@@ -151,7 +154,10 @@ fn run(label: &str, server_bin: Option<&Path>, http: &str) -> Outcome {
         .collect();
     let mut peak_sockets = 0;
     let mut closed_after = None;
-    println!("  {:>6} {:>10} {:>10} {:>8}", "t (s)", "RSS MiB", "peak MiB", "sockets");
+    println!(
+        "  {:>6} {:>10} {:>10} {:>8}",
+        "t (s)", "RSS MiB", "peak MiB", "sockets"
+    );
     let deadline = started + Duration::from_secs(40);
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(1000));

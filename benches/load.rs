@@ -118,7 +118,11 @@ fn round(n: usize, agents: usize, items: usize, secs: u64, work: &Path) -> Optio
     // A thousand agents on one loopback address: the per-peer connection limit (there for
     // the field, where a peer is an office) is lifted, as behind a reverse proxy.
     let config = tmp.path().join("server.toml");
-    std::fs::write(&config, "[http]\nmax_connections_per_peer = 0\nmax_connections = 0\n").unwrap();
+    std::fs::write(
+        &config,
+        "[http]\nmax_connections_per_peer = 0\nmax_connections = 0\n",
+    )
+    .unwrap();
     let extra = [
         "--database-url",
         schema.url.as_str(),

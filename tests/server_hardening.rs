@@ -48,7 +48,13 @@ fn enroll(server: &ServerProcess, extra: &[&str], root: &Path, name: &str) -> De
 }
 
 /// POSTs `body` to `path`, signed by `dev` with `nonce`: (status, JSON body).
-fn post_raw(server: &ServerProcess, dev: &Device, path: &str, body: Vec<u8>, nonce: &str) -> (u16, Value) {
+fn post_raw(
+    server: &ServerProcess,
+    dev: &Device,
+    path: &str,
+    body: Vec<u8>,
+    nonce: &str,
+) -> (u16, Value) {
     let ts = outpost::server::unix_now();
     let payload = outpost::protocol::signing_payload("POST", path, &body, ts, nonce);
     let sig = outpost::protocol::b64(dev.key.sign(&payload).as_ref());
@@ -70,7 +76,10 @@ fn post_raw(server: &ServerProcess, dev: &Device, path: &str, body: Vec<u8>, non
             .unwrap();
         let status = r.status().as_u16();
         let text = r.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     })
 }
 
@@ -161,14 +170,21 @@ fn supersession_is_per_device(extra: &[&str], url: Option<&str>) {
     b["supersedes"] = json!(id(&a));
     let (status, ack) = upload(&server, &two, vec![b.clone()]);
     assert_eq!(status, 200, "{ack}");
-    assert_eq!(acked(&ack), vec![id(&b)], "acknowledged, so laptop-2's outbox drains");
+    assert_eq!(
+        acked(&ack),
+        vec![id(&b)],
+        "acknowledged, so laptop-2's outbox drains"
+    );
     assert_eq!(
         stored_supersedes(url, &data, &id(&b)),
         None,
         "the server stored laptop-2's claim on laptop-1's decision"
     );
     let t = training_ids(url, &data);
-    assert!(t.contains(&id(&a)), "laptop-2 cancelled laptop-1's decision: {t:?}");
+    assert!(
+        t.contains(&id(&a)),
+        "laptop-2 cancelled laptop-1's decision: {t:?}"
+    );
     assert!(t.contains(&id(&b)), "{t:?}");
     let text = get_text(&format!("{}/metrics", server.url));
     assert!(
@@ -245,7 +261,9 @@ fn a_malformed_record_is_refused_with_the_field_named() {
             r["content"] = json!("***");
             r["content_type"] = json!("image/png");
         }),
-        ("content_type", |r| r["content"] = json!(outpost::protocol::b64(b"png"))),
+        ("content_type", |r| {
+            r["content"] = json!(outpost::protocol::b64(b"png"))
+        }),
         ("annotator", |r| r["annotator"] = json!("a\u{0}b")),
     ];
     let tmp = tempfile::tempdir().unwrap();
@@ -263,12 +281,22 @@ fn a_malformed_record_is_refused_with_the_field_named() {
         if uuid::Uuid::parse_str(bad["feedback_id"].as_str().unwrap_or("")).is_ok() {
             assert_eq!(body["feedback_id"], bad["feedback_id"], "{body}");
         }
-        assert_eq!(server_feedback_count(&data), 0, "{field}: something was stored");
+        assert_eq!(
+            server_feedback_count(&data),
+            0,
+            "{field}: something was stored"
+        );
     }
     // Too many records in one batch.
-    let many: Vec<Value> = (0..1001).map(|i| record(&format!("t{i}"), "green")).collect();
+    let many: Vec<Value> = (0..1001)
+        .map(|i| record(&format!("t{i}"), "green"))
+        .collect();
     let (status, body) = upload(&server, &dev, many);
-    assert_eq!((status, body["field"].clone()), (400, json!("records")), "{body}");
+    assert_eq!(
+        (status, body["field"].clone()),
+        (400, json!("records")),
+        "{body}"
+    );
     // The harness is right: the same valid record is stored.
     let (status, body) = upload(&server, &dev, vec![record("tile ok", "green")]);
     assert_eq!(status, 200, "{body}");
@@ -286,18 +314,41 @@ fn errors_carry_a_code_and_nonces_must_be_hex() {
     let empty = zstd::bulk::compress(br#"{"protocol":1,"records":[]}"#, 3).unwrap();
     let (status, body) = post_raw(&server, &dev, "/v1/feedback", empty.clone(), &nonce());
     assert_eq!(status, 200, "{body}");
-    let (status, body) = post_raw(&server, &dev, "/v1/feedback", empty.clone(), "zzzzzzzzzzzzzzzzzzzz");
+    let (status, body) = post_raw(
+        &server,
+        &dev,
+        "/v1/feedback",
+        empty.clone(),
+        "zzzzzzzzzzzzzzzzzzzz",
+    );
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["code"], "unauthorized", "{body}");
-    assert!(body["error"].as_str().unwrap().contains("bad nonce"), "{body}");
-    let (status, body) = post_raw(&server, &dev, "/v1/feedback", b"not zstd".to_vec(), &nonce());
-    assert_eq!((status, body["code"].clone()), (400, json!("bad_request")), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("bad nonce"),
+        "{body}"
+    );
+    let (status, body) = post_raw(
+        &server,
+        &dev,
+        "/v1/feedback",
+        b"not zstd".to_vec(),
+        &nonce(),
+    );
+    assert_eq!(
+        (status, body["code"].clone()),
+        (400, json!("bad_request")),
+        "{body}"
+    );
     let (code, out, err) = common::server_cmd(&data, &["devices", "revoke", "laptop-1"]);
     assert_eq!(code, 0, "{out}{err}");
     let (status, body) = post_raw(&server, &dev, "/v1/feedback", empty, &nonce());
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["code"], "revoked", "{body}");
-    assert_eq!(body["error"], outpost::protocol::REVOKED_MESSAGE, "old agents read the text");
+    assert_eq!(
+        body["error"],
+        outpost::protocol::REVOKED_MESSAGE,
+        "old agents read the text"
+    );
 }
 
 /// A server whose `[http]` timeouts and limits are small, for the tests below.
@@ -342,7 +393,14 @@ fn closed_within(s: &mut std::net::TcpStream, wait: Duration) -> bool {
         match s.read(&mut buf) {
             Ok(0) => return true,
             Ok(_) => continue, // a 408 or 400 before the close
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return false,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false
+            }
             Err(_) => return true,
         }
     }
@@ -358,14 +416,18 @@ fn half_open_connections_are_closed_after_the_header_timeout() {
             let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
             if i % 2 == 0 {
                 // Half a request head, never finished.
-                s.write_all(b"POST /v1/feedback HTTP/1.1\r\nHost: x\r\n").unwrap();
+                s.write_all(b"POST /v1/feedback HTTP/1.1\r\nHost: x\r\n")
+                    .unwrap();
             }
             s
         })
         .collect();
     std::thread::sleep(Duration::from_millis(300));
     let held = open_sockets(server.pid());
-    assert!(held >= before + 45, "the server holds the connections: {before} -> {held}");
+    assert!(
+        held >= before + 45,
+        "the server holds the connections: {before} -> {held}"
+    );
     let started = Instant::now();
     for s in &mut conns {
         assert!(
@@ -439,7 +501,10 @@ fn an_oversized_unauthenticated_body_is_refused_without_being_read() {
     for _ in 0..20 {
         let (status, secs) = partial_post(server.port, "", 16 << 20, 256 << 10);
         assert!(status.contains(" 401 "), "{status:?}");
-        assert!(secs < 1.5, "answered only after {secs} s: the body was waited for");
+        assert!(
+            secs < 1.5,
+            "answered only after {secs} s: the body was waited for"
+        );
     }
     // Signed headers of an unknown device: also refused before the body.
     let (status, _) = partial_post(
@@ -479,4 +544,56 @@ fn an_enrolled_device_gets_413_for_a_body_over_the_limit_and_408_for_a_stalled_o
     let (status, secs) = signed(1 << 20);
     assert!(status.contains(" 408 "), "{status:?}");
     assert!((1.5..4.5).contains(&secs), "{secs}");
+}
+
+/// A real agent whose outbox holds one record the server refuses: the agent sets that one
+/// aside (kept, reported) and the rest of its outbox is synced, instead of the whole batch
+/// being retried forever.
+#[test]
+fn the_agent_sets_aside_a_refused_record_and_syncs_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let server = ServerProcess::start(&data, common::free_port());
+    let (code, out, err) = common::server_cmd(&data, &["devices", "add", "--name", "laptop-1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let code = out
+        .lines()
+        .map(str::trim)
+        .find(|l| l.len() == 24 && l.matches('-').count() == 4)
+        .unwrap()
+        .to_string();
+    let dir = tmp.path().join("agent");
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("agent.db");
+    common::seed_feedback(&db, 5, "aside");
+    let bad = common::outbox_ids(&db)[2].clone();
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute(
+            "UPDATE feedback SET created_at = 'yesterday' WHERE feedback_id = ?1",
+            [&bad],
+        )
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(outpost::sync::enroll(&db, &dir, &server.url, &code))
+        .unwrap();
+    let r = rt.block_on(outpost::sync::sync_once(&db, &dir)).unwrap();
+    assert_eq!(r.acked, 4, "{r:?}");
+    assert_eq!(r.refused.len(), 1, "{r:?}");
+    assert_eq!(r.refused[0].feedback_id, bad);
+    assert!(r.refused[0].reason.contains("created_at"), "{r:?}");
+    assert_eq!(server_feedback_count(&data), 4);
+    let pending: Vec<String> = rusqlite::Connection::open(&db)
+        .unwrap()
+        .prepare("SELECT feedback_id FROM outbox WHERE acked_at IS NULL")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        pending,
+        [bad],
+        "the refused record alone stays in the outbox"
+    );
 }

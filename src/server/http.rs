@@ -220,12 +220,13 @@ pub async fn serve(
         };
         let body_timeout = settings.body_read_timeout();
         let app = app.clone();
-        let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            let mut req = req.map(|b| Body::new(DeadlineBody::new(Body::new(b), body_timeout)));
-            req.extensions_mut().insert(ConnectInfo(peer));
-            let mut app = app.clone();
-            async move { tower_service::Service::call(&mut app, req).await }
-        });
+        let service =
+            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let mut req = req.map(|b| Body::new(DeadlineBody::new(Body::new(b), body_timeout)));
+                req.extensions_mut().insert(ConnectInfo(peer));
+                let mut app = app.clone();
+                async move { tower_service::Service::call(&mut app, req).await }
+            });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(settings.header_read_timeout())

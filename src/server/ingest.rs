@@ -52,7 +52,11 @@ pub fn parse_batch(raw: &[u8]) -> Result<UploadBatch, Invalid> {
 
 /// `3` from `records[3].kind`.
 fn record_index(path: &str) -> Option<usize> {
-    path.strip_prefix("records[")?.split(']').next()?.parse().ok()
+    path.strip_prefix("records[")?
+        .split(']')
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// The feedback id of record `i` of a batch that did not parse into wire types, if that
@@ -120,7 +124,10 @@ pub fn check_record(r: &FeedbackRecord) -> Result<(), Problem> {
         }
     }
     if r.item_id.len() != 64 || !r.item_id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(("item_id", "must be a sha256 content hash (64 hex digits)".into()));
+        return Err((
+            "item_id",
+            "must be a sha256 content hash (64 hex digits)".into(),
+        ));
     }
     let name_ok = |s: &str| {
         !s.is_empty()
@@ -229,7 +236,10 @@ fn check_payload(r: &FeedbackRecord) -> Result<(), Problem> {
                     && t.bytes().all(|c| c.is_ascii_graphic() || c == b' ')
             });
         if !mime_ok {
-            return Err(("content_type", "must be a MIME type such as image/png".into()));
+            return Err((
+                "content_type",
+                "must be a MIME type such as image/png".into(),
+            ));
         }
     } else if let Some(t) = &r.content_type {
         text_field("content_type", t, false)?;

@@ -422,7 +422,10 @@ struct SignedHeaders {
 /// present and well formed, the timestamp is within the window, and the device is known,
 /// enrolled and not revoked. So nobody who is not an enrolled device gets the server to
 /// read (and hold) a body.
-async fn authenticate_headers(st: &AppState, headers: &HeaderMap) -> Result<SignedHeaders, ApiError> {
+async fn authenticate_headers(
+    st: &AppState,
+    headers: &HeaderMap,
+) -> Result<SignedHeaders, ApiError> {
     check_protocol(headers)?;
     let h = |name: &str| {
         headers
@@ -486,7 +489,11 @@ async fn read_body(
     body: Body,
     limit: usize,
 ) -> Result<Bytes, ApiError> {
-    let too_large = || ApiError::TooLarge(format!("the body is larger than this endpoint's {limit} bytes"));
+    let too_large = || {
+        ApiError::TooLarge(format!(
+            "the body is larger than this endpoint's {limit} bytes"
+        ))
+    };
     let declared = headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -496,7 +503,12 @@ async fn read_body(
     }
     let timeout = st.http.body_read_timeout();
     let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await;
-    let timed_out = || ApiError::Timeout(format!("the request body did not arrive within {} s", timeout.as_secs()));
+    let timed_out = || {
+        ApiError::Timeout(format!(
+            "the request body did not arrive within {} s",
+            timeout.as_secs()
+        ))
+    };
     match read {
         Err(_) => Err(timed_out()),
         Ok(Ok(b)) => Ok(b),

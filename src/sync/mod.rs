@@ -689,7 +689,10 @@ mod tests {
 
     #[tokio::test]
     async fn revocation_is_told_by_the_code_and_by_an_old_servers_text() {
-        let by_code = reading_of(403, r#"{"error":"worded differently now","code":"revoked"}"#);
+        let by_code = reading_of(
+            403,
+            r#"{"error":"worded differently now","code":"revoked"}"#,
+        );
         assert!(matches!(by_code.await, SyncError::Revoked));
         let old = reading_of(403, r#"{"error":"this device has been revoked"}"#);
         assert!(matches!(old.await, SyncError::Revoked));

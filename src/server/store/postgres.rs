@@ -467,9 +467,13 @@ impl ServerStore for PostgresServerStore {
                 None => None,
             };
             let supersedes: Option<&str> = match &r.supersedes {
-                Some(s) => match tx.query_opt(&owner, &[s])?.map(|row| row.get::<_, String>(0)) {
+                Some(s) => match tx
+                    .query_opt(&owner, &[s])?
+                    .map(|row| row.get::<_, String>(0))
+                {
                     Some(who) if who != device_id => {
-                        out.foreign_supersedes.push((r.feedback_id.clone(), s.clone()));
+                        out.foreign_supersedes
+                            .push((r.feedback_id.clone(), s.clone()));
                         None
                     }
                     _ => Some(s.as_str()),

@@ -314,9 +314,13 @@ impl ServerStore for SqliteServerStore {
                     None => None,
                 };
                 let supersedes = match &r.supersedes {
-                    Some(s) => match owner.query_row([s], |row| row.get::<_, String>(0)).optional()? {
+                    Some(s) => match owner
+                        .query_row([s], |row| row.get::<_, String>(0))
+                        .optional()?
+                    {
                         Some(who) if who != device_id => {
-                            out.foreign_supersedes.push((r.feedback_id.clone(), s.clone()));
+                            out.foreign_supersedes
+                                .push((r.feedback_id.clone(), s.clone()));
                             None
                         }
                         _ => Some(s.as_str()),
