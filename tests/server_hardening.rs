@@ -597,3 +597,45 @@ fn the_agent_sets_aside_a_refused_record_and_syncs_the_rest() {
         "the refused record alone stays in the outbox"
     );
 }
+
+/// `/metrics` needs no sign-in, so by default only this machine gets it: a request that came
+/// through a proxy is refused, and the config can switch it off.
+#[test]
+fn metrics_are_served_to_this_machine_only_by_default() {
+    let get = |url: String, forwarded: bool| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut req = reqwest::Client::new().get(url);
+            if forwarded {
+                req = req.header("x-forwarded-for", "203.0.113.9");
+            }
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            let text = r.text().await.unwrap();
+            (
+                status,
+                serde_json::from_str::<Value>(&text).unwrap_or(Value::Null),
+            )
+        })
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&tmp.path().join("s1"), common::free_port());
+    assert_eq!(get(format!("{}/metrics", server.url), false).0, 200);
+    let (status, body) = get(format!("{}/metrics", server.url), true);
+    assert_eq!(
+        (status, body["code"].clone()),
+        (403, json!("forbidden")),
+        "{body}"
+    );
+    let config = tmp.path().join("off.toml");
+    std::fs::write(&config, "[http]\nmetrics = \"off\"\n").unwrap();
+    let off = ServerProcess::start_with(
+        &tmp.path().join("s2"),
+        common::free_port(),
+        &["--config", config.to_str().unwrap()],
+    );
+    assert_eq!(get(format!("{}/metrics", off.url), false).0, 404);
+}
