@@ -545,3 +545,97 @@ fn an_enrolled_device_gets_413_for_a_body_over_the_limit_and_408_for_a_stalled_o
     assert!(status.contains(" 408 "), "{status:?}");
     assert!((1.5..4.5).contains(&secs), "{secs}");
 }
+
+/// A real agent whose outbox holds one record the server refuses: the agent sets that one
+/// aside (kept, reported) and the rest of its outbox is synced, instead of the whole batch
+/// being retried forever.
+#[test]
+fn the_agent_sets_aside_a_refused_record_and_syncs_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let server = ServerProcess::start(&data, common::free_port());
+    let (code, out, err) = common::server_cmd(&data, &["devices", "add", "--name", "laptop-1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let code = out
+        .lines()
+        .map(str::trim)
+        .find(|l| l.len() == 24 && l.matches('-').count() == 4)
+        .unwrap()
+        .to_string();
+    let dir = tmp.path().join("agent");
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("agent.db");
+    common::seed_feedback(&db, 5, "aside");
+    let bad = common::outbox_ids(&db)[2].clone();
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute(
+            "UPDATE feedback SET created_at = 'yesterday' WHERE feedback_id = ?1",
+            [&bad],
+        )
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(outpost::sync::enroll(&db, &dir, &server.url, &code))
+        .unwrap();
+    let r = rt.block_on(outpost::sync::sync_once(&db, &dir)).unwrap();
+    assert_eq!(r.acked, 4, "{r:?}");
+    assert_eq!(r.refused.len(), 1, "{r:?}");
+    assert_eq!(r.refused[0].feedback_id, bad);
+    assert!(r.refused[0].reason.contains("created_at"), "{r:?}");
+    assert_eq!(server_feedback_count(&data), 4);
+    let pending: Vec<String> = rusqlite::Connection::open(&db)
+        .unwrap()
+        .prepare("SELECT feedback_id FROM outbox WHERE acked_at IS NULL")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        pending,
+        [bad],
+        "the refused record alone stays in the outbox"
+    );
+}
+
+/// `/metrics` needs no sign-in, so by default only this machine gets it: a request that came
+/// through a proxy is refused, and the config can switch it off.
+#[test]
+fn metrics_are_served_to_this_machine_only_by_default() {
+    let get = |url: String, forwarded: bool| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut req = reqwest::Client::new().get(url);
+            if forwarded {
+                req = req.header("x-forwarded-for", "203.0.113.9");
+            }
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            let text = r.text().await.unwrap();
+            (
+                status,
+                serde_json::from_str::<Value>(&text).unwrap_or(Value::Null),
+            )
+        })
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&tmp.path().join("s1"), common::free_port());
+    assert_eq!(get(format!("{}/metrics", server.url), false).0, 200);
+    let (status, body) = get(format!("{}/metrics", server.url), true);
+    assert_eq!(
+        (status, body["code"].clone()),
+        (403, json!("forbidden")),
+        "{body}"
+    );
+    let config = tmp.path().join("off.toml");
+    std::fs::write(&config, "[http]\nmetrics = \"off\"\n").unwrap();
+    let off = ServerProcess::start_with(
+        &tmp.path().join("s2"),
+        common::free_port(),
+        &["--config", config.to_str().unwrap()],
+    );
+    assert_eq!(get(format!("{}/metrics", off.url), false).0, 404);
+}

@@ -299,13 +299,13 @@ fn a_device_supersedes_only_its_own_decisions(s: Arc<dyn ServerStore>) {
     s.ingest(&one, std::slice::from_ref(&a), Via::Http).unwrap();
     let mut b = record(&uuid(), "b", "sea", "2026-11-28T00:01:00Z");
     b.supersedes = Some(a.feedback_id.clone());
-    let r = s.ingest(&two, &[b.clone()], Via::Http).unwrap();
+    let r = s.ingest(&two, std::slice::from_ref(&b), Via::Http).unwrap();
     assert_eq!(r.acked, [b.feedback_id.clone()], "kept and acknowledged");
     // laptop-2 names an id laptop-1 has not sent yet; then laptop-1 sends it.
     let future = uuid();
     let mut c = record(&uuid(), "c", "sea", "2026-11-28T00:02:00Z");
     c.supersedes = Some(future.clone());
-    s.ingest(&two, &[c.clone()], Via::Http).unwrap();
+    s.ingest(&two, std::slice::from_ref(&c), Via::Http).unwrap();
     let d = record(&future, "d", "forest", "2026-11-28T00:03:00Z");
     s.ingest(&one, std::slice::from_ref(&d), Via::Http).unwrap();
     let ids: Vec<String> = s
@@ -324,7 +324,7 @@ fn a_device_supersedes_only_its_own_decisions(s: Arc<dyn ServerStore>) {
     // A device's own supersession still replaces.
     let mut e = record(&uuid(), "a", "river", "2026-11-28T00:04:00Z");
     e.supersedes = Some(d.feedback_id.clone());
-    s.ingest(&one, &[e.clone()], Via::Http).unwrap();
+    s.ingest(&one, std::slice::from_ref(&e), Via::Http).unwrap();
     let ids: Vec<String> = s
         .training_feedback("landcover")
         .unwrap()

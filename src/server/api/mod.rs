@@ -699,3 +699,29 @@ pub async fn serve_app(
     })
     .await
 }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_access_follows_the_setting_and_the_peer() {
+        let h = HeaderMap::new();
+        let local = Some("127.0.0.1:5000".parse().unwrap());
+        let remote = Some("10.1.2.3:5000".parse().unwrap());
+        let check = |a, p| check_metrics_access(a, p, &h).map_err(|e| e.code());
+        assert_eq!(check(http::MetricsAccess::Loopback, local), Ok(()));
+        assert_eq!(
+            check(http::MetricsAccess::Loopback, remote),
+            Err(ErrorCode::Forbidden)
+        );
+        assert_eq!(
+            check(http::MetricsAccess::Loopback, None),
+            Err(ErrorCode::Forbidden)
+        );
+        assert_eq!(check(http::MetricsAccess::Anyone, remote), Ok(()));
+        assert_eq!(
+            check(http::MetricsAccess::Off, local),
+            Err(ErrorCode::NotFound)
+        );
+    }
+}
