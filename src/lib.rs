@@ -17,6 +17,7 @@
 //! - [`infer`]: the image and text pipelines (decode, tile, georeference, tokenize, batch).
 //! - [`store`]: the agent's SQLite database (items, predictions, runs, failures).
 //! - [`review`]: the local review page and its JSON API.
+//! - [`decisions`]: decisions given from the command line, a labels CSV, or a USB export.
 //! - [`analyze`]: the `outpost analyze` job that ties the pipelines to the store.
 //! - [`export`]: JSON, CSV and GeoJSON output of stored results.
 //! - [`identity`]: the device's Ed25519 key and request signing.
@@ -40,6 +41,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod decisions;
 pub mod doctor;
 pub mod drift;
 pub mod encoding;

@@ -192,7 +192,7 @@ fn crisis_reports_flag_text_that_is_not_a_crisis_report() {
     let mut n = 0;
     for f in [
         "src/drift.rs",
-        "src/server/training.rs",
+        "src/server/training/mod.rs",
         "src/trust/mod.rs",
         "src/model/bundle.rs",
         "src/analyze.rs",

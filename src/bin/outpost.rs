@@ -1390,23 +1390,6 @@ fn tempfile_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn label_space(
-    manifests: &[model::Manifest],
-    name: &str,
-) -> Result<outpost::store::feedback::LabelSpace> {
-    let m = manifests
-        .iter()
-        .filter(|m| m.name == name)
-        .max_by_key(|m| model::manifest::parse_version(&m.version))
-        .with_context(|| {
-            format!("model {name:?} is not installed, so its labels cannot be checked")
-        })?;
-    Ok(outpost::store::feedback::LabelSpace {
-        labels: m.labels.clone(),
-        multi_label: m.multi_label,
-    })
-}
-
 fn open_existing_store(cfg: &AgentConfig) -> Result<Store> {
     let db = cfg.database_path();
     if !db.exists() {
@@ -1439,20 +1422,7 @@ fn print_feedback(f: &outpost::store::feedback::Feedback) {
     );
 }
 
-fn resolve_item(store: &Store, item: &str, locator: Option<&str>) -> Result<String> {
-    if item.len() == 64 && item.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Ok(item.to_string());
-    }
-    store.find_item(item, locator)?.with_context(|| {
-        format!(
-            "no analysed item from {item:?}{}",
-            locator.map(|l| format!(" at {l:?}")).unwrap_or_default()
-        )
-    })
-}
-
 fn feedback_command(cfg: &AgentConfig, command: FeedbackCommand) -> Result<ExitCode> {
-    use outpost::store::feedback::NewFeedback;
     let mut store = open_existing_store(cfg)?;
     match command {
         FeedbackCommand::List {
@@ -1488,33 +1458,15 @@ fn feedback_command(cfg: &AgentConfig, command: FeedbackCommand) -> Result<ExitC
             model,
             new,
         } => {
-            let item_id = resolve_item(&store, &item, locator.as_deref())?;
-            let model = match model {
-                Some(m) => m,
-                None => store
-                    .item_models(&item_id)?
-                    .into_iter()
-                    .next()
-                    .context("the item has no prediction")?,
-            };
             let manifests = read_manifests(&cfg.models_dir());
-            let space = label_space(&manifests, &model)?;
-            let kind: String = store.conn().query_row(
-                "SELECT kind FROM items WHERE item_id = ?1",
-                [&item_id],
-                |r| r.get(0),
-            )?;
-            let f = store.give_feedback(
-                &NewFeedback {
-                    item_id,
-                    model_name: model,
-                    declared_new: if new { labels.clone() } else { Vec::new() },
-                    labels,
-                    annotator: cfg.feedback.annotator(),
-                    include_content: cfg.feedback.include_content(&kind),
-                },
-                &space,
-            )?;
+            let g = outpost::decisions::Give {
+                item,
+                locator,
+                model,
+                labels,
+                new_labels: new,
+            };
+            let f = outpost::decisions::give(&mut store, cfg, &manifests, g)?;
             print_feedback(&f);
         }
         FeedbackCommand::Undo { id } => {
@@ -1530,132 +1482,38 @@ fn feedback_command(cfg: &AgentConfig, command: FeedbackCommand) -> Result<ExitC
             allow_new_labels,
         } => {
             let manifests = read_manifests(&cfg.models_dir());
-            let mut rdr = csv::Reader::from_path(&file)
-                .with_context(|| format!("cannot read {}", file.display()))?;
-            let headers = rdr.headers()?.clone();
-            let col = |n: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(n));
-            let (c_item, c_source, c_locator, c_model) =
-                (col("item_id"), col("source"), col("locator"), col("model"));
-            let c_labels = col("labels").or_else(|| col("label"));
-            let Some(c_labels) = c_labels else {
-                bail!(
-                    "{}: no label or labels column (found {:?})",
-                    file.display(),
-                    headers.iter().collect::<Vec<_>>()
-                );
-            };
-            if c_item.is_none() && c_source.is_none() {
-                bail!(
-                    "{}: needs an item_id column, or source (and locator) columns",
-                    file.display()
-                );
-            }
-            let (mut ok, mut failed) = (0usize, 0usize);
-            for (i, rec) in rdr.records().enumerate() {
-                let row = i + 2;
-                let result = (|| -> Result<()> {
-                    let rec = rec?;
-                    let get = |c: Option<usize>| {
-                        c.and_then(|c| rec.get(c))
-                            .map(str::trim)
-                            .filter(|s| !s.is_empty())
-                    };
-                    let item_id = match get(c_item) {
-                        Some(id) => id.to_string(),
-                        None => resolve_item(
-                            &store,
-                            get(c_source).context("empty source")?,
-                            get(c_locator),
-                        )?,
-                    };
-                    let model = match get(c_model) {
-                        Some(m) => m.to_string(),
-                        None => store
-                            .item_models(&item_id)?
-                            .into_iter()
-                            .next()
-                            .context("the item has no prediction")?,
-                    };
-                    let labels: Vec<String> = get(Some(c_labels))
-                        .unwrap_or_default()
-                        .split(';')
-                        .map(str::to_string)
-                        .collect();
-                    let kind: String = store
-                        .conn()
-                        .query_row(
-                            "SELECT kind FROM items WHERE item_id = ?1",
-                            [&item_id],
-                            |r| r.get(0),
-                        )
-                        .with_context(|| format!("no item {item_id}"))?;
-                    store.give_feedback(
-                        &NewFeedback {
-                            item_id,
-                            model_name: model.clone(),
-                            declared_new: if allow_new_labels {
-                                labels.clone()
-                            } else {
-                                Vec::new()
-                            },
-                            labels,
-                            annotator: cfg.feedback.annotator(),
-                            include_content: cfg.feedback.include_content(&kind),
-                        },
-                        &label_space(&manifests, &model)?,
-                    )?;
-                    Ok(())
-                })();
-                match result {
-                    Ok(()) => ok += 1,
-                    Err(e) => {
-                        failed += 1;
-                        eprintln!("row {row}: {e:#}");
-                    }
-                }
+            let r = outpost::decisions::import_csv(
+                &mut store,
+                cfg,
+                &manifests,
+                &file,
+                allow_new_labels,
+            )?;
+            for (row, why) in &r.refused {
+                eprintln!("row {row}: {why}");
             }
             outln!(
-                "imported {ok} decisions from {}; {failed} rows refused",
-                file.display()
+                "imported {} decisions from {}; {} rows refused",
+                r.recorded,
+                file.display(),
+                r.refused.len()
             );
-            if failed > 0 {
+            if !r.refused.is_empty() {
                 return Ok(ExitCode::from(EXIT_PARTIAL));
             }
         }
         FeedbackCommand::Export { file, plain } => {
-            use base64::Engine;
-            let records = store.pending_records(usize::MAX >> 1)?;
-            let key = store
-                .state("export_key")?
-                .and_then(|k| base64::engine::general_purpose::STANDARD.decode(k).ok())
-                .and_then(|k| <[u8; 32]>::try_from(k).ok())
-                .map(outpost::store::usb::ExportKey)
-                .filter(|_| !plain);
-            let encrypted = !matches!(
-                outpost::store::vault::protection(&cfg.data_dir())?,
-                outpost::store::vault::Protection::Plain
-            );
-            if key.is_none() && encrypted && !plain {
-                bail!(
-                    "this agent's data is encrypted, but it has no export key to seal the file with (it is not enrolled, or enrolled before sealed exports): enroll it, or pass --plain to write the decisions unencrypted"
-                );
-            }
-            let header = outpost::store::usb::write(
-                &file,
-                &records,
-                store.state("device_id")?,
-                key.as_ref(),
-            )?;
+            let e = outpost::decisions::export_usb(&store, &cfg.data_dir(), &file, plain)?;
             outln!(
                 "wrote {} pending decisions to {} ({}, sha256 {}); they stay pending here until the agent syncs",
-                header.records,
+                e.header.records,
                 file.display(),
-                if key.is_some() {
+                if e.sealed {
                     "sealed for the server this device enrolled with"
                 } else {
                     "NOT encrypted: keep the stick safe"
                 },
-                &header.sha256[..16]
+                &e.header.sha256[..16]
             );
         }
     }
