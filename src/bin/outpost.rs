@@ -47,59 +47,9 @@ enum Command {
     /// (one report per file), .csv (one per row) and .jsonl (one per line). Results go to the
     /// agent's database; --format/--out also export them. Exit code 0: all inputs analysed;
     /// 3: some inputs failed (listed in the summary); 1: nothing could be done.
-    Analyze {
-        /// Files and folders to analyze.
-        #[arg(required = true, value_name = "PATH")]
-        inputs: Vec<PathBuf>,
-        /// Export this run's results in a format (to --out, or standard output).
-        #[arg(long, value_enum)]
-        format: Option<Format>,
-        /// File to export to (the format follows the extension if --format is not given).
-        #[arg(long, value_name = "FILE")]
-        out: Option<PathBuf>,
-        /// Only run the model with this name.
-        #[arg(long, value_name = "NAME")]
-        model: Option<String>,
-        /// CSV column or JSON field with the report text.
-        #[arg(long, value_name = "NAME")]
-        text_field: Option<String>,
-        /// Analyze again items already analysed by the same model version.
-        #[arg(long)]
-        force: bool,
-        /// Image tiles per inference batch (reports: analyze.text_batch_size in the config).
-        #[arg(long)]
-        batch_size: Option<usize>,
-        /// Tile size for scenes in pixels (default: the model's input size).
-        #[arg(long)]
-        tile_size: Option<u32>,
-        /// Overlap between scene tiles in pixels.
-        #[arg(long)]
-        tile_overlap: Option<u32>,
-        /// Print the summary as JSON instead of text.
-        #[arg(long)]
-        json_summary: bool,
-        /// No progress bar.
-        #[arg(long)]
-        no_progress: bool,
-    },
+    Analyze(AnalyzeArgs),
     /// Export stored results (default: those of the last run).
-    Export {
-        /// Output format.
-        #[arg(long, value_enum, default_value = "json")]
-        format: Format,
-        /// Output file (default: standard output).
-        #[arg(long, value_name = "FILE")]
-        out: Option<PathBuf>,
-        /// Export this run instead of the last one.
-        #[arg(long, conflicts_with = "all")]
-        run: Option<i64>,
-        /// Export every stored prediction.
-        #[arg(long)]
-        all: bool,
-        /// Only this model.
-        #[arg(long, value_name = "NAME")]
-        model: Option<String>,
-    },
+    Export(ExportArgs),
     /// Measure end-to-end throughput against raw ONNX Runtime on the same model, side by side.
     Bench {
         /// Folder of image tiles (default: <shared data>/eurosat).
@@ -145,23 +95,7 @@ enum Command {
     },
     /// The long-running agent: the review page plus a background loop that syncs feedback
     /// whenever the server is reachable (backing off while it is not).
-    Run {
-        /// Address of the review page.
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8470")]
-        listen: std::net::SocketAddr,
-        /// Name recorded with each decision.
-        #[arg(long, value_name = "NAME")]
-        annotator: Option<String>,
-        /// Upload cap in kilobytes per second (default: none).
-        #[arg(long, value_name = "KB")]
-        bandwidth_kbps: Option<u64>,
-        /// Seconds between outbox checks when nothing happens.
-        #[arg(long, default_value_t = 60)]
-        idle_check_secs: u64,
-        /// Longest wait between tries while the server is unreachable, in seconds.
-        #[arg(long, default_value_t = 600)]
-        max_backoff_secs: u64,
-    },
+    Run(RunArgs),
     /// Check this installation: ONNX Runtime, models, database, disk space, server, clock.
     ///
     /// Prints each problem with its fix. Exit code 1 if a check failed (warnings do not count).
@@ -183,67 +117,165 @@ enum Command {
     /// Check for model updates once: verify the signed metadata from the pinned root,
     /// download what this device should run (resuming partial files), validate it and
     /// switch. Exit code 1 if something was refused (the current models keep serving).
-    Update {
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Update(UpdateArgs),
     /// Delete reviewed items whose decisions the server acknowledged (retention policy):
     /// the tile or report, its predictions and embeddings, its decisions. Unreviewed items
     /// and anything not yet synced stay. Securely: freed pages are zeroed and the database
     /// rebuilt (VACUUM).
-    Purge {
-        /// Only items whose last decision was acknowledged at least this many days ago
-        /// (default: retention.purge_after_days in the config, 30).
-        #[arg(long, value_name = "DAYS")]
-        older_than_days: Option<u32>,
-        /// Count what would go, delete nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
+    Purge(PurgeArgs),
     /// Encrypt the agent's data at rest (SQLCipher; an existing database is converted).
     ///
     /// --passphrase (laptops): the key is wrapped under a passphrase (Argon2id), asked for
     /// by every command that reads items. --systemd-creds (unattended boxes, as root): the
     /// key is sealed by systemd-creds (TPM2 where present, else the host key). Prints a
     /// recovery key once: keep it away from the device.
-    Encrypt {
-        /// Keep the key under a passphrase.
-        #[arg(
-            long,
-            conflicts_with = "systemd_creds",
-            required_unless_present = "systemd_creds"
-        )]
-        passphrase: bool,
-        /// Seal the key with systemd-creds.
-        #[arg(long)]
-        systemd_creds: bool,
-        /// Read the new passphrase from this file instead of asking twice.
-        #[arg(long, value_name = "FILE", requires = "passphrase")]
-        passphrase_file: Option<PathBuf>,
-    },
+    Encrypt(EncryptArgs),
     /// Change the passphrase (only the 32-byte key is rewrapped; the database is not
     /// re-encrypted). The current passphrase is asked for, or $OUTPOST_PASSPHRASE_FILE read.
-    Passphrase {
-        /// The passphrase is lost: prove the right to the data with the recovery key
-        /// printed by `outpost encrypt` instead (read from this file, or asked for with `-`).
-        #[arg(long, value_name = "FILE")]
-        recovery_key: Option<PathBuf>,
-        /// Read the new passphrase from this file instead of asking twice.
-        #[arg(long, value_name = "FILE")]
-        new_passphrase_file: Option<PathBuf>,
-    },
+    Passphrase(PassphraseArgs),
     /// What is waiting, when the last sync succeeded, and why the last one failed.
-    Status {
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Status(StatusArgs),
     /// Inspect and check model bundles.
     Models {
         #[command(subcommand)]
         command: ModelsCommand,
     },
+}
+
+/// Arguments of `status`.
+#[derive(clap::Args)]
+struct StatusArgs {
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `purge`.
+#[derive(clap::Args)]
+struct PurgeArgs {
+    /// Only items whose last decision was acknowledged at least this many days ago
+    /// (default: retention.purge_after_days in the config, 30).
+    #[arg(long, value_name = "DAYS")]
+    older_than_days: Option<u32>,
+    /// Count what would go, delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// Arguments of `update`.
+#[derive(clap::Args)]
+struct UpdateArgs {
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `run`.
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Address of the review page.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8470")]
+    listen: std::net::SocketAddr,
+    /// Name recorded with each decision.
+    #[arg(long, value_name = "NAME")]
+    annotator: Option<String>,
+    /// Upload cap in kilobytes per second (default: none).
+    #[arg(long, value_name = "KB")]
+    bandwidth_kbps: Option<u64>,
+    /// Seconds between outbox checks when nothing happens.
+    #[arg(long, default_value_t = 60)]
+    idle_check_secs: u64,
+    /// Longest wait between tries while the server is unreachable, in seconds.
+    #[arg(long, default_value_t = 600)]
+    max_backoff_secs: u64,
+}
+
+/// Arguments of `export`.
+#[derive(clap::Args)]
+struct ExportArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value = "json")]
+    format: Format,
+    /// Output file (default: standard output).
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Export this run instead of the last one.
+    #[arg(long, conflicts_with = "all")]
+    run: Option<i64>,
+    /// Export every stored prediction.
+    #[arg(long)]
+    all: bool,
+    /// Only this model.
+    #[arg(long, value_name = "NAME")]
+    model: Option<String>,
+}
+
+/// Arguments of `passphrase`.
+#[derive(clap::Args)]
+struct PassphraseArgs {
+    /// The passphrase is lost: prove the right to the data with the recovery key
+    /// printed by `outpost encrypt` instead (read from this file, or asked for with `-`).
+    #[arg(long, value_name = "FILE")]
+    recovery_key: Option<PathBuf>,
+    /// Read the new passphrase from this file instead of asking twice.
+    #[arg(long, value_name = "FILE")]
+    new_passphrase_file: Option<PathBuf>,
+}
+
+/// Arguments of `encrypt`.
+#[derive(clap::Args)]
+struct EncryptArgs {
+    /// Keep the key under a passphrase.
+    #[arg(
+        long,
+        conflicts_with = "systemd_creds",
+        required_unless_present = "systemd_creds"
+    )]
+    passphrase: bool,
+    /// Seal the key with systemd-creds.
+    #[arg(long)]
+    systemd_creds: bool,
+    /// Read the new passphrase from this file instead of asking twice.
+    #[arg(long, value_name = "FILE", requires = "passphrase")]
+    passphrase_file: Option<PathBuf>,
+}
+
+/// `outpost analyze`: what to read and how.
+#[derive(clap::Args)]
+struct AnalyzeArgs {
+    /// Files and folders to analyze.
+    #[arg(required = true, value_name = "PATH")]
+    inputs: Vec<PathBuf>,
+    /// Export this run's results in a format (to --out, or standard output).
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+    /// File to export to (the format follows the extension if --format is not given).
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Only run the model with this name.
+    #[arg(long, value_name = "NAME")]
+    model: Option<String>,
+    /// CSV column or JSON field with the report text.
+    #[arg(long, value_name = "NAME")]
+    text_field: Option<String>,
+    /// Analyze again items already analysed by the same model version.
+    #[arg(long)]
+    force: bool,
+    /// Image tiles per inference batch (reports: analyze.text_batch_size in the config).
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Tile size for scenes in pixels (default: the model's input size).
+    #[arg(long)]
+    tile_size: Option<u32>,
+    /// Overlap between scene tiles in pixels.
+    #[arg(long)]
+    tile_overlap: Option<u32>,
+    /// Print the summary as JSON instead of text.
+    #[arg(long)]
+    json_summary: bool,
+    /// No progress bar.
+    #[arg(long)]
+    no_progress: bool,
 }
 
 #[derive(Subcommand)]
@@ -420,9 +452,9 @@ fn reads_items(c: &Command) -> bool {
         c,
         Command::Doctor { .. }
             | Command::Bench { .. }
-            | Command::Encrypt { .. }
-            | Command::Passphrase { .. }
-            | Command::Run { .. }
+            | Command::Encrypt(_)
+            | Command::Passphrase(_)
+            | Command::Run(_)
             | Command::Review { .. }
             | Command::Models {
                 command: ModelsCommand::Verify | ModelsCommand::Hash { .. }
@@ -513,203 +545,410 @@ fn new_passphrase(
     Ok(a)
 }
 
+/// `outpost analyze`: loads the models, analyses the inputs (Ctrl-C stops after the
+/// current batch), prints the summary and drift alerts, and exports if asked.
+fn analyze_command(cfg: &AgentConfig, a: AnalyzeArgs) -> Result<ExitCode> {
+    let AnalyzeArgs {
+        inputs,
+        format,
+        out,
+        model,
+        text_field,
+        force,
+        batch_size,
+        tile_size,
+        tile_overlap,
+        json_summary,
+        no_progress,
+    } = a;
+    let models = load_models(cfg, model.as_deref())?;
+    let mut set = ModelSet::default();
+    for m in &models {
+        tracing::info!(model = %m.id(), task = m.task().as_str(), "model ready");
+        match m.task() {
+            Task::ImageClassification => set.image.push(m.clone()),
+            Task::TextClassification => set.text.push(m.clone()),
+        }
+    }
+    let mut opts = AnalyzeOptions::from_config(cfg, inputs);
+    opts.force = force;
+    opts.progress = !no_progress;
+    if let Some(f) = text_field {
+        opts.text.field = Some(f);
+    }
+    if let Some(b) = batch_size {
+        opts.batch_size = b.max(1);
+    }
+    if let Some(t) = tile_size {
+        opts.tile_size = t;
+    }
+    if let Some(o) = tile_overlap {
+        opts.tile_overlap = o;
+    }
+    let db = cfg.database_path();
+    let mut store = Store::open(&db)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        let _ = ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("\nstopping after the current batch (Ctrl-C again to quit now); finished batches are saved");
+        });
+    }
+    let summary = analyze::analyze(&mut store, &set, &opts, stop)?;
+    if json_summary {
+        outln!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print_summary(&summary, &db);
+    }
+    // Drift: score the new predictions window by window and warn about unfamiliar input.
+    let windows = outpost::drift::update_all(&store, &cfg.models_dir(), &cfg.drift);
+    if !json_summary {
+        for d in outpost::drift::summary(&store)? {
+            if d.state != outpost::drift::DriftState::Ok
+                && windows.iter().any(|w| w.model_name == d.model_name)
+            {
+                eprintln!("{}", drift_line(&d));
+            }
+        }
+    }
+    let format = format.or_else(|| out.as_deref().and_then(format_from_extension));
+    if let Some(format) = format {
+        let filter = ExportFilter {
+            run_id: Some(summary.run_id),
+            model_name: model.clone(),
+        };
+        do_export(&store, &models, &filter, format, out.as_deref())?;
+    }
+    Ok(match summary.status() {
+        "ok" => ExitCode::SUCCESS,
+        "failed" => ExitCode::FAILURE,
+        _ => ExitCode::from(EXIT_PARTIAL),
+    })
+}
+
+/// `encrypt`.
+fn encrypt_command(cfg: &AgentConfig, a: EncryptArgs) -> Result<ExitCode> {
+    let EncryptArgs {
+        passphrase,
+        systemd_creds: _,
+        passphrase_file,
+    } = a;
+    use outpost::store::vault::{self, KeyMode};
+    let dir = cfg.data_dir();
+    let (mode, pass) = if passphrase {
+        (
+            KeyMode::Passphrase,
+            Some(new_passphrase(
+                passphrase_file.as_deref(),
+                "give it in a file with --passphrase-file FILE",
+            )?),
+        )
+    } else {
+        (KeyMode::SystemdCreds, None)
+    };
+    let r = vault::set_up(&dir, mode, pass.as_deref().map(|s| s.as_str()))?;
+    outln!(
+        "{} is now encrypted (SQLCipher, key kept by {}){}",
+        dir.display(),
+        r.mode.as_str(),
+        if r.converted_database {
+            "; the existing database was converted and the plain file overwritten"
+        } else {
+            ""
+        }
+    );
+    outln!();
+    outln!("Recovery key (shown once; write it down and keep it away from this device):");
+    outln!("  {}", r.recovery_key.as_str());
+    outln!(
+        "If the {} is lost, `outpost passphrase --recovery-key -` sets a new passphrase with it.",
+        if mode == KeyMode::Passphrase {
+            "passphrase"
+        } else {
+            "sealed key (new disk, new TPM)"
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `passphrase`.
+fn passphrase_command(cfg: &AgentConfig, a: PassphraseArgs) -> Result<ExitCode> {
+    let PassphraseArgs {
+        recovery_key,
+        new_passphrase_file,
+    } = a;
+    use outpost::store::vault::{self, Secret};
+    let dir = cfg.data_dir();
+    let old: zeroize::Zeroizing<String> = match &recovery_key {
+        Some(f) if f.as_os_str() == "-" => prompt(
+            "Recovery key: ",
+            "recovery key",
+            "give it in a file with --recovery-key FILE",
+        )?,
+        Some(f) => read_secret_file(f)?,
+        None => match std::env::var_os(vault::PASSPHRASE_FILE_ENV) {
+            Some(f) => read_secret_file(Path::new(&f))?,
+            None => prompt("Current passphrase: ", "passphrase", CURRENT_INSTEAD)?,
+        },
+    };
+    let secret = if recovery_key.is_some() {
+        Secret::RecoveryKey(&old)
+    } else {
+        Secret::Passphrase(&old)
+    };
+    let new = new_passphrase(
+        new_passphrase_file.as_deref(),
+        "give it in a file with --new-passphrase-file FILE",
+    )?;
+    vault::change_passphrase(&dir, secret, &new)?;
+    outln!(
+        "passphrase changed (the database was not re-encrypted; the recovery key stays the same)"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `export`.
+fn export_command(cfg: &AgentConfig, a: ExportArgs) -> Result<ExitCode> {
+    let ExportArgs {
+        format,
+        out,
+        run,
+        all,
+        model,
+    } = a;
+    let db = cfg.database_path();
+    if !db.exists() {
+        bail!(
+            "no database at {}: run `outpost analyze` first",
+            db.display()
+        );
+    }
+    let store = Store::open(&db)?;
+    let run_id = if all {
+        None
+    } else {
+        match run {
+            Some(r) => Some(r),
+            None => Some(
+                store
+                    .last_run_id()?
+                    .context("no run stored yet: run `outpost analyze` first")?,
+            ),
+        }
+    };
+    // Label names come from the manifests; models need not load into ONNX Runtime.
+    let manifests = read_manifests(&cfg.models_dir());
+    let filter = ExportFilter {
+        run_id,
+        model_name: model,
+    };
+    let rows = export::load_rows(&store, &filter, &|n, v| {
+        manifests
+            .iter()
+            .find(|m| m.name == n && m.version == v)
+            .map(|m| m.labels.clone())
+    })?;
+    write_rows(&rows, format, out.as_deref())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `run`.
+fn run_command(cfg: &AgentConfig, a: RunArgs) -> Result<ExitCode> {
+    let RunArgs {
+        listen,
+        annotator,
+        bandwidth_kbps,
+        idle_check_secs,
+        max_backoff_secs,
+    } = a;
+    if !unlock(cfg, true)? {
+        eprintln!("The agent's data is encrypted and locked: type the passphrase on the review page. Sync, updates and retention start once it is unlocked.");
+    }
+    let mut opts = review_options(cfg, listen, annotator, false)?;
+    let (serving, warnings) =
+        outpost::daemon::serving_models(cfg, outpost::daemon::updates_enabled(cfg));
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+    opts.serving = serving;
+    opts.models_dir = cfg.models_dir();
+    let loop_opts = outpost::sync::LoopOptions {
+        idle_check: std::time::Duration::from_secs(idle_check_secs.max(1)),
+        max_backoff: std::time::Duration::from_secs(max_backoff_secs.max(1)),
+        bandwidth_bytes_per_sec: bandwidth_kbps.map(|k| k * 1000),
+        on_revoked: cfg.retention.on_revoked,
+        ..Default::default()
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(outpost::daemon::run(cfg.clone(), opts, loop_opts, |url| {
+        outln!("Review page: {url}  (sync runs in the background; Ctrl-C to stop)")
+    }))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `update`.
+fn update_command(cfg: &AgentConfig, a: UpdateArgs) -> Result<ExitCode> {
+    let UpdateArgs { json } = a;
+    runtime::init(cfg.runtime.library.as_deref())?;
+    let opts = cfg.update_options();
+    let rt = tokio::runtime::Runtime::new()?;
+    match rt.block_on(outpost::update::check_and_install(&opts, None)) {
+        Ok(r) => {
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print_update(&r);
+            }
+            Ok(if r.refused.is_empty() && r.rolled_back.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Err(e) => {
+            if json {
+                outln!("{}", serde_json::json!({ "error": e.to_string() }));
+            } else {
+                outln!("refused: {e}");
+                outln!("the current models keep serving");
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `purge`.
+fn purge_command(cfg: &AgentConfig, a: PurgeArgs) -> Result<ExitCode> {
+    let PurgeArgs {
+        older_than_days,
+        dry_run,
+    } = a;
+    let store = Store::open(&cfg.database_path())?;
+    let days = older_than_days.unwrap_or(cfg.retention.purge_after_days);
+    let r = outpost::store::retention::purge(&store, days, dry_run)?;
+    outln!(
+        "{} {} reviewed and synced items older than {days} days ({} predictions, {} decisions)",
+        if dry_run { "would purge" } else { "purged" },
+        r.items,
+        r.predictions,
+        r.feedback
+    );
+    if r.kept_unsynced > 0 {
+        outln!(
+            "kept {} reviewed items whose decisions are not synced yet (run `outpost sync`)",
+            r.kept_unsynced
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sync`.
+fn sync_command(cfg: &AgentConfig) -> Result<ExitCode> {
+    let rt = tokio::runtime::Runtime::new()?;
+    let (r, update) = match rt.block_on(outpost::daemon::sync_and_update(cfg))? {
+        outpost::daemon::SyncOutcome::Revoked(w) => {
+            eprintln!("error: {}", outpost::sync::SyncError::Revoked);
+            eprintln!(
+                "retention.on_revoked = {}: wiped {} items and {}; kept {} items whose decisions never reached the server",
+                serde_json::to_string(&cfg.retention.on_revoked)?,
+                w.items,
+                if w.key_deleted { "the device key" } else { "no key (none was there)" },
+                w.kept_unsynced
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        outpost::daemon::SyncOutcome::Synced { push, update } => (push, update),
+    };
+    outln!(
+        "sent {} decisions in {} batches ({} bytes); {} were already on the server",
+        r.acked,
+        r.batches,
+        r.bytes_sent,
+        r.duplicates
+    );
+    for x in &r.refused {
+        outln!("  refused {}: {}", x.feedback_id, x.reason);
+    }
+    use outpost::daemon::UpdateAfterSync;
+    match update.map(|u| *u) {
+        Some(UpdateAfterSync::Checked(u)) => print_update(&u),
+        Some(UpdateAfterSync::Refused(e)) => {
+            outln!("model update refused: {e} (the current models keep serving)")
+        }
+        Some(UpdateAfterSync::Skipped(e)) => outln!("model updates skipped: {e}"),
+        None => {}
+    }
+    Ok(if r.refused.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_PARTIAL)
+    })
+}
+
+/// `status`.
+fn status_command(cfg: &AgentConfig, a: StatusArgs) -> Result<ExitCode> {
+    let StatusArgs { json } = a;
+    let store = Store::open(&cfg.database_path())?;
+    let st = outpost::status::read(&store, cfg)?;
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&st)?);
+    } else {
+        let (server, name, c, drift) = (&st.server_url, &st.device_name, &st.counters, &st.drift);
+        let (err, update_check, update_err) = (
+            &st.last_sync_error,
+            &st.last_update_check,
+            &st.last_update_error,
+        );
+        match (&server, &name) {
+            (Some(s), Some(n)) => outln!("enrolled as {n} with {s}"),
+            _ => outln!("not enrolled (outpost enroll <server-url> <code>)"),
+        }
+        outln!(
+            "feedback waiting to sync: {}; synced: {}; reviewed today: {}",
+            c.waiting_to_sync,
+            c.synced,
+            c.reviewed_today
+        );
+        outln!(
+            "last successful sync: {}",
+            c.last_sync.as_deref().unwrap_or("never")
+        );
+        if let Some(e) = err {
+            outln!("last sync failed: {e}");
+        }
+        outln!(
+            "last model update check: {}",
+            update_check.as_deref().unwrap_or("never")
+        );
+        if let Some(e) = update_err {
+            outln!("last update refused: {e}");
+        }
+        if drift.is_empty() {
+            outln!(
+                "drift: not enough analysed items yet (windows of {})",
+                cfg.drift.window
+            );
+        }
+        for d in drift {
+            outln!("{}", drift_line(d));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     let cfg = load_config(&cli)?;
     if reads_items(&cli.command) {
         unlock(&cfg, false)?;
     }
     match cli.command {
-        Command::Encrypt {
-            passphrase,
-            systemd_creds: _,
-            passphrase_file,
-        } => {
-            use outpost::store::vault::{self, KeyMode};
-            let dir = cfg.data_dir();
-            let (mode, pass) = if passphrase {
-                (
-                    KeyMode::Passphrase,
-                    Some(new_passphrase(
-                        passphrase_file.as_deref(),
-                        "give it in a file with --passphrase-file FILE",
-                    )?),
-                )
-            } else {
-                (KeyMode::SystemdCreds, None)
-            };
-            let r = vault::set_up(&dir, mode, pass.as_deref().map(|s| s.as_str()))?;
-            outln!(
-                "{} is now encrypted (SQLCipher, key kept by {}){}",
-                dir.display(),
-                r.mode.as_str(),
-                if r.converted_database {
-                    "; the existing database was converted and the plain file overwritten"
-                } else {
-                    ""
-                }
-            );
-            outln!();
-            outln!("Recovery key (shown once; write it down and keep it away from this device):");
-            outln!("  {}", r.recovery_key.as_str());
-            outln!(
-                "If the {} is lost, `outpost passphrase --recovery-key -` sets a new passphrase with it.",
-                if mode == KeyMode::Passphrase { "passphrase" } else { "sealed key (new disk, new TPM)" }
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Passphrase {
-            recovery_key,
-            new_passphrase_file,
-        } => {
-            use outpost::store::vault::{self, Secret};
-            let dir = cfg.data_dir();
-            let old: zeroize::Zeroizing<String> = match &recovery_key {
-                Some(f) if f.as_os_str() == "-" => prompt(
-                    "Recovery key: ",
-                    "recovery key",
-                    "give it in a file with --recovery-key FILE",
-                )?,
-                Some(f) => read_secret_file(f)?,
-                None => match std::env::var_os(vault::PASSPHRASE_FILE_ENV) {
-                    Some(f) => read_secret_file(Path::new(&f))?,
-                    None => prompt("Current passphrase: ", "passphrase", CURRENT_INSTEAD)?,
-                },
-            };
-            let secret = if recovery_key.is_some() {
-                Secret::RecoveryKey(&old)
-            } else {
-                Secret::Passphrase(&old)
-            };
-            let new = new_passphrase(
-                new_passphrase_file.as_deref(),
-                "give it in a file with --new-passphrase-file FILE",
-            )?;
-            vault::change_passphrase(&dir, secret, &new)?;
-            outln!("passphrase changed (the database was not re-encrypted; the recovery key stays the same)");
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Analyze {
-            inputs,
-            format,
-            out,
-            model,
-            text_field,
-            force,
-            batch_size,
-            tile_size,
-            tile_overlap,
-            json_summary,
-            no_progress,
-        } => {
-            let models = load_models(&cfg, model.as_deref())?;
-            let mut set = ModelSet::default();
-            for m in &models {
-                tracing::info!(model = %m.id(), task = m.task().as_str(), "model ready");
-                match m.task() {
-                    Task::ImageClassification => set.image.push(m.clone()),
-                    Task::TextClassification => set.text.push(m.clone()),
-                }
-            }
-            let mut opts = AnalyzeOptions::from_config(&cfg, inputs);
-            opts.force = force;
-            opts.progress = !no_progress;
-            if let Some(f) = text_field {
-                opts.text.field = Some(f);
-            }
-            if let Some(b) = batch_size {
-                opts.batch_size = b.max(1);
-            }
-            if let Some(t) = tile_size {
-                opts.tile_size = t;
-            }
-            if let Some(o) = tile_overlap {
-                opts.tile_overlap = o;
-            }
-            let db = cfg.database_path();
-            let mut store = Store::open(&db)?;
-            let stop = Arc::new(AtomicBool::new(false));
-            {
-                let stop = stop.clone();
-                let _ = ctrlc::set_handler(move || {
-                    if stop.swap(true, Ordering::SeqCst) {
-                        std::process::exit(130);
-                    }
-                    eprintln!("\nstopping after the current batch (Ctrl-C again to quit now); finished batches are saved");
-                });
-            }
-            let summary = analyze::analyze(&mut store, &set, &opts, stop)?;
-            if json_summary {
-                outln!("{}", serde_json::to_string_pretty(&summary)?);
-            } else {
-                print_summary(&summary, &db);
-            }
-            // Drift: score the new predictions window by window and warn about unfamiliar input.
-            let windows = outpost::drift::update_all(&store, &cfg.models_dir(), &cfg.drift);
-            if !json_summary {
-                for d in outpost::drift::summary(&store)? {
-                    if d.state != outpost::drift::DriftState::Ok
-                        && windows.iter().any(|w| w.model_name == d.model_name)
-                    {
-                        eprintln!("{}", drift_line(&d));
-                    }
-                }
-            }
-            let format = format.or_else(|| out.as_deref().and_then(format_from_extension));
-            if let Some(format) = format {
-                let filter = ExportFilter {
-                    run_id: Some(summary.run_id),
-                    model_name: model.clone(),
-                };
-                do_export(&store, &models, &filter, format, out.as_deref())?;
-            }
-            Ok(match summary.status() {
-                "ok" => ExitCode::SUCCESS,
-                "failed" => ExitCode::FAILURE,
-                _ => ExitCode::from(EXIT_PARTIAL),
-            })
-        }
-        Command::Export {
-            format,
-            out,
-            run,
-            all,
-            model,
-        } => {
-            let db = cfg.database_path();
-            if !db.exists() {
-                bail!(
-                    "no database at {}: run `outpost analyze` first",
-                    db.display()
-                );
-            }
-            let store = Store::open(&db)?;
-            let run_id = if all {
-                None
-            } else {
-                match run {
-                    Some(r) => Some(r),
-                    None => Some(
-                        store
-                            .last_run_id()?
-                            .context("no run stored yet: run `outpost analyze` first")?,
-                    ),
-                }
-            };
-            // Label names come from the manifests; models need not load into ONNX Runtime.
-            let manifests = read_manifests(&cfg.models_dir());
-            let filter = ExportFilter {
-                run_id,
-                model_name: model,
-            };
-            let rows = export::load_rows(&store, &filter, &|n, v| {
-                manifests
-                    .iter()
-                    .find(|m| m.name == n && m.version == v)
-                    .map(|m| m.labels.clone())
-            })?;
-            write_rows(&rows, format, out.as_deref())?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Encrypt(a) => encrypt_command(&cfg, a),
+        Command::Passphrase(a) => passphrase_command(&cfg, a),
+        Command::Analyze(a) => analyze_command(&cfg, a),
+        Command::Export(a) => export_command(&cfg, a),
         Command::Models { command } => models_command(&cfg, command),
         Command::Feedback { command } => feedback_command(&cfg, command),
         Command::Review {
@@ -725,37 +964,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             rt.block_on(outpost::review::serve(opts))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run {
-            listen,
-            annotator,
-            bandwidth_kbps,
-            idle_check_secs,
-            max_backoff_secs,
-        } => {
-            if !unlock(&cfg, true)? {
-                eprintln!("The agent's data is encrypted and locked: type the passphrase on the review page. Sync, updates and retention start once it is unlocked.");
-            }
-            let mut opts = review_options(&cfg, listen, annotator, false)?;
-            let (serving, warnings) =
-                outpost::daemon::serving_models(&cfg, outpost::daemon::updates_enabled(&cfg));
-            for w in warnings {
-                eprintln!("warning: {w}");
-            }
-            opts.serving = serving;
-            opts.models_dir = cfg.models_dir();
-            let loop_opts = outpost::sync::LoopOptions {
-                idle_check: std::time::Duration::from_secs(idle_check_secs.max(1)),
-                max_backoff: std::time::Duration::from_secs(max_backoff_secs.max(1)),
-                bandwidth_bytes_per_sec: bandwidth_kbps.map(|k| k * 1000),
-                on_revoked: cfg.retention.on_revoked,
-                ..Default::default()
-            };
-            let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(outpost::daemon::run(cfg, opts, loop_opts, |url| {
-                outln!("Review page: {url}  (sync runs in the background; Ctrl-C to stop)")
-            }))?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Run(a) => run_command(&cfg, a),
         Command::Doctor { json } => {
             let report = outpost::doctor::check(&cfg);
             if json {
@@ -786,146 +995,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Update { json } => {
-            runtime::init(cfg.runtime.library.as_deref())?;
-            let opts = cfg.update_options();
-            let rt = tokio::runtime::Runtime::new()?;
-            match rt.block_on(outpost::update::check_and_install(&opts, None)) {
-                Ok(r) => {
-                    if json {
-                        outln!("{}", serde_json::to_string_pretty(&r)?);
-                    } else {
-                        print_update(&r);
-                    }
-                    Ok(if r.refused.is_empty() && r.rolled_back.is_empty() {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::FAILURE
-                    })
-                }
-                Err(e) => {
-                    if json {
-                        outln!("{}", serde_json::json!({ "error": e.to_string() }));
-                    } else {
-                        outln!("refused: {e}");
-                        outln!("the current models keep serving");
-                    }
-                    Ok(ExitCode::FAILURE)
-                }
-            }
-        }
-        Command::Purge {
-            older_than_days,
-            dry_run,
-        } => {
-            let store = Store::open(&cfg.database_path())?;
-            let days = older_than_days.unwrap_or(cfg.retention.purge_after_days);
-            let r = outpost::store::retention::purge(&store, days, dry_run)?;
-            outln!(
-                "{} {} reviewed and synced items older than {days} days ({} predictions, {} decisions)",
-                if dry_run { "would purge" } else { "purged" },
-                r.items,
-                r.predictions,
-                r.feedback
-            );
-            if r.kept_unsynced > 0 {
-                outln!(
-                    "kept {} reviewed items whose decisions are not synced yet (run `outpost sync`)",
-                    r.kept_unsynced
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Sync => {
-            let rt = tokio::runtime::Runtime::new()?;
-            let (r, update) = match rt.block_on(outpost::daemon::sync_and_update(&cfg))? {
-                outpost::daemon::SyncOutcome::Revoked(w) => {
-                    eprintln!("error: {}", outpost::sync::SyncError::Revoked);
-                    eprintln!(
-                        "retention.on_revoked = {}: wiped {} items and {}; kept {} items whose decisions never reached the server",
-                        serde_json::to_string(&cfg.retention.on_revoked)?,
-                        w.items,
-                        if w.key_deleted { "the device key" } else { "no key (none was there)" },
-                        w.kept_unsynced
-                    );
-                    return Ok(ExitCode::FAILURE);
-                }
-                outpost::daemon::SyncOutcome::Synced { push, update } => (push, update),
-            };
-            outln!(
-                "sent {} decisions in {} batches ({} bytes); {} were already on the server",
-                r.acked,
-                r.batches,
-                r.bytes_sent,
-                r.duplicates
-            );
-            for x in &r.refused {
-                outln!("  refused {}: {}", x.feedback_id, x.reason);
-            }
-            use outpost::daemon::UpdateAfterSync;
-            match update.map(|u| *u) {
-                Some(UpdateAfterSync::Checked(u)) => print_update(&u),
-                Some(UpdateAfterSync::Refused(e)) => {
-                    outln!("model update refused: {e} (the current models keep serving)")
-                }
-                Some(UpdateAfterSync::Skipped(e)) => outln!("model updates skipped: {e}"),
-                None => {}
-            }
-            Ok(if r.refused.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(EXIT_PARTIAL)
-            })
-        }
-        Command::Status { json } => {
-            let store = Store::open(&cfg.database_path())?;
-            let st = outpost::status::read(&store, &cfg)?;
-            if json {
-                outln!("{}", serde_json::to_string_pretty(&st)?);
-            } else {
-                let (server, name, c, drift) =
-                    (&st.server_url, &st.device_name, &st.counters, &st.drift);
-                let (err, update_check, update_err) = (
-                    &st.last_sync_error,
-                    &st.last_update_check,
-                    &st.last_update_error,
-                );
-                match (&server, &name) {
-                    (Some(s), Some(n)) => outln!("enrolled as {n} with {s}"),
-                    _ => outln!("not enrolled (outpost enroll <server-url> <code>)"),
-                }
-                outln!(
-                    "feedback waiting to sync: {}; synced: {}; reviewed today: {}",
-                    c.waiting_to_sync,
-                    c.synced,
-                    c.reviewed_today
-                );
-                outln!(
-                    "last successful sync: {}",
-                    c.last_sync.as_deref().unwrap_or("never")
-                );
-                if let Some(e) = err {
-                    outln!("last sync failed: {e}");
-                }
-                outln!(
-                    "last model update check: {}",
-                    update_check.as_deref().unwrap_or("never")
-                );
-                if let Some(e) = update_err {
-                    outln!("last update refused: {e}");
-                }
-                if drift.is_empty() {
-                    outln!(
-                        "drift: not enough analysed items yet (windows of {})",
-                        cfg.drift.window
-                    );
-                }
-                for d in drift {
-                    outln!("{}", drift_line(d));
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Update(a) => update_command(&cfg, a),
+        Command::Purge(a) => purge_command(&cfg, a),
+        Command::Sync => sync_command(&cfg),
+        Command::Status(a) => status_command(&cfg, a),
         Command::Bench {
             images,
             reports,
