@@ -380,9 +380,11 @@ def report(y, p, thr, labels):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", type=Path, default=common.DEFAULT_DATA_DIR)
-    ap.add_argument("--out", type=Path, default=common.MODELS_DIR / NAME)
+    # The candidate misses the goals (models/README.md), so by default it is written outside the repository;
+    # pass --out models/crisis-reports --fixture tests/fixtures/tokenizer_ids.json to ship it.
+    ap.add_argument("--out", type=Path, default=common.DEFAULT_WORK_ROOT / "crisis-reports-2.0.0-candidate")
     ap.add_argument("--work-dir", type=Path, default=common.DEFAULT_WORK_ROOT / (NAME + "-2"))
-    ap.add_argument("--fixture", type=Path, default=common.REPO_DIR / "tests" / "fixtures" / "tokenizer_ids.json")
+    ap.add_argument("--fixture", type=Path, default=common.DEFAULT_WORK_ROOT / "crisis-reports-2.0.0-candidate.tokenizer_ids.json")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=TR_EPOCHS)
     ap.add_argument("--teacher-rev", default=TEACHER_REV, help="git revision holding the 1.1.0 bundle")
