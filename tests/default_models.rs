@@ -99,3 +99,56 @@ fn landcover_is_right_on_real_eurosat_tiles() {
     // preprocessing agree with training, not the model's accuracy (see models/README.md).
     assert!(right >= 95, "{right}/100 right");
 }
+
+/// A statically quantised report backbone (fixed activation scales) gives a report the same
+/// scores alone and padded into a batch of other reports. Ignored while the shipped bundle is
+/// crisis-reports 1.1.0: its dynamic int8 backbone moves scores by up to 0.073 here. The 2.0
+/// candidate of `models/recipes/crisis_reports_ml.py` passes it (max difference 0); see
+/// models/README.md. Run with `cargo test --test default_models -- --ignored`.
+#[test]
+#[ignore = "crisis-reports 1.1.0 is dynamically quantised; passes on the static 2.0 candidate"]
+fn crisis_report_scores_do_not_depend_on_batch_neighbours() {
+    use outpost::infer::text::{encode, load_tokenizer, pad_batch, pad_id};
+    let model = load("crisis-reports");
+    let spec = model.manifest().text.clone().unwrap();
+    let dir = common::repo().join("models/crisis-reports");
+    let tok = load_tokenizer(&dir.join(&spec.tokenizer), spec.max_length).unwrap();
+    let reports = [
+        "We need water and food in Carrefour, please help!",
+        "Mwen bezwen manje ak dlo pou fanmi m, nou nan lari a depi tranbleman tè a.",
+        "Nous avons besoin d'eau potable à Léogâne, les enfants sont malades depuis trois jours.",
+        "Necesitamos agua potable y comida en el refugio.",
+        "نحتاج إلى مياه الشرب والطعام والأدوية في المخيم",
+        "help",
+        "The bridge on Route Nationale 2 collapsed after the aftershock, so trucks with water, \
+         rice, tarpaulins and medical kits cannot reach Petit-Goave; families sleep outside.",
+    ];
+    let encs: Vec<_> = reports.iter().map(|r| encode(&tok, r).unwrap()).collect();
+    let pad = pad_id(&tok);
+    let scores_of = |batch: &[&outpost::infer::text::Encoded]| {
+        let (ids, mask, types) = pad_batch(batch, pad);
+        let emb = model
+            .embed_tokens(ids.view(), mask.view(), types.view())
+            .unwrap();
+        model.score(emb.view()).unwrap()
+    };
+    let all: Vec<_> = encs.iter().collect();
+    let together = scores_of(&all);
+    let mut reversed = all.clone();
+    reversed.reverse();
+    let backwards = scores_of(&reversed);
+    let mut max_diff = 0f32;
+    for (i, e) in encs.iter().enumerate() {
+        let alone = scores_of(&[e]);
+        for (j, &a) in alone.row(0).iter().enumerate() {
+            max_diff = max_diff
+                .max((a - together[(i, j)]).abs())
+                .max((a - backwards[(encs.len() - 1 - i, j)]).abs());
+        }
+    }
+    eprintln!("crisis-reports: max |alone - in a batch| {max_diff:.2e}");
+    assert!(
+        max_diff < 1e-5,
+        "scores change with batch neighbours: {max_diff}"
+    );
+}

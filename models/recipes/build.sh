@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Rebuild one default model bundle:  models/recipes/build.sh <landcover|crisis-reports> [recipe options]
+# Rebuild one default model bundle:  models/recipes/build.sh <landcover|crisis-reports|crisis-reports-2> [recipe options]
+# (crisis-reports: the shipped English 1.1.0 recipe; crisis-reports-2: the multilingual 2.0 candidate, written to the
+#  scratch folder, not to models/, until it meets the goals of issue 20; see models/README.md)
 #
 # Creates a venv (default: <repo>/../venv/recipes, override with OUTPOST_RECIPE_VENV) from
 # requirements.txt if it does not exist yet, then runs the recipe. The data folder defaults to
@@ -13,14 +15,15 @@ venv="${OUTPOST_RECIPE_VENV:-$repo/../venv/recipes}"
 python="${PYTHON:-python3}"
 
 if [[ $# -lt 1 ]]; then
-    echo "usage: $0 <landcover|crisis-reports> [recipe options]" >&2
+    echo "usage: $0 <landcover|crisis-reports|crisis-reports-2> [recipe options]" >&2
     exit 2
 fi
 bundle="$1"; shift
 case "$bundle" in
     landcover) recipe="$here/landcover.py" ;;
     crisis-reports) recipe="$here/crisis_reports.py" ;;
-    *) echo "unknown bundle '$bundle' (expected landcover or crisis-reports)" >&2; exit 2 ;;
+    crisis-reports-2) recipe="$here/crisis_reports_ml.py" ;;
+    *) echo "unknown bundle '$bundle' (expected landcover, crisis-reports or crisis-reports-2)" >&2; exit 2 ;;
 esac
 
 if [[ ! -x "$venv/bin/python" ]]; then
