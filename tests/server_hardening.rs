@@ -303,6 +303,45 @@ fn a_malformed_record_is_refused_with_the_field_named() {
     assert_eq!(server_feedback_count(&data), 1);
 }
 
+/// A decision answering a model version the server published may only give that
+/// release's labels, or labels it flags as new; for a version the server never published
+/// the label set is unknown and only the structural rules apply.
+#[test]
+fn labels_must_belong_to_the_published_release_or_be_flagged_new() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let offline = tmp.path().join("offline");
+    let (c, out, err) = common::server_cmd(
+        &data,
+        &["keys", "init", "--root-keys-dir", offline.to_str().unwrap()],
+    );
+    assert_eq!(c, 0, "{out}{err}");
+    let bundle = tmp.path().join("colours");
+    common::make_image_bundle(&bundle, "colours", "1.0.0");
+    let (c, out, err) = common::server_cmd(&data, &["models", "publish", bundle.to_str().unwrap()]);
+    assert_eq!(c, 0, "{out}{err}");
+    let server = ServerProcess::start(&data, common::free_port());
+    let dev = enroll(&server, &[], tmp.path(), "laptop");
+
+    let (status, body) = upload(&server, &dev, vec![record("tile a", "purple")]);
+    assert_eq!(
+        (status, body["field"].clone(), body["code"].clone()),
+        (400, json!("records[0].labels"), json!("invalid_record")),
+        "{body}"
+    );
+    assert!(body["error"].as_str().unwrap().contains("purple"), "{body}");
+    assert_eq!(server_feedback_count(&data), 0);
+
+    let mut flagged = record("tile b", "purple");
+    flagged["new_labels"] = json!(["purple"]);
+    let mut unpublished = record("tile c", "purple");
+    unpublished["model_version"] = json!("9.9.9");
+    let known = record("tile d", "green");
+    let (status, body) = upload(&server, &dev, vec![flagged, unpublished, known]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(server_feedback_count(&data), 3);
+}
+
 /// Every error has a `code` beside its text; a revoked device's is `revoked`; a non-hex
 /// nonce is refused.
 #[test]

@@ -609,8 +609,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Feedback {
             command: FeedbackCommand::Import { file, device },
         } => {
-            let i =
-                server::ops::usb::import_feedback(store.as_ref(), &cfg.data_dir, &file, device)?;
+            let i = server::ops::usb::import_feedback(
+                store.as_ref(),
+                &repo,
+                &cfg.data_dir,
+                &file,
+                device,
+            )?;
             let r = &i.result;
             outln!(
                 "{}: {} records, {} new, {} already stored, {} refused",

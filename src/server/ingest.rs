@@ -89,6 +89,122 @@ pub fn check_batch(batch: &UploadBatch) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// Checks that every record answering a model version the server published gives only
+/// that version's labels, or labels it flags as new (`new_labels`): a typo or a foreign
+/// label set never enters training as a silent new class. `labels_of(model, version)` is
+/// the label set of a published release, `None` for a version the server did not publish
+/// (a bundle shipped with the agent, say), which is then held to the structural rules only.
+pub fn check_known_labels(
+    batch: &UploadBatch,
+    labels_of: &mut dyn FnMut(&str, &str) -> Option<Vec<String>>,
+) -> Result<(), Invalid> {
+    for (i, r) in batch.records.iter().enumerate() {
+        let Some(known) = labels_of(&r.model_name, &r.model_version) else {
+            continue;
+        };
+        if let Some(problem) = unknown_label(r, &known) {
+            return Err(Invalid {
+                field: format!("records[{i}].labels"),
+                problem,
+                feedback_id: Some(r.feedback_id.clone()),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The problem with the first label of `r` that is neither in `known` nor flagged new.
+fn unknown_label(r: &FeedbackRecord, known: &[String]) -> Option<String> {
+    let l = r
+        .labels
+        .iter()
+        .find(|l| !known.contains(l) && !r.new_labels.contains(l))?;
+    Some(format!(
+        "{:?} is not a label of {} {} and is not flagged in new_labels",
+        clip(l),
+        r.model_name,
+        r.model_version
+    ))
+}
+
+/// [`split_valid`]'s second pass for a carried file: records whose labels do not fit the
+/// published release they answer are refused one by one, naming the label.
+pub fn split_known_labels(
+    records: Vec<FeedbackRecord>,
+    labels_of: &mut dyn FnMut(&str, &str) -> Option<Vec<String>>,
+) -> (Vec<FeedbackRecord>, Vec<crate::protocol::Refused>) {
+    let mut refused = Vec::new();
+    let mut valid = Vec::new();
+    for r in records {
+        match labels_of(&r.model_name, &r.model_version).and_then(|k| unknown_label(&r, &k)) {
+            Some(problem) => refused.push(crate::protocol::Refused {
+                feedback_id: r.feedback_id.chars().take(64).collect(),
+                reason: format!("labels: {problem}"),
+            }),
+            None => valid.push(r),
+        }
+    }
+    (valid, refused)
+}
+
+/// The label sets of the releases published in a repository's blob store, read once per
+/// model version asked for (from the signed targets and each release's manifest).
+pub struct PublishedLabels<'a> {
+    blobs: &'a crate::server::repository::blob::BlobStore,
+    targets: Option<Option<crate::trust::Targets>>,
+    seen: std::collections::HashMap<(String, String), Option<Vec<String>>>,
+}
+
+impl<'a> PublishedLabels<'a> {
+    /// Reads from `blobs` (nothing is read until a version is asked for).
+    pub fn new(blobs: &'a crate::server::repository::blob::BlobStore) -> PublishedLabels<'a> {
+        PublishedLabels {
+            blobs,
+            targets: None,
+            seen: Default::default(),
+        }
+    }
+
+    /// The labels of `model` `version` if the server published it (`None` otherwise, or if
+    /// the repository cannot be read: logged, and the record is held to the structural
+    /// rules only rather than refused for the server's own trouble).
+    pub fn labels_of(&mut self, model: &str, version: &str) -> Option<Vec<String>> {
+        let key = (model.to_string(), version.to_string());
+        if let Some(v) = self.seen.get(&key) {
+            return v.clone();
+        }
+        let found = self.read(model, version);
+        self.seen.insert(key, found.clone());
+        found
+    }
+
+    fn read(&mut self, model: &str, version: &str) -> Option<Vec<String>> {
+        let blobs = self.blobs;
+        let targets = self.targets.get_or_insert_with(|| {
+            match blobs.get("metadata/targets.json") {
+                Ok(Some(b)) => crate::trust::parse::<crate::trust::Targets>(&b)
+                    .map(|t| t.signed)
+                    .map_err(|e| tracing::warn!(error = %e, "targets metadata unreadable; labels not checked"))
+                    .ok(),
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "repository unreadable; labels not checked");
+                    None
+                }
+            }
+        });
+        let release = targets
+            .as_ref()?
+            .releases
+            .iter()
+            .find(|r| r.model == model && r.version == version)?;
+        let target = release.files.get("manifest.json")?;
+        let bytes = blobs.get(&format!("targets/{target}")).ok()??;
+        let m: crate::model::Manifest = serde_json::from_slice(&bytes).ok()?;
+        Some(m.labels)
+    }
+}
+
 /// A carried file's records split into those that pass [`check_record`] and refusals
 /// naming the field of the others (a USB file is imported once, so a bad record is refused
 /// alone rather than the whole file).

@@ -441,13 +441,35 @@ async fn upload(
     let store = st.store.clone();
     let n = batch.records.len();
     let id = device_id.clone();
-    let (r, records) = blocking(move || {
+    let repo = st.repo.clone();
+    let stored = blocking(move || {
+        // Labels against the published release's label set (the repository is read on a
+        // blocking thread: it may be S3).
+        if let Some(blobs) = &repo {
+            let mut published = ingest::PublishedLabels::new(blobs);
+            if let Err(e) =
+                ingest::check_known_labels(&batch, &mut |m, v| published.labels_of(m, v))
+            {
+                return Ok(Err(e));
+            }
+        }
         store
             .ingest(&id, &batch.records, Via::Http)
-            .map(|r| (r, batch.records))
+            .map(|r| Ok((r, batch.records)))
     })
     .await?
     .map_err(internal)?;
+    let (r, records) = match stored {
+        Ok(x) => x,
+        Err(e) => {
+            st.metrics
+                .ingest_refusals
+                .with_label_values(&["invalid_record"])
+                .inc();
+            tracing::warn!(device = %device_id, field = %e.field, problem = %e.problem, "feedback batch refused: a label the model does not have");
+            return Err(e.into());
+        }
+    };
     for (id, target) in &r.foreign_supersedes {
         st.metrics
             .ingest_refusals

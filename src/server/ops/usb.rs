@@ -3,7 +3,8 @@
 //!   metadata, copied out of the blob store, written as one update file the agent verifies
 //!   exactly like an online update;
 //! - `feedback import`: decisions a laptop exported, opened with the export key of the
-//!   device the file names (sealed files), then ingested like an upload.
+//!   device the file names (sealed files), then ingested like an upload: each record is
+//!   checked like an upload's, and its labels against the published release it answers.
 
 use super::OpsError;
 use crate::server::repository::{published_targets, Repository};
@@ -90,6 +91,7 @@ pub struct Imported {
 /// operator names one (an old plain file names none).
 pub fn import_feedback(
     store: &dyn ServerStore,
+    repo: &Repository,
     data_dir: &Path,
     file: &Path,
     device: Option<String>,
@@ -113,7 +115,11 @@ pub fn import_feedback(
         .ok_or_else(|| OpsError::NotFound(format!("no device {who:?}")))?;
     // Records from a file are validated field by field like an upload; the invalid ones
     // are refused with the field named, and never reach the store.
-    let (valid, invalid) = crate::server::ingest::split_valid(records.clone());
+    let (valid, mut invalid) = crate::server::ingest::split_valid(records.clone());
+    let mut published = crate::server::ingest::PublishedLabels::new(repo.blobs());
+    let (valid, foreign) =
+        crate::server::ingest::split_known_labels(valid, &mut |m, v| published.labels_of(m, v));
+    invalid.extend(foreign);
     let mut result = store.ingest(&d.device_id, &valid, Via::Usb)?;
     result.refused.extend(invalid);
     store.audit(
