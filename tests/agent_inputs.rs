@@ -36,6 +36,22 @@ fn count(conn: &rusqlite::Connection, sql: &str) -> i64 {
     conn.query_row(sql, [], |r| r.get(0)).unwrap()
 }
 
+/// `outpost analyze PATH --json-summary`: asserts the exit code, returns the summary and
+/// the output (for messages).
+fn analyze_json(root: &Path, path: &Path, want_code: i32) -> (serde_json::Value, String) {
+    let (code, out, err) = run(
+        root,
+        &[
+            "analyze",
+            path.to_str().unwrap(),
+            "--no-progress",
+            "--json-summary",
+        ],
+    );
+    assert_eq!(code, want_code, "{out}{err}");
+    (summary(&out), out)
+}
+
 fn summary(out: &str) -> serde_json::Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
@@ -268,17 +284,7 @@ fn a_truncated_jpeg_is_a_failure_not_a_classification() {
     img.save(dir.join("whole.jpg")).unwrap();
     let bytes = std::fs::read(dir.join("whole.jpg")).unwrap();
     std::fs::write(dir.join("cut.jpg"), &bytes[..bytes.len() / 3]).unwrap();
-    let (code, out, err) = run(
-        &root,
-        &[
-            "analyze",
-            dir.to_str().unwrap(),
-            "--no-progress",
-            "--json-summary",
-        ],
-    );
-    assert_eq!(code, 3, "{out}{err}");
-    let s = summary(&out);
+    let (s, out) = analyze_json(&root, &dir, 3);
     assert_eq!(s["image_items"], 1, "only the whole JPEG: {out}");
     let f = failures_with(&s, "truncated");
     assert_eq!(f.len(), 1, "{out}");
@@ -296,17 +302,7 @@ fn a_fifo_is_named_as_what_it_is() {
     let fifo = root.join("pipe.jpg");
     let ok = Command::new("mkfifo").arg(&fifo).status().unwrap();
     assert!(ok.success());
-    let (code, out, err) = run(
-        &root,
-        &[
-            "analyze",
-            fifo.to_str().unwrap(),
-            "--no-progress",
-            "--json-summary",
-        ],
-    );
-    assert_eq!(code, 1, "{out}{err}");
-    let s = summary(&out);
+    let (s, out) = analyze_json(&root, &fifo, 1);
     let f = failures_with(&s, "not-a-file");
     assert_eq!(f.len(), 1, "{out}");
     let reason = f[0]["reason"].as_str().unwrap();
@@ -330,17 +326,7 @@ fn broken_csv_quoting_and_binary_text_are_refused_with_where() {
     let mut junk = b"PK\x03\x04".to_vec();
     junk.extend((0..2000u32).map(|i| (i * 37 % 32) as u8));
     std::fs::write(dir.join("archive.txt"), junk).unwrap();
-    let (code, out, err) = run(
-        &root,
-        &[
-            "analyze",
-            dir.to_str().unwrap(),
-            "--no-progress",
-            "--json-summary",
-        ],
-    );
-    assert_eq!(code, 3, "{out}{err}");
-    let s = summary(&out);
+    let (s, out) = analyze_json(&root, &dir, 3);
     assert_eq!(s["text_items"], 1, "only row 2 (line 2) is whole: {out}");
     let quote = failures_with(&s, "unclosed-quote");
     assert_eq!(quote.len(), 1, "{out}");

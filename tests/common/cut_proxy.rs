@@ -4,10 +4,14 @@
 //! the body bytes of file responses it passed on.
 #![allow(dead_code)]
 
+use loopback::read_request;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
+
+#[path = "loopback.rs"]
+mod loopback;
 
 /// Settings and counters, shared with the test.
 #[derive(Default)]
@@ -22,65 +26,10 @@ pub struct Cut {
 
 /// Starts the proxy in front of `upstream` on its own runtime thread; returns its port.
 pub fn start(upstream: u16, cut: Arc<Cut>) -> u16 {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async move {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap().port()).unwrap();
-            loop {
-                let Ok((client, _)) = listener.accept().await else {
-                    return;
-                };
-                let cut = cut.clone();
-                tokio::spawn(async move {
-                    let _ = handle(client, upstream, cut).await;
-                });
-            }
-        });
-    });
-    rx.recv().unwrap()
-}
-
-async fn read_request(client: &mut TcpStream) -> std::io::Result<(Vec<u8>, String)> {
-    let mut buf = Vec::new();
-    let mut tmp = [0u8; 8192];
-    let header_end = loop {
-        let n = client.read(&mut tmp).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&tmp[..n]);
-        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p + 4;
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..header_end]).to_string();
-    let len: usize = head
-        .to_ascii_lowercase()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("content-length:")
-                .map(|v| v.trim().parse().unwrap_or(0))
-        })
-        .unwrap_or(0);
-    while buf.len() < header_end + len {
-        let n = client.read(&mut tmp).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&tmp[..n]);
-    }
-    let path = head
-        .lines()
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .unwrap_or("")
-        .to_string();
-    let rewritten = head.replacen("\r\n", "\r\nconnection: close\r\n", 1);
-    let mut out = rewritten.into_bytes();
-    out.extend_from_slice(&buf[header_end..]);
-    Ok((out, path))
+    loopback::start(upstream, cut, |client, upstream, cut| async move {
+        let _ = handle(client, upstream, cut).await;
+        Ok(())
+    })
 }
 
 async fn handle(mut client: TcpStream, upstream: u16, cut: Arc<Cut>) -> std::io::Result<()> {

@@ -5,10 +5,14 @@
 //! with a huge body (300 MB, streamed: never held in memory here).
 #![allow(dead_code)]
 
+use loopback::read_request;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
+
+#[path = "loopback.rs"]
+mod loopback;
 
 /// A rewrite of the device report's answer (parsed JSON, changed in place).
 pub type Rewrite = Box<dyn Fn(&mut serde_json::Value) + Send + Sync>;
@@ -38,67 +42,10 @@ pub const HUGE: u64 = 300 << 20;
 
 /// Starts the proxy in front of `upstream` on its own runtime thread; returns its port.
 pub fn start(upstream: u16, evil: Arc<Evil>) -> u16 {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async move {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap().port()).unwrap();
-            loop {
-                let Ok((client, _)) = listener.accept().await else {
-                    return;
-                };
-                let evil = evil.clone();
-                tokio::spawn(async move {
-                    let _ = handle(client, upstream, evil).await;
-                });
-            }
-        });
-    });
-    rx.recv().unwrap()
-}
-
-/// Reads one request; returns it (with `connection: close`) and its path.
-async fn read_request(client: &mut TcpStream) -> std::io::Result<(Vec<u8>, String)> {
-    let mut buf = Vec::new();
-    let mut tmp = [0u8; 8192];
-    let header_end = loop {
-        let n = client.read(&mut tmp).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&tmp[..n]);
-        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p + 4;
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..header_end]).to_string();
-    let len: usize = head
-        .to_ascii_lowercase()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("content-length:")
-                .map(|v| v.trim().parse().unwrap_or(0))
-        })
-        .unwrap_or(0);
-    while buf.len() < header_end + len {
-        let n = client.read(&mut tmp).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&tmp[..n]);
-    }
-    let path = head
-        .lines()
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .unwrap_or("")
-        .to_string();
-    let mut out = head
-        .replacen("\r\n", "\r\nconnection: close\r\n", 1)
-        .into_bytes();
-    out.extend_from_slice(&buf[header_end..]);
-    Ok((out, path))
+    loopback::start(upstream, evil, |client, upstream, evil| async move {
+        let _ = handle(client, upstream, evil).await;
+        Ok(())
+    })
 }
 
 async fn forward(request: &[u8], upstream: u16) -> std::io::Result<Vec<u8>> {
