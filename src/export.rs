@@ -25,6 +25,18 @@ pub enum Format {
     Geojson,
 }
 
+impl Format {
+    /// The format a file name asks for by its extension (`.json`, `.csv`, `.geojson`).
+    pub fn from_path(p: &std::path::Path) -> Option<Format> {
+        match p.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+            "json" => Some(Format::Json),
+            "csv" => Some(Format::Csv),
+            "geojson" => Some(Format::Geojson),
+            _ => None,
+        }
+    }
+}
+
 /// One exported prediction at one place its item was seen.
 #[derive(Debug, Clone)]
 pub struct ExportRow {
@@ -254,4 +266,23 @@ fn wkt(g: &Value) -> String {
         })
         .collect();
     format!("POLYGON ({})", rings.join(", "))
+}
+
+/// Writes rows to a file through a temporary file and a rename, so that a reader (QGIS
+/// watching the file) never sees half of it. Returns how many rows were left out, as
+/// [`write`] does.
+pub fn write_file(
+    rows: &[ExportRow],
+    format: Format,
+    path: &std::path::Path,
+) -> std::io::Result<usize> {
+    let with_path =
+        |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+    let tmp = path.with_extension("partial");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(with_path)?);
+    let left_out = write(rows, format, &mut f)?;
+    f.flush()?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(with_path)?;
+    Ok(left_out)
 }

@@ -8,7 +8,8 @@
 //! Leaf modules that depend on nothing else in the crate (`tests/architecture.rs` checks):
 //! - [`protocol`]: wire types shared by agent and server (decisions as feedback records,
 //!   drift windows, device reports).
-//! - [`clock`], [`encoding`] (base64, float16 embeddings), [`version`], [`hash`].
+//! - [`clock`], [`encoding`] (base64, float16 embeddings), [`version`], [`hash`],
+//!   [`vocabulary`] (closed word lists as enums, one spelling each in SQL, JSON and output).
 //!
 //! The agent, in the order of the loop (agent code never imports [`server`]):
 //! - [`config`]: the agent's TOML configuration and where its data lives.
@@ -59,3 +60,4 @@ pub mod sync;
 pub mod trust;
 pub mod update;
 pub mod version;
+pub mod vocabulary;

@@ -40,75 +40,25 @@ pub struct FeedbackRecord {
     pub content_type: Option<String>,
 }
 
-/// Defines a wire enum: serde, SQL (SQLite) and `Display` all use the same lower-case
-/// strings, so the enum changes nothing on the wire or in the tables.
-macro_rules! wire_enum {
-    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident = $s:literal),+ $(,)? }) => {
-        $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-        #[serde(rename_all = "snake_case")]
-        pub enum $name { $($(#[$vm])* $v),+ }
-
-        impl $name {
-            /// Every value, as on the wire.
-            pub const ALL: &'static [&'static str] = &[$($s),+];
-            /// The wire string.
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$v => $s),+ }
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl std::str::FromStr for $name {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, String> {
-                match s {
-                    $($s => Ok($name::$v),)+
-                    other => Err(format!("{other:?} is not one of {}", $name::ALL.join(", "))),
-                }
-            }
-        }
-
-        impl rusqlite::types::ToSql for $name {
-            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-                Ok(self.as_str().into())
-            }
-        }
-
-        impl rusqlite::types::FromSql for $name {
-            fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
-                v.as_str()?
-                    .parse()
-                    .map_err(|e: String| rusqlite::types::FromSqlError::Other(e.into()))
-            }
-        }
-    };
-}
-
-wire_enum!(
+crate::vocabulary! {
     /// What an item is (`kind`).
-    ItemKind {
+    pub enum ItemKind {
         /// A tile or photo.
         Image = "image",
         /// A report.
         Text = "text",
     }
-);
+}
 
-wire_enum!(
+crate::vocabulary! {
     /// What a reviewer did with a prediction (`action`).
-    Action {
+    pub enum Action {
         /// The prediction was right.
         Confirm = "confirm",
         /// The reviewer gave other labels.
         Correct = "correct",
     }
-);
+}
 
 impl FeedbackRecord {
     /// The embedding as f32.

@@ -648,7 +648,7 @@ fn training_jobs_are_queued_once_and_claimed_by_one(s: Arc<dyn ServerStore>) {
     assert_eq!(won[0].model_name, "landcover");
     assert_eq!(won[0].feedback_seen, 200);
     assert_eq!((won[0].state.as_str(), won[0].attempts), ("running", 1));
-    assert_eq!(won[1].trigger(), Trigger::Operator);
+    assert_eq!(won[1].trigger, Trigger::Operator);
     assert!(s.claim_training("late", 1001, 1061).unwrap().is_none());
     // Only the owner renews or finishes.
     let (j, owner) = (won[0].job_id, won[0].owner.clone().unwrap());

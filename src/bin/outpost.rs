@@ -1,8 +1,11 @@
 //! `outpost`: the field agent's command line. Parses arguments and calls the library.
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use outpost::analyze::{self, AnalyzeOptions, ModelSet};
+use outpost::cli::agent_args::*;
+use outpost::cli::agent_text as text;
+use outpost::cli::unlock::{new_passphrase, prompt, read_secret_file, unlock, CURRENT_INSTEAD};
 use outpost::config::AgentConfig;
 use outpost::export::{self, ExportFilter, Format};
 use outpost::model::{self, runtime, LoadedModel, Task};
@@ -15,376 +18,6 @@ use std::sync::Arc;
 
 /// Exit code when some inputs failed but others were analysed.
 const EXIT_PARTIAL: u8 = 3;
-
-/// Outpost field agent: offline analysis of satellite imagery and crisis reports.
-#[derive(Parser)]
-#[command(version, about, long_about = None)]
-struct Cli {
-    /// Configuration file (default: $OUTPOST_CONFIG, ~/.config/outpost/agent.toml, /etc/outpost/agent.toml).
-    #[arg(long, global = true, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Where the database and downloaded models live (default: ~/.local/share/outpost).
-    #[arg(long, global = true, value_name = "DIR")]
-    data_dir: Option<PathBuf>,
-    /// Folder of model bundles (default: <data-dir>/models, else the bundled models/).
-    #[arg(long, global = true, value_name = "DIR")]
-    models_dir: Option<PathBuf>,
-    /// The ONNX Runtime library file (libonnxruntime.so.1.31.1).
-    #[arg(long, global = true, value_name = "FILE")]
-    ort_lib: Option<PathBuf>,
-    /// More log output (-v: debug, -vv: trace). RUST_LOG also works.
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    verbose: u8,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Analyze image tiles, GeoTIFF scenes and written reports (files or folders), offline.
-    ///
-    /// Images: .jpg .jpeg .png .tif .tiff (scenes are cut into tiles). Reports: .txt and .md
-    /// (one report per file), .csv (one per row) and .jsonl (one per line). Results go to the
-    /// agent's database; --format/--out also export them. Exit code 0: all inputs analysed;
-    /// 3: some inputs failed (listed in the summary); 1: nothing could be done.
-    Analyze(AnalyzeArgs),
-    /// Export stored results (default: those of the last run).
-    Export(ExportArgs),
-    /// Measure end-to-end throughput against raw ONNX Runtime on the same model, side by side.
-    Bench {
-        /// Folder of image tiles (default: <shared data>/eurosat).
-        #[arg(long, value_name = "DIR")]
-        images: Option<PathBuf>,
-        /// CSV of reports (default: <shared data>/crisis_text/messages.csv).
-        #[arg(long, value_name = "FILE")]
-        reports: Option<PathBuf>,
-        /// Image tiles per round.
-        #[arg(long, default_value_t = 1024)]
-        image_count: usize,
-        /// Reports per round.
-        #[arg(long, default_value_t = 1000)]
-        report_count: usize,
-        /// Rounds (raw and end-to-end alternate; medians are reported).
-        #[arg(long, default_value_t = 5)]
-        rounds: usize,
-        /// Items per batch.
-        #[arg(long, default_value_t = 32)]
-        batch_size: usize,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Confirm or correct predictions from the command line, and manage the feedback outbox.
-    Feedback {
-        #[command(subcommand)]
-        command: FeedbackCommand,
-    },
-    /// Review predictions in a local web page: least confident first, keyboard only, offline.
-    Review {
-        /// Address to listen on. The page has no login: keep it on 127.0.0.1 unless you
-        /// know who can reach the address.
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8470")]
-        listen: std::net::SocketAddr,
-        /// Name recorded with each decision (default: feedback.annotator, else the login name).
-        #[arg(long, value_name = "NAME")]
-        annotator: Option<String>,
-        /// Send the raw tile or report text with every decision (default: the config's
-        /// feedback.send_images and feedback.send_reports).
-        #[arg(long)]
-        include_content: bool,
-    },
-    /// The long-running agent: the review page plus a background loop that syncs feedback
-    /// whenever the server is reachable (backing off while it is not).
-    Run(RunArgs),
-    /// Check this installation: ONNX Runtime, models, database, disk space, server, clock.
-    ///
-    /// Prints each problem with its fix. Exit code 1 if a check failed (warnings do not count).
-    Doctor {
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Register this agent with the central server using the operator's one-time code.
-    Enroll {
-        /// The server's URL, such as https://outpost.example.org
-        server_url: String,
-        /// The code printed by `outpost-server devices add`.
-        code: String,
-    },
-    /// Push the feedback outbox to the server once, then check for model updates (if a
-    /// root is pinned: update.root in the config).
-    Sync,
-    /// Check for model updates once: verify the signed metadata from the pinned root,
-    /// download what this device should run (resuming partial files), validate it and
-    /// switch. Exit code 1 if something was refused (the current models keep serving).
-    Update(UpdateArgs),
-    /// Delete reviewed items whose decisions the server acknowledged (retention policy):
-    /// the tile or report, its predictions and embeddings, its decisions. Unreviewed items
-    /// and anything not yet synced stay. Securely: freed pages are zeroed and the database
-    /// rebuilt (VACUUM).
-    Purge(PurgeArgs),
-    /// Encrypt the agent's data at rest (SQLCipher; an existing database is converted).
-    ///
-    /// --passphrase (laptops): the key is wrapped under a passphrase (Argon2id), asked for
-    /// by every command that reads items. --systemd-creds (unattended boxes, as root): the
-    /// key is sealed by systemd-creds (TPM2 where present, else the host key). Prints a
-    /// recovery key once: keep it away from the device.
-    Encrypt(EncryptArgs),
-    /// Change the passphrase (only the 32-byte key is rewrapped; the database is not
-    /// re-encrypted). The current passphrase is asked for, or $OUTPOST_PASSPHRASE_FILE read.
-    Passphrase(PassphraseArgs),
-    /// What is waiting, when the last sync succeeded, and why the last one failed.
-    Status(StatusArgs),
-    /// Inspect and check model bundles.
-    Models {
-        #[command(subcommand)]
-        command: ModelsCommand,
-    },
-}
-
-/// Arguments of `status`.
-#[derive(clap::Args)]
-struct StatusArgs {
-    /// Print JSON.
-    #[arg(long)]
-    json: bool,
-}
-
-/// Arguments of `purge`.
-#[derive(clap::Args)]
-struct PurgeArgs {
-    /// Only items whose last decision was acknowledged at least this many days ago
-    /// (default: retention.purge_after_days in the config, 30).
-    #[arg(long, value_name = "DAYS")]
-    older_than_days: Option<u32>,
-    /// Count what would go, delete nothing.
-    #[arg(long)]
-    dry_run: bool,
-}
-
-/// Arguments of `update`.
-#[derive(clap::Args)]
-struct UpdateArgs {
-    /// Print the report as JSON.
-    #[arg(long)]
-    json: bool,
-}
-
-/// Arguments of `run`.
-#[derive(clap::Args)]
-struct RunArgs {
-    /// Address of the review page.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8470")]
-    listen: std::net::SocketAddr,
-    /// Name recorded with each decision.
-    #[arg(long, value_name = "NAME")]
-    annotator: Option<String>,
-    /// Upload cap in kilobytes per second (default: none).
-    #[arg(long, value_name = "KB")]
-    bandwidth_kbps: Option<u64>,
-    /// Seconds between outbox checks when nothing happens.
-    #[arg(long, default_value_t = 60)]
-    idle_check_secs: u64,
-    /// Longest wait between tries while the server is unreachable, in seconds.
-    #[arg(long, default_value_t = 600)]
-    max_backoff_secs: u64,
-}
-
-/// Arguments of `export`.
-#[derive(clap::Args)]
-struct ExportArgs {
-    /// Output format.
-    #[arg(long, value_enum, default_value = "json")]
-    format: Format,
-    /// Output file (default: standard output).
-    #[arg(long, value_name = "FILE")]
-    out: Option<PathBuf>,
-    /// Export this run instead of the last one.
-    #[arg(long, conflicts_with = "all")]
-    run: Option<i64>,
-    /// Export every stored prediction.
-    #[arg(long)]
-    all: bool,
-    /// Only this model.
-    #[arg(long, value_name = "NAME")]
-    model: Option<String>,
-}
-
-/// Arguments of `passphrase`.
-#[derive(clap::Args)]
-struct PassphraseArgs {
-    /// The passphrase is lost: prove the right to the data with the recovery key
-    /// printed by `outpost encrypt` instead (read from this file, or asked for with `-`).
-    #[arg(long, value_name = "FILE")]
-    recovery_key: Option<PathBuf>,
-    /// Read the new passphrase from this file instead of asking twice.
-    #[arg(long, value_name = "FILE")]
-    new_passphrase_file: Option<PathBuf>,
-}
-
-/// Arguments of `encrypt`.
-#[derive(clap::Args)]
-struct EncryptArgs {
-    /// Keep the key under a passphrase.
-    #[arg(
-        long,
-        conflicts_with = "systemd_creds",
-        required_unless_present = "systemd_creds"
-    )]
-    passphrase: bool,
-    /// Seal the key with systemd-creds.
-    #[arg(long)]
-    systemd_creds: bool,
-    /// Read the new passphrase from this file instead of asking twice.
-    #[arg(long, value_name = "FILE", requires = "passphrase")]
-    passphrase_file: Option<PathBuf>,
-}
-
-/// `outpost analyze`: what to read and how.
-#[derive(clap::Args)]
-struct AnalyzeArgs {
-    /// Files and folders to analyze.
-    #[arg(required = true, value_name = "PATH")]
-    inputs: Vec<PathBuf>,
-    /// Export this run's results in a format (to --out, or standard output).
-    #[arg(long, value_enum)]
-    format: Option<Format>,
-    /// File to export to (the format follows the extension if --format is not given).
-    #[arg(long, value_name = "FILE")]
-    out: Option<PathBuf>,
-    /// Only run the model with this name.
-    #[arg(long, value_name = "NAME")]
-    model: Option<String>,
-    /// CSV column or JSON field with the report text.
-    #[arg(long, value_name = "NAME")]
-    text_field: Option<String>,
-    /// Analyze again items already analysed by the same model version.
-    #[arg(long)]
-    force: bool,
-    /// Image tiles per inference batch (reports: analyze.text_batch_size in the config).
-    #[arg(long)]
-    batch_size: Option<usize>,
-    /// Tile size for scenes in pixels (default: the model's input size).
-    #[arg(long)]
-    tile_size: Option<u32>,
-    /// Overlap between scene tiles in pixels.
-    #[arg(long)]
-    tile_overlap: Option<u32>,
-    /// Print the summary as JSON instead of text.
-    #[arg(long)]
-    json_summary: bool,
-    /// No progress bar.
-    #[arg(long)]
-    no_progress: bool,
-}
-
-#[derive(Subcommand)]
-enum FeedbackCommand {
-    /// List decisions, newest first.
-    List {
-        /// Only those waiting to be sent.
-        #[arg(long)]
-        pending: bool,
-        /// Most rows to show.
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Show one decision.
-    Show {
-        /// Feedback id (UUID).
-        id: String,
-    },
-    /// Give labels to an item (by item id, or by its source file and --locator).
-    Give {
-        /// Item id, or the file the item came from.
-        item: String,
-        /// The label, or several for a multi-label model.
-        #[arg(required = true)]
-        labels: Vec<String>,
-        /// Where in the file: "tile x,y,w,h" or "row N".
-        #[arg(long)]
-        locator: Option<String>,
-        /// The model answered (default: the item's newest).
-        #[arg(long)]
-        model: Option<String>,
-        /// The labels are new classes the model does not know yet (without this, an
-        /// unknown label is refused: most are typos).
-        #[arg(long)]
-        new: bool,
-    },
-    /// Take back a decision that has not been sent yet.
-    Undo {
-        /// Feedback id (UUID).
-        id: String,
-    },
-    /// Import labels in bulk from a CSV: columns item_id (or source and locator), label (or
-    /// labels, separated by ';'), and optionally model.
-    Import {
-        /// The CSV file.
-        file: PathBuf,
-        /// Accept labels the model does not know as new classes (otherwise those rows are refused).
-        #[arg(long)]
-        allow_new_labels: bool,
-    },
-    /// Write every pending decision to one checksummed file for a USB stick (when there is
-    /// no network at all). An enrolled agent seals it so that only its server can read it.
-    /// The decisions stay pending until the agent syncs; the server imports each decision
-    /// once, however often it arrives.
-    Export {
-        /// The file to write.
-        file: PathBuf,
-        /// Write it unencrypted even though this device could seal it (or has no key to).
-        #[arg(long)]
-        plain: bool,
-    },
-}
-
-#[derive(Subcommand)]
-enum ModelsCommand {
-    /// List the installed bundles: every version on disk, the active one, pins and failures.
-    List {
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Switch a model back to the version that was active before the current one.
-    Rollback {
-        /// Model name.
-        name: String,
-    },
-    /// Switch a model to an installed version and keep it there (updates leave it alone).
-    Pin {
-        /// Model name.
-        name: String,
-        /// An installed version.
-        version: String,
-    },
-    /// Let updates move a pinned model again.
-    Unpin {
-        /// Model name.
-        name: String,
-    },
-    /// Install a model update carried on a USB stick (`outpost-server models export-usb`),
-    /// verified against the pinned root exactly like an online update.
-    Install {
-        /// The update file.
-        file: PathBuf,
-        /// Install even if the file's signed timestamp expired longer ago than
-        /// update.usb_max_stale_days (said, recorded and reported to the server).
-        #[arg(long)]
-        allow_stale: bool,
-    },
-    /// Verify every bundle's files and run its golden inputs through ONNX Runtime.
-    Verify,
-    /// Print the "files" object of a manifest for a bundle folder (for your own models).
-    Hash {
-        /// The bundle folder.
-        dir: PathBuf,
-    },
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -446,105 +79,6 @@ fn load_models(cfg: &AgentConfig, only: Option<&str>) -> Result<Vec<Arc<LoadedMo
     Ok(models)
 }
 
-/// Whether a command reads or writes item data (so needs the data key when encrypted).
-fn reads_items(c: &Command) -> bool {
-    !matches!(
-        c,
-        Command::Doctor { .. }
-            | Command::Bench { .. }
-            | Command::Encrypt(_)
-            | Command::Passphrase(_)
-            | Command::Run(_)
-            | Command::Review { .. }
-            | Command::Models {
-                command: ModelsCommand::Verify | ModelsCommand::Hash { .. }
-            }
-    )
-}
-
-/// Reads a secret from a file (trailing newline dropped).
-fn read_secret_file(path: &Path) -> Result<zeroize::Zeroizing<String>> {
-    let s = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the passphrase file {}", path.display()))?;
-    Ok(zeroize::Zeroizing::new(
-        s.trim_end_matches(['\n', '\r']).to_string(),
-    ))
-}
-
-/// Unlocks the data folder if it is encrypted: a sealed key unseals by itself; a
-/// passphrase comes from $OUTPOST_PASSPHRASE_FILE or is asked for on the terminal (three
-/// tries). `interactive_only_if_tty`: without a terminal and without the variable, return
-/// `Ok(false)` (still locked) instead of failing.
-fn unlock(cfg: &AgentConfig, may_stay_locked: bool) -> Result<bool> {
-    use outpost::store::vault::{self, KeyMode, Protection, VaultError};
-    use std::io::IsTerminal;
-    let dir = cfg.data_dir();
-    match vault::protection(&dir)? {
-        Protection::Plain | Protection::Unlocked(_) => Ok(true),
-        Protection::Locked(KeyMode::SystemdCreds) => {
-            vault::unlock_unattended(&dir)?;
-            Ok(true)
-        }
-        Protection::Locked(KeyMode::Passphrase) => {
-            if let Some(f) = std::env::var_os(vault::PASSPHRASE_FILE_ENV) {
-                let p = read_secret_file(Path::new(&f))?;
-                vault::unlock_with_passphrase(&dir, &p)?;
-                return Ok(true);
-            }
-            if !std::io::stdin().is_terminal() {
-                if may_stay_locked {
-                    return Ok(false);
-                }
-                return Err(vault::key_for_database(&cfg.database_path())
-                    .err()
-                    .map(anyhow::Error::from)
-                    .unwrap_or_else(|| anyhow::anyhow!("the agent's data is locked")));
-            }
-            for _ in 0..3 {
-                let p = prompt(
-                    &format!("Passphrase for {}: ", dir.display()),
-                    "passphrase",
-                    CURRENT_INSTEAD,
-                )?;
-                match vault::unlock_with_passphrase(&dir, &p) {
-                    Ok(_) => return Ok(true),
-                    Err(VaultError::WrongPassphrase) => eprintln!("wrong passphrase"),
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            bail!("three wrong passphrases: nothing was read or changed")
-        }
-    }
-}
-
-/// What to do instead of typing the current passphrase.
-const CURRENT_INSTEAD: &str = "set OUTPOST_PASSPHRASE_FILE to a file holding it";
-
-fn prompt(
-    text: &str,
-    what: &'static str,
-    instead: &'static str,
-) -> Result<zeroize::Zeroizing<String>> {
-    Ok(outpost::cli::prompt_secret(text, what, instead)?)
-}
-
-/// A new passphrase: from a file, or typed twice on the terminal. `instead` says how to
-/// give it in a file (said when there is no terminal).
-fn new_passphrase(
-    file: Option<&Path>,
-    instead: &'static str,
-) -> Result<zeroize::Zeroizing<String>> {
-    if let Some(f) = file {
-        return read_secret_file(f);
-    }
-    let a = prompt("New passphrase: ", "new passphrase", instead)?;
-    let b = prompt("The same again: ", "new passphrase", instead)?;
-    if a != b {
-        bail!("the two passphrases differ: nothing was changed");
-    }
-    Ok(a)
-}
-
 /// `outpost analyze`: loads the models, analyses the inputs (Ctrl-C stops after the
 /// current batch), prints the summary and drift alerts, and exports if asked.
 fn analyze_command(cfg: &AgentConfig, a: AnalyzeArgs) -> Result<ExitCode> {
@@ -601,7 +135,7 @@ fn analyze_command(cfg: &AgentConfig, a: AnalyzeArgs) -> Result<ExitCode> {
     if json_summary {
         outln!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
-        print_summary(&summary, &db);
+        out!("{}", text::summary(&summary, &db));
     }
     // Drift: score the new predictions window by window and warn about unfamiliar input.
     let windows = outpost::drift::update_all(&store, &cfg.models_dir(), &cfg.drift);
@@ -610,17 +144,23 @@ fn analyze_command(cfg: &AgentConfig, a: AnalyzeArgs) -> Result<ExitCode> {
             if d.state != outpost::drift::DriftState::Ok
                 && windows.iter().any(|w| w.model_name == d.model_name)
             {
-                eprintln!("{}", drift_line(&d));
+                eprintln!("{}", text::drift(&d));
             }
         }
     }
-    let format = format.or_else(|| out.as_deref().and_then(format_from_extension));
+    let format = format.or_else(|| out.as_deref().and_then(Format::from_path));
     if let Some(format) = format {
         let filter = ExportFilter {
             run_id: Some(summary.run_id),
             model_name: model.clone(),
         };
-        do_export(&store, &models, &filter, format, out.as_deref())?;
+        let rows = export::load_rows(&store, &filter, &|n, v| {
+            let m = models.iter().map(|m| m.manifest());
+            m.into_iter()
+                .find(|m| m.name == n && m.version == v)
+                .map(|m| m.labels.clone())
+        })?;
+        write_rows(&rows, format, out.as_deref())?;
     }
     Ok(match summary.status() {
         "ok" => ExitCode::SUCCESS,
@@ -740,7 +280,7 @@ fn export_command(cfg: &AgentConfig, a: ExportArgs) -> Result<ExitCode> {
         }
     };
     // Label names come from the manifests; models need not load into ONNX Runtime.
-    let manifests = read_manifests(&cfg.models_dir());
+    let manifests = read_manifests(&cfg.models_dir())?;
     let filter = ExportFilter {
         run_id,
         model_name: model,
@@ -800,7 +340,7 @@ fn update_command(cfg: &AgentConfig, a: UpdateArgs) -> Result<ExitCode> {
             if json {
                 outln!("{}", serde_json::to_string_pretty(&r)?);
             } else {
-                print_update(&r);
+                out!("{}", text::update(&r));
             }
             Ok(if r.refused.is_empty() && r.rolled_back.is_empty() {
                 ExitCode::SUCCESS
@@ -874,7 +414,7 @@ fn sync_command(cfg: &AgentConfig) -> Result<ExitCode> {
     }
     use outpost::daemon::UpdateAfterSync;
     match update.map(|u| *u) {
-        Some(UpdateAfterSync::Checked(u)) => print_update(&u),
+        Some(UpdateAfterSync::Checked(u)) => out!("{}", text::update(&u)),
         Some(UpdateAfterSync::Refused(e)) => {
             outln!("model update refused: {e} (the current models keep serving)")
         }
@@ -933,7 +473,7 @@ fn status_command(cfg: &AgentConfig, a: StatusArgs) -> Result<ExitCode> {
             );
         }
         for d in drift {
-            outln!("{}", drift_line(d));
+            outln!("{}", text::drift(d));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -941,7 +481,7 @@ fn status_command(cfg: &AgentConfig, a: StatusArgs) -> Result<ExitCode> {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let cfg = load_config(&cli)?;
-    if reads_items(&cli.command) {
+    if cli.command.reads_items() {
         unlock(&cfg, false)?;
     }
     match cli.command {
@@ -1020,87 +560,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// One line per model: state, since when, score, and the likely cause of the last alert.
-fn drift_line(d: &outpost::drift::ModelDrift) -> String {
-    let mut line = format!(
-        "drift {}: {} since {} (latest window: {} of {} items unfamiliar; {} windows)",
-        d.model_name,
-        d.state.as_str().to_uppercase(),
-        d.since,
-        d.latest.novel,
-        d.latest.items,
-        d.windows
-    );
-    if let Some(a) = &d.last_alert {
-        let list = |v: &[(String, usize)]| {
-            v.iter()
-                .map(|(k, n)| format!("{k} ({n})"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        line.push_str(&format!(
-            "\n  likely cause (window ending {}): labels {}; folders {}",
-            a.ended_at,
-            list(&a.novel_labels),
-            list(&a.novel_folders)
-        ));
-        if d.state != outpost::drift::DriftState::Ok {
-            line.push_str(
-                "\n  unfamiliar items are at the front of the review queue: `outpost review`",
-            );
-        }
-    }
-    line
-}
-
-fn read_manifests(dir: &Path) -> Vec<model::Manifest> {
-    model::bundle::discover(dir)
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|d| model::bundle::read_manifest(d).ok())
-        .collect()
-}
-
-fn format_from_extension(p: &Path) -> Option<Format> {
-    match p.extension()?.to_str()?.to_ascii_lowercase().as_str() {
-        "json" => Some(Format::Json),
-        "csv" => Some(Format::Csv),
-        "geojson" => Some(Format::Geojson),
-        _ => None,
-    }
-}
-
-fn do_export(
-    store: &Store,
-    models: &[Arc<LoadedModel>],
-    filter: &ExportFilter,
-    format: Format,
-    out: Option<&Path>,
-) -> Result<()> {
-    let rows = export::load_rows(store, filter, &|n, v| {
-        models
-            .iter()
-            .find(|m| m.manifest().name == n && m.manifest().version == v)
-            .map(|m| m.manifest().labels.clone())
-    })?;
-    write_rows(&rows, format, out)
-}
-
+/// Writes exported rows to a file or standard output, saying what was left out.
 fn write_rows(rows: &[export::ExportRow], format: Format, out: Option<&Path>) -> Result<()> {
     let left_out = match out {
         Some(path) => {
-            // Write to a temporary file and rename, so a reader never sees half a file.
-            let tmp = path.with_extension("partial");
-            let mut f = std::io::BufWriter::new(
-                std::fs::File::create(&tmp)
-                    .with_context(|| format!("cannot create {}", tmp.display()))?,
-            );
-            let n = export::write(rows, format, &mut f)?;
-            use std::io::Write;
-            f.flush()?;
-            drop(f);
-            std::fs::rename(&tmp, path)
-                .with_context(|| format!("cannot write {}", path.display()))?;
+            let n = export::write_file(rows, format, path)?;
             eprintln!(
                 "exported {} predictions to {}",
                 rows.len() - n,
@@ -1116,77 +580,10 @@ fn write_rows(rows: &[export::ExportRow], format: Format, out: Option<&Path>) ->
     Ok(())
 }
 
-fn print_summary(s: &analyze::Summary, db: &Path) {
-    let analysed = s.image_items + s.text_items;
-    outln!(
-        "Analysed {analysed} items ({} image tiles, {} reports) from {} files in {:.1} s.",
-        s.image_items,
-        s.text_items,
-        s.files,
-        s.elapsed_secs
-    );
-    if s.sightings != analysed + s.already_analysed {
-        outln!(
-            "  Seen in {} places: the same tile or report found in several places is one item, and every place is kept (export has them all).",
-            s.sightings
-        );
-    }
-    if s.already_analysed > 0 {
-        outln!(
-            "  {} items were already analysed by the same model version (use --force to redo).",
-            s.already_analysed
-        );
-    }
-
-    if s.skipped_nodata > 0 {
-        outln!(
-            "  {} scene tiles skipped: mostly nodata or transparent.",
-            s.skipped_nodata
-        );
-    }
-    if s.truncated_reports > 0 {
-        outln!(
-            "  {} reports were longer than the model reads and were cut.",
-            s.truncated_reports
-        );
-    }
-    if s.ignored_files > 0 {
-        outln!(
-            "  {} files in folders were ignored (not images or reports).",
-            s.ignored_files
-        );
-    }
-    for (model, counts) in &s.labels {
-        let mut v: Vec<_> = counts.iter().collect();
-        v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-        let shown: Vec<String> = v.iter().take(12).map(|(l, n)| format!("{l} {n}")).collect();
-        let more = if v.len() > 12 {
-            format!(", and {} more labels", v.len() - 12)
-        } else {
-            String::new()
-        };
-        outln!("  {model}: {}{more}", shown.join(", "));
-    }
-    if !s.failures.is_empty() {
-        outln!("{} inputs failed:", s.failures.len());
-        for f in s.failures.iter().take(20) {
-            match &f.locator {
-                Some(l) => outln!("  {} ({l}): {}", f.source, f.reason),
-                None => outln!("  {}: {}", f.source, f.reason),
-            }
-        }
-        if s.failures.len() > 20 {
-            outln!(
-                "  ... and {} more (see the failures table of run {})",
-                s.failures.len() - 20,
-                s.run_id
-            );
-        }
-    }
-    if s.interrupted {
-        outln!("Interrupted: run the same command again to continue where it stopped.");
-    }
-    outln!("Results: run {} in {}", s.run_id, db.display());
+/// The manifests of the installed bundles (for label names), or an error saying where.
+fn read_manifests(dir: &Path) -> Result<Vec<model::Manifest>> {
+    model::bundle::manifests(dir)
+        .with_context(|| format!("cannot read the models folder {}", dir.display()))
 }
 
 fn models_command(cfg: &AgentConfig, command: ModelsCommand) -> Result<ExitCode> {
@@ -1252,7 +649,7 @@ fn models_command(cfg: &AgentConfig, command: ModelsCommand) -> Result<ExitCode>
                     for o in &r.overrides {
                         eprintln!("WARNING: {o}");
                     }
-                    print_update(&r);
+                    out!("{}", text::update(&r));
                     Ok(if r.rolled_back.is_empty() {
                         ExitCode::SUCCESS
                     } else {
@@ -1272,83 +669,23 @@ fn models_command(cfg: &AgentConfig, command: ModelsCommand) -> Result<ExitCode>
             let list = installed.list();
             if json {
                 outln!("{}", serde_json::to_string_pretty(&list)?);
-                return Ok(ExitCode::SUCCESS);
-            }
-            if !list.is_empty() {
-                outln!("installed models: {}", installed.root().display());
-                for l in &list {
-                    outln!(
-                        "  {:<20} active {:<10} installed {}{}",
-                        l.model,
-                        l.active.as_deref().unwrap_or("none"),
-                        l.versions.join(", "),
-                        l.state
-                            .pinned
-                            .as_ref()
-                            .map(|p| format!("  (pinned at {p})"))
-                            .unwrap_or_default()
-                    );
-                    for (v, why) in &l.state.failed {
-                        outln!("      {v} failed: {why}");
-                    }
-                }
-            }
-            let dir = cfg.models_dir();
-            outln!("models folder: {}", dir.display());
-            let dirs = model::bundle::discover(&dir).unwrap_or_default();
-            if dirs.is_empty() {
-                outln!("  (no bundles)");
-            }
-            for d in dirs {
-                match model::bundle::read_manifest(&d) {
-                    Ok(m) => {
-                        let size: u64 = m.files.values().map(|f| f.size).sum();
-                        outln!(
-                            "  {:<20} {:<9} {:<22} {} labels{}  {:.1} MB  {}",
-                            m.name,
-                            m.version,
-                            m.task.as_str(),
-                            m.labels.len(),
-                            if m.multi_label { " (multi-label)" } else { "" },
-                            size as f64 / 1e6,
-                            d.display()
-                        );
-                    }
-                    Err(e) => outln!("  {}: {e}", d.display()),
-                }
+            } else {
+                out!("{}", text::installed(installed.root(), &list));
+                out!("{}", text::bundles(&cfg.models_dir()));
             }
             Ok(ExitCode::SUCCESS)
         }
         ModelsCommand::Verify => {
             runtime::init(cfg.runtime.library.as_deref())?;
-            let dir = cfg.models_dir();
-            let (models, failed) = model::load_all(&dir, cfg.session_options());
+            let (models, failed) = model::load_all(&cfg.models_dir(), cfg.session_options());
             let mut ok = failed.is_empty();
             for (path, e) in &failed {
                 outln!("FAIL {}: {e}", path.display());
             }
             for m in &models {
-                match outpost::infer::golden::check(m) {
-                    Ok(Some(r)) if r.passed() => outln!(
-                        "ok   {}: files verified; {} golden cases within {:.0e} (max difference {:.1e})",
-                        m.id(),
-                        r.cases,
-                        r.tolerance,
-                        r.max_abs_diff
-                    ),
-                    Ok(Some(r)) => {
-                        ok = false;
-                        outln!("FAIL {}: golden outputs not reproduced:", m.id());
-                        for f in &r.failures {
-                            outln!("       {f}");
-                        }
-                    }
-                    Ok(None) => outln!("ok   {}: files verified (no golden cases)", m.id()),
-                    Err(e) => {
-                        ok = false;
-                        outln!("FAIL {}: {e}", m.id());
-                    }
-                }
+                let result = outpost::infer::golden::check(m);
+                ok &= matches!(&result, Ok(None)) || matches!(&result, Ok(Some(r)) if r.passed());
+                out!("{}", text::golden(&m.id(), &result));
             }
             Ok(if ok {
                 ExitCode::SUCCESS
@@ -1474,27 +811,6 @@ fn open_existing_store(cfg: &AgentConfig) -> Result<Store> {
     Ok(Store::open(&db)?)
 }
 
-fn print_feedback(f: &outpost::store::feedback::Feedback) {
-    let new = if f.new_labels.is_empty() {
-        String::new()
-    } else {
-        format!("  new: {}", f.new_labels.join(";"))
-    };
-    outln!(
-        "{}  {}  {:<7} {:<9} {}@{}  item {}  [{}]{}  by {}",
-        f.feedback_id,
-        &f.created_at[..f.created_at.len().min(19)],
-        f.action,
-        f.delivery,
-        f.model_name,
-        f.model_version,
-        &f.item_id[..12.min(f.item_id.len())],
-        f.labels.join(";"),
-        new,
-        f.annotator
-    );
-}
-
 fn feedback_command(cfg: &AgentConfig, command: FeedbackCommand) -> Result<ExitCode> {
     let mut store = open_existing_store(cfg)?;
     match command {
@@ -1515,7 +831,7 @@ fn feedback_command(cfg: &AgentConfig, command: FeedbackCommand) -> Result<ExitC
                     c.reviewed_today,
                     c.last_sync.as_deref().unwrap_or("never")
                 );
-                rows.iter().for_each(print_feedback);
+                rows.iter().for_each(|f| out!("{}", text::feedback(f)));
             }
         }
         FeedbackCommand::Show { id } => {
@@ -1531,7 +847,7 @@ fn feedback_command(cfg: &AgentConfig, command: FeedbackCommand) -> Result<ExitC
             model,
             new,
         } => {
-            let manifests = read_manifests(&cfg.models_dir());
+            let manifests = read_manifests(&cfg.models_dir())?;
             let g = outpost::decisions::Give {
                 item,
                 locator,
@@ -1540,21 +856,21 @@ fn feedback_command(cfg: &AgentConfig, command: FeedbackCommand) -> Result<ExitC
                 new_labels: new,
             };
             let f = outpost::decisions::give(&mut store, cfg, &manifests, g)?;
-            print_feedback(&f);
+            out!("{}", text::feedback(&f));
         }
         FeedbackCommand::Undo { id } => {
             let restored = store.undo_feedback(&id)?;
             outln!("undone {id}");
             if let Some(r) = restored {
                 out!("the earlier decision is active again: ");
-                print_feedback(&r);
+                out!("{}", text::feedback(&r));
             }
         }
         FeedbackCommand::Import {
             file,
             allow_new_labels,
         } => {
-            let manifests = read_manifests(&cfg.models_dir());
+            let manifests = read_manifests(&cfg.models_dir())?;
             let r = outpost::decisions::import_csv(
                 &mut store,
                 cfg,
@@ -1591,31 +907,6 @@ fn feedback_command(cfg: &AgentConfig, command: FeedbackCommand) -> Result<ExitC
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn print_update(r: &outpost::update::UpdateReport) {
-    for m in &r.installed {
-        outln!("installed and switched to {m}");
-    }
-    for m in &r.rolled_back {
-        outln!("rolled back {m}");
-    }
-    for m in &r.refused {
-        outln!("refused: {m}");
-    }
-    for m in &r.unchanged {
-        outln!("unchanged: {m}");
-    }
-    outln!(
-        "root v{}, targets v{}; {} bytes downloaded ({} files fetched, {} already here)",
-        r.root_version,
-        r.targets_version
-            .map(|v| v.to_string())
-            .unwrap_or_else(|| "-".into()),
-        r.bytes_downloaded,
-        r.files_fetched,
-        r.files_cached
-    );
 }
 
 fn review_options(

@@ -200,3 +200,24 @@ pub fn discover(models_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     dirs.sort();
     Ok(dirs)
 }
+
+/// The manifests of every bundle [`discover`] finds (label names for exports and
+/// decisions; no model is loaded). A folder that cannot be read is an error; a bundle whose
+/// manifest cannot be read is left out with a warning that names it. No folder at all is
+/// no bundles.
+pub fn manifests(models_dir: &Path) -> std::io::Result<Vec<Manifest>> {
+    let dirs = match discover(models_dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        r => r?,
+    };
+    let mut out = Vec::new();
+    for dir in dirs {
+        match read_manifest(&dir) {
+            Ok(m) => out.push(m),
+            Err(e) => {
+                tracing::warn!(bundle = %dir.display(), error = %e, "manifest not readable; bundle left out")
+            }
+        }
+    }
+    Ok(out)
+}

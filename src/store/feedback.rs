@@ -11,6 +11,7 @@
 //! the new one travels with `supersedes` naming it, and the server keeps the history.
 
 use super::{embedding_from_f16, now, Store, StoreError};
+use crate::protocol::Action;
 use rusqlite::{params, OptionalExtension, Transaction};
 
 /// Why feedback was refused. Nothing is written when one of these is returned.
@@ -111,8 +112,8 @@ pub struct Feedback {
     pub model_name: String,
     /// Model version.
     pub model_version: String,
-    /// `confirm` or `correct`.
-    pub action: String,
+    /// Whether the reviewer confirmed or corrected the prediction.
+    pub action: Action,
     /// Labels given.
     pub labels: Vec<String>,
     /// Given labels the model does not know.
@@ -123,12 +124,36 @@ pub struct Feedback {
     pub created_at: String,
     /// Earlier decision replaced.
     pub supersedes: Option<String>,
-    /// `active`, `superseded` or `undone`.
-    pub state: String,
-    /// `pending` (in the outbox), `synced` (acknowledged) or `none` (never sent, replaced).
-    pub delivery: String,
+    /// Whether it is the item's current decision.
+    pub state: DecisionState,
+    /// Where it is on its way to the server.
+    pub delivery: Delivery,
     /// Whether the raw item travels.
     pub include_content: bool,
+}
+
+crate::vocabulary! {
+    /// Whether a decision is an item's current one (`feedback.state`).
+    pub enum DecisionState {
+        /// The item's current decision for its model.
+        Active = "active",
+        /// Replaced by a newer decision on the same item.
+        Superseded = "superseded",
+        /// Taken back before it was sent.
+        Undone = "undone",
+    }
+}
+
+crate::vocabulary! {
+    /// Where a decision is on its way to the server (from the outbox; not a stored column).
+    pub enum Delivery {
+        /// In the outbox, not acknowledged yet.
+        Pending = "pending",
+        /// The server acknowledged it.
+        Synced = "synced",
+        /// Never queued or taken out of the outbox (replaced or undone before it was sent).
+        NotQueued = "none",
+    }
 }
 
 /// Counters for the review page and `outpost status`.
@@ -156,6 +181,14 @@ const FEEDBACK_COLUMNS: &str = "f.feedback_id, f.item_id, f.prediction_id, f.mod
     f.new_labels, f.annotator, f.created_at, f.supersedes, f.state, f.include_content,
     CASE WHEN o.feedback_id IS NULL THEN 'none' WHEN o.acked_at IS NULL THEN 'pending' ELSE 'synced' END";
 
+/// A JSON list stored in column `i`; a value that is not one is an error naming the column,
+/// never an empty list.
+fn json_column(i: usize, s: &str) -> rusqlite::Result<Vec<String>> {
+    serde_json::from_str(s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
 fn row_to_feedback(r: &rusqlite::Row<'_>) -> rusqlite::Result<Feedback> {
     let labels: String = r.get(6)?;
     let new_labels: String = r.get(7)?;
@@ -166,8 +199,8 @@ fn row_to_feedback(r: &rusqlite::Row<'_>) -> rusqlite::Result<Feedback> {
         model_name: r.get(3)?,
         model_version: r.get(4)?,
         action: r.get(5)?,
-        labels: serde_json::from_str(&labels).unwrap_or_default(),
-        new_labels: serde_json::from_str(&new_labels).unwrap_or_default(),
+        labels: json_column(6, &labels)?,
+        new_labels: json_column(7, &new_labels)?,
         annotator: r.get(8)?,
         created_at: r.get(9)?,
         supersedes: r.get(10)?,
@@ -273,7 +306,11 @@ impl Store {
             b.sort();
             a == b
         };
-        let action = if same { "confirm" } else { "correct" };
+        let action = if same {
+            Action::Confirm
+        } else {
+            Action::Correct
+        };
         let new_labels: Vec<String> = labels
             .iter()
             .filter(|l| !space.labels.contains(l))
@@ -293,7 +330,7 @@ impl Store {
         }
         // The server only needs to hear about a replaced decision if it has seen it.
         let supersedes = previous.as_ref().and_then(|p| {
-            if p.delivery == "synced" {
+            if p.delivery == Delivery::Synced {
                 Some(p.feedback_id.clone())
             } else {
                 p.supersedes.clone()
@@ -312,8 +349,8 @@ impl Store {
                 input.model_name,
                 version,
                 action,
-                serde_json::to_string(&labels).unwrap_or_default(),
-                serde_json::to_string(&new_labels).unwrap_or_default(),
+                serde_json::Value::from(labels.clone()).to_string(),
+                serde_json::Value::from(new_labels.clone()).to_string(),
                 annotator,
                 ts,
                 embedding,
@@ -338,10 +375,10 @@ impl Store {
         let tx = self.conn.transaction()?;
         let fb = get_feedback(&tx, feedback_id)?
             .ok_or_else(|| FeedbackError::UnknownFeedback(feedback_id.into()))?;
-        if fb.state != "active" {
+        if fb.state != DecisionState::Active {
             return Err(FeedbackError::NotLatest(feedback_id.into()));
         }
-        if fb.delivery == "synced" {
+        if fb.delivery == Delivery::Synced {
             return Err(FeedbackError::AlreadySynced(feedback_id.into()));
         }
         tx.execute(
@@ -488,8 +525,8 @@ impl Store {
                 model_name: r.get(3)?,
                 model_version: r.get(4)?,
                 action: r.get(5)?,
-                labels: serde_json::from_str(&labels).unwrap_or_default(),
-                new_labels: serde_json::from_str(&new_labels).unwrap_or_default(),
+                labels: json_column(6, &labels)?,
+                new_labels: json_column(7, &new_labels)?,
                 annotator: r.get(8)?,
                 created_at: r.get(9)?,
                 supersedes: r.get(10)?,

@@ -9,6 +9,8 @@
 //! Access (see [`auth`]): every page needs a signed-in operator (`outpost-server admin add
 //! NAME` creates one); without a session, pages redirect to the sign-in form and POSTs are
 //! refused (401) with nothing done. Every POST carries the session's CSRF token.
+//! The accounts themselves are created, given new passwords and removed by
+//! [`accounts`] (`outpost-server admin add|passwd|remove`).
 //!
 //! Actions take two steps: the action's form (`POST /admin/actions/{action}`) only
 //! *proposes* it and answers a confirmation page that says exactly what will happen, with a
@@ -34,6 +36,7 @@
 //! | `POST /admin/feedback/{id}/show` | one feedback item's raw content (audited) |
 //! | `GET /admin/style.css` | the stylesheet |
 
+pub mod accounts;
 pub mod auth;
 pub mod plots;
 mod views;

@@ -733,7 +733,7 @@ pub fn models(
                 opt(r.candidate_version.as_deref()),
                 esc(&r.base_version),
                 when(&r.started_at),
-                esc(&r.trigger),
+                r.trigger.as_str(),
                 r.status.as_str(),
                 r.status.as_str(),
                 acc,

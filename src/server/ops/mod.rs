@@ -10,9 +10,12 @@
 //! - [`train`]: "train now": queue a job and wait for it.
 //! - [`usb`]: USB files: a release with its signed metadata for a laptop with no network,
 //!   and decisions brought back from the field.
+//! - [`text`]: how the results of these actions and the server's listings read at a
+//!   terminal (what `outpost-server` prints).
 
 pub mod devices;
 pub mod keys;
+pub mod text;
 pub mod train;
 pub mod usb;
 
@@ -79,6 +82,9 @@ pub enum OpsError {
     /// Nothing matched what the operator named.
     #[error("{0}")]
     NotFound(String),
+    /// Not possible as asked; the message says what to do instead.
+    #[error("{0}")]
+    Refused(String),
     /// A queued training job did not end in time.
     #[error("training job #{job} has not ended after {waited:?} (state {state}); `outpost-server jobs` shows it")]
     JobTimeout {

@@ -47,7 +47,7 @@ pub fn enqueue_train(
             let open = store
                 .training_jobs(200)?
                 .into_iter()
-                .find(|j| j.model_name == model && (j.state == "queued" || j.state == "running"))
+                .find(|j| j.model_name == model && !j.state.ended())
                 .map(|j| j.job_id)
                 .unwrap_or(0);
             Ok(Queued::AlreadyOpen(open))
@@ -72,13 +72,13 @@ pub fn wait_for_job(
             state: "missing".into(),
             waited: started.elapsed(),
         })?;
-        if j.state == "done" || j.state == "failed" {
+        if j.state.ended() {
             return Ok(j);
         }
         if started.elapsed() > limit {
             return Err(OpsError::JobTimeout {
                 job,
-                state: j.state,
+                state: j.state.to_string(),
                 waited: started.elapsed(),
             });
         }
@@ -124,4 +124,34 @@ pub fn train_and_wait(
         None => None,
     };
     Ok(Trained { queued, job, run })
+}
+
+/// An operator's overrides of the configured training settings for one `train` command.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// Keep the candidate for an operator even if it passes the gate.
+    pub no_publish: bool,
+    /// Largest allowed drop.
+    pub tolerance: Option<f64>,
+    /// Where a passing candidate goes: channel.
+    pub channel: Option<String>,
+    /// Device groups (empty: as configured).
+    pub groups: Vec<String>,
+    /// Share of devices.
+    pub percent: Option<u8>,
+}
+
+impl Overrides {
+    /// The configured settings with these overrides applied.
+    pub fn apply(self, configured: &TrainingSettings) -> TrainingSettings {
+        let mut s = configured.clone();
+        s.publish &= !self.no_publish;
+        s.tolerance = self.tolerance.unwrap_or(s.tolerance);
+        s.channel = self.channel.unwrap_or(s.channel);
+        if !self.groups.is_empty() {
+            s.groups = self.groups;
+        }
+        s.percent = self.percent.unwrap_or(s.percent);
+        s
+    }
 }

@@ -609,12 +609,12 @@ pub struct TrainingJob {
     pub job_id: i64,
     /// Model to train.
     pub model_name: String,
-    /// `operator` or `auto`.
-    pub trigger: String,
+    /// What queued it.
+    pub trigger: Trigger,
     /// Feedback rows for the model when it was queued.
     pub feedback_seen: i64,
-    /// `queued`, `running`, `done` or `failed`.
-    pub state: String,
+    /// Where it is in the queue.
+    pub state: JobState,
     /// Times it was claimed.
     pub attempts: i64,
     /// The process that holds (or last held) it.
@@ -633,28 +633,9 @@ pub struct TrainingJob {
     pub settings: Option<String>,
 }
 
-impl TrainingJob {
-    /// What started it.
-    pub fn trigger(&self) -> Trigger {
-        if self.trigger == "operator" {
-            Trigger::Operator
-        } else {
-            Trigger::Auto
-        }
-    }
-}
-
 /// Columns of [`TrainingJob`], in field order (both stores).
 const JOB_COLUMNS: &str = "job_id, model_name, trigger, feedback_seen, state, attempts, owner,
     lease_until, run_id, error, enqueued_at, finished_at, settings";
-
-/// The SQL spelling of a trigger.
-fn trigger_str(t: Trigger) -> &'static str {
-    match t {
-        Trigger::Operator => "operator",
-        Trigger::Auto => "auto",
-    }
-}
 
 /// A device's latest drift state for one model, as the server shows it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -721,47 +702,48 @@ pub struct TrainingRow {
     pub split: Option<Split>,
 }
 
-/// What started a training run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Trigger {
-    /// `outpost-server train`.
-    Operator,
-    /// Enough new feedback arrived while serving.
-    Auto,
-}
-
-/// How a training run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RunStatus {
-    /// Still running (or the process died: see `finished_at`).
-    Running,
-    /// The candidate passed the gate and was published.
-    Published,
-    /// The candidate regressed (or publishing was not asked for): kept for an operator.
-    Held,
-    /// Training could not complete.
-    Failed,
-}
-
-impl RunStatus {
-    fn parse(s: &str) -> RunStatus {
-        match s {
-            "published" => RunStatus::Published,
-            "held" => RunStatus::Held,
-            "failed" => RunStatus::Failed,
-            _ => RunStatus::Running,
-        }
+crate::vocabulary! {
+    /// What started a training run (or queued a job).
+    pub enum Trigger {
+        /// `outpost-server train`.
+        Operator = "operator",
+        /// Enough new feedback arrived while serving.
+        Auto = "auto",
     }
-    /// The SQL spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunStatus::Running => "running",
-            RunStatus::Published => "published",
-            RunStatus::Held => "held",
-            RunStatus::Failed => "failed",
-        }
+}
+
+crate::vocabulary! {
+    /// How a training run ended.
+    pub enum RunStatus {
+        /// Still running (or the process died: see `finished_at`).
+        Running = "running",
+        /// The candidate passed the gate and was published.
+        Published = "published",
+        /// The candidate regressed (or publishing was not asked for): kept for an operator.
+        Held = "held",
+        /// Training could not complete.
+        Failed = "failed",
+    }
+}
+
+crate::vocabulary! {
+    /// Where a training job is in the queue.
+    pub enum JobState {
+        /// Waiting for a server process to claim it.
+        Queued = "queued",
+        /// Claimed; its lease says until when.
+        Running = "running",
+        /// Ended with a run.
+        Done = "done",
+        /// Given up (see its error).
+        Failed = "failed",
+    }
+}
+
+impl JobState {
+    /// Whether the job has ended (done or failed).
+    pub fn ended(self) -> bool {
+        matches!(self, JobState::Done | JobState::Failed)
     }
 }
 
@@ -792,7 +774,7 @@ pub struct TrainingRun {
     /// The candidate it built.
     pub candidate_version: Option<String>,
     /// What started it.
-    pub trigger: String,
+    pub trigger: Trigger,
     /// Outcome.
     pub status: RunStatus,
     /// Why.

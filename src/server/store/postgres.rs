@@ -203,14 +203,13 @@ fn row_to_job(r: &Row) -> TrainingJob {
 }
 
 fn row_to_run(r: &Row) -> TrainingRun {
-    let status: String = r.get(5);
     TrainingRun {
         run_id: r.get(0),
         model_name: r.get(1),
         base_version: r.get(2),
         candidate_version: r.get(3),
         trigger: r.get(4),
-        status: RunStatus::parse(&status),
+        status: r.get(5),
         reason: r.get(6),
         feedback_seen: r.get(7),
         report: r.get(8),
@@ -641,7 +640,7 @@ impl ServerStore for PostgresServerStore {
             .query_one(
                 "INSERT INTO training_runs (model_name, base_version, trigger, status, feedback_seen, started_at)
                  VALUES ($1, $2, $3, 'running', $4, $5) RETURNING run_id",
-                &[&model, &base_version, &trigger_str(trigger), &feedback_seen, &now()],
+                &[&model, &base_version, &trigger, &feedback_seen, &now()],
             )?
             .get(0))
     }
@@ -790,13 +789,7 @@ impl ServerStore for PostgresServerStore {
                 "INSERT INTO training_jobs
                      (model_name, trigger, feedback_seen, state, enqueued_at, settings)
                  VALUES ($1, $2, $3, 'queued', $4, $5) ON CONFLICT DO NOTHING RETURNING job_id",
-                &[
-                    &model,
-                    &trigger_str(trigger),
-                    &feedback_seen,
-                    &now(),
-                    &settings,
-                ],
+                &[&model, &trigger, &feedback_seen, &now(), &settings],
             )?
             .map(|r| r.get(0)))
     }

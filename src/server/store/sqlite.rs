@@ -485,10 +485,7 @@ impl ServerStore for SqliteServerStore {
             params![
                 model,
                 base_version,
-                match trigger {
-                    Trigger::Operator => "operator",
-                    Trigger::Auto => "auto",
-                },
+                trigger,
                 feedback_seen,
                 now()
             ],
@@ -536,14 +533,13 @@ impl ServerStore for SqliteServerStore {
              FROM training_runs WHERE ?1 IS NULL OR model_name = ?1 ORDER BY run_id DESC",
         )?;
         let rows = st.query_map([model], |r| {
-            let status: String = r.get(5)?;
             Ok(TrainingRun {
                 run_id: r.get(0)?,
                 model_name: r.get(1)?,
                 base_version: r.get(2)?,
                 candidate_version: r.get(3)?,
                 trigger: r.get(4)?,
-                status: RunStatus::parse(&status),
+                status: r.get(5)?,
                 reason: r.get(6)?,
                 feedback_seen: r.get(7)?,
                 report: r.get(8)?,
@@ -652,7 +648,7 @@ impl ServerStore for SqliteServerStore {
             "INSERT INTO training_jobs
                  (model_name, trigger, feedback_seen, state, enqueued_at, settings)
              VALUES (?1, ?2, ?3, 'queued', ?4, ?5) ON CONFLICT DO NOTHING",
-            params![model, trigger_str(trigger), feedback_seen, now(), settings],
+            params![model, trigger, feedback_seen, now(), settings],
         )?;
         Ok((n == 1).then(|| conn.last_insert_rowid()))
     }

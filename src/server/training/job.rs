@@ -138,7 +138,7 @@ pub fn work_one(
     // queued again between its run's end and our look): then there is nothing to do. A run
     // that never finished (its process died) does not count.
     // An operator's job always trains (they may have changed the settings).
-    let covered = job.trigger() == Trigger::Auto
+    let covered = job.trigger == Trigger::Auto
         && store
             .runs(Some(&job.model_name))?
             .iter()
@@ -239,7 +239,7 @@ pub fn train_job(
             repo,
             &job.model_name,
             &settings,
-            job.trigger(),
+            job.trigger,
             still_ours,
         )?;
         settle(store, repo, candidate, &settings, still_ours)

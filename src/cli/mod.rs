@@ -9,6 +9,15 @@
 //! cut short). Any other write error is said once on stderr and makes the exit code a
 //! failure ([`stdout_failed`]). The sockets of `outpost run` are not standard output and
 //! keep their own handling.
+//!
+//! The command lines themselves (commands, arguments, help texts) are defined here too:
+//! [`agent_args`] for `outpost`, [`server_args`] for `outpost-server`, so that a test can parse every command the README
+//! shows and the binary is only the dispatch and its printing.
+
+pub mod agent_args;
+pub mod agent_text;
+pub mod server_args;
+pub mod unlock;
 
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};

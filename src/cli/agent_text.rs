@@ -1,0 +1,279 @@
+//! How the agent's results read at a terminal: the analyze summary, drift lines, decisions,
+//! update reports. They live in the library next to the results they render, so the binary
+//! only dispatches and prints, and tests can read exactly what a person reads. Each function
+//! returns whole lines ending in a newline (except [`drift`], one entry of a list).
+
+use crate::analyze;
+use crate::drift::{DriftState, ModelDrift};
+use crate::infer::golden::GoldenReport;
+use crate::model::bundle;
+use crate::store::feedback::Feedback;
+use crate::update::local::ModelListing;
+use crate::update::UpdateReport;
+use std::fmt::Write;
+use std::path::Path;
+
+/// `writeln!` into a `String`, which cannot fail.
+macro_rules! push {
+    ($s:ident, $($arg:tt)*) => {{
+        let _ = writeln!($s, $($arg)*);
+    }};
+}
+
+/// One line per model: state, since when, score, and the likely cause of the last alert.
+pub fn drift(d: &ModelDrift) -> String {
+    let mut line = format!(
+        "drift {}: {} since {} (latest window: {} of {} items unfamiliar; {} windows)",
+        d.model_name,
+        d.state.as_str().to_uppercase(),
+        d.since,
+        d.latest.novel,
+        d.latest.items,
+        d.windows
+    );
+    if let Some(a) = &d.last_alert {
+        let list = |v: &[(String, usize)]| {
+            v.iter()
+                .map(|(k, n)| format!("{k} ({n})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        line.push_str(&format!(
+            "\n  likely cause (window ending {}): labels {}; folders {}",
+            a.ended_at,
+            list(&a.novel_labels),
+            list(&a.novel_folders)
+        ));
+        if d.state != DriftState::Ok {
+            line.push_str(
+                "\n  unfamiliar items are at the front of the review queue: `outpost review`",
+            );
+        }
+    }
+    line
+}
+
+pub fn summary(s_: &analyze::Summary, db: &Path) -> String {
+    let mut out = String::new();
+    let s = s_;
+    let analysed = s.image_items + s.text_items;
+    push!(
+        out,
+        "Analysed {analysed} items ({} image tiles, {} reports) from {} files in {:.1} s.",
+        s.image_items,
+        s.text_items,
+        s.files,
+        s.elapsed_secs
+    );
+    if s.sightings != analysed + s.already_analysed {
+        push!(out,
+            "  Seen in {} places: the same tile or report found in several places is one item, and every place is kept (export has them all).",
+            s.sightings
+        );
+    }
+    if s.already_analysed > 0 {
+        push!(
+            out,
+            "  {} items were already analysed by the same model version (use --force to redo).",
+            s.already_analysed
+        );
+    }
+
+    if s.skipped_nodata > 0 {
+        push!(
+            out,
+            "  {} scene tiles skipped: mostly nodata or transparent.",
+            s.skipped_nodata
+        );
+    }
+    if s.truncated_reports > 0 {
+        push!(
+            out,
+            "  {} reports were longer than the model reads and were cut.",
+            s.truncated_reports
+        );
+    }
+    if s.ignored_files > 0 {
+        push!(
+            out,
+            "  {} files in folders were ignored (not images or reports).",
+            s.ignored_files
+        );
+    }
+    for (model, counts) in &s.labels {
+        let mut v: Vec<_> = counts.iter().collect();
+        v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let shown: Vec<String> = v.iter().take(12).map(|(l, n)| format!("{l} {n}")).collect();
+        let more = if v.len() > 12 {
+            format!(", and {} more labels", v.len() - 12)
+        } else {
+            String::new()
+        };
+        push!(out, "  {model}: {}{more}", shown.join(", "));
+    }
+    if !s.failures.is_empty() {
+        push!(out, "{} inputs failed:", s.failures.len());
+        for f in s.failures.iter().take(20) {
+            match &f.locator {
+                Some(l) => push!(out, "  {} ({l}): {}", f.source, f.reason),
+                None => push!(out, "  {}: {}", f.source, f.reason),
+            }
+        }
+        if s.failures.len() > 20 {
+            push!(
+                out,
+                "  ... and {} more (see the failures table of run {})",
+                s.failures.len() - 20,
+                s.run_id
+            );
+        }
+    }
+    if s.interrupted {
+        push!(
+            out,
+            "Interrupted: run the same command again to continue where it stopped."
+        );
+    }
+    push!(out, "Results: run {} in {}", s.run_id, db.display());
+    out
+}
+
+pub fn feedback(f: &Feedback) -> String {
+    let mut s = String::new();
+    let new = if f.new_labels.is_empty() {
+        String::new()
+    } else {
+        format!("  new: {}", f.new_labels.join(";"))
+    };
+    push!(
+        s,
+        "{}  {}  {:<7} {:<9} {}@{}  item {}  [{}]{}  by {}",
+        f.feedback_id,
+        &f.created_at[..f.created_at.len().min(19)],
+        f.action,
+        f.delivery,
+        f.model_name,
+        f.model_version,
+        &f.item_id[..12.min(f.item_id.len())],
+        f.labels.join(";"),
+        new,
+        f.annotator
+    );
+    s
+}
+
+pub fn update(r: &UpdateReport) -> String {
+    let mut s = String::new();
+    for m in &r.installed {
+        push!(s, "installed and switched to {m}");
+    }
+    for m in &r.rolled_back {
+        push!(s, "rolled back {m}");
+    }
+    for m in &r.refused {
+        push!(s, "refused: {m}");
+    }
+    for m in &r.unchanged {
+        push!(s, "unchanged: {m}");
+    }
+    push!(
+        s,
+        "root v{}, targets v{}; {} bytes downloaded ({} files fetched, {} already here)",
+        r.root_version,
+        r.targets_version
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "-".into()),
+        r.bytes_downloaded,
+        r.files_fetched,
+        r.files_cached
+    );
+    s
+}
+
+/// `models list`: the installed tree, one line per model and its failed versions.
+pub fn installed(root: &Path, list: &[ModelListing]) -> String {
+    let mut s = String::new();
+    if list.is_empty() {
+        return s;
+    }
+    push!(s, "installed models: {}", root.display());
+    for l in list {
+        let pinned = l
+            .state
+            .pinned
+            .as_ref()
+            .map(|p| format!("  (pinned at {p})"));
+        push!(
+            s,
+            "  {:<20} active {:<10} installed {}{}",
+            l.model,
+            l.active.as_deref().unwrap_or("none"),
+            l.versions.join(", "),
+            pinned.unwrap_or_default()
+        );
+        for (v, why) in &l.state.failed {
+            push!(s, "      {v} failed: {why}");
+        }
+    }
+    s
+}
+
+/// `models list`: the bundles of the models folder, with their size, or why one is unreadable.
+pub fn bundles(dir: &Path) -> String {
+    let mut s = String::new();
+    push!(s, "models folder: {}", dir.display());
+    let dirs = match bundle::discover(dir) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            push!(s, "  (cannot read it: {e})");
+            return s;
+        }
+    };
+    if dirs.is_empty() {
+        push!(s, "  (no bundles)");
+    }
+    for d in dirs {
+        match bundle::read_manifest(&d) {
+            Ok(m) => {
+                let size: u64 = m.files.values().map(|f| f.size).sum();
+                push!(
+                    s,
+                    "  {:<20} {:<9} {:<22} {} labels{}  {:.1} MB  {}",
+                    m.name,
+                    m.version,
+                    m.task.as_str(),
+                    m.labels.len(),
+                    if m.multi_label { " (multi-label)" } else { "" },
+                    size as f64 / 1e6,
+                    d.display()
+                );
+            }
+            Err(e) => push!(s, "  {}: {e}", d.display()),
+        }
+    }
+    s
+}
+
+/// `models verify`: one bundle's golden check.
+pub fn golden(id: &str, result: &Result<Option<GoldenReport>, String>) -> String {
+    let mut s = String::new();
+    match result {
+        Ok(Some(r)) if r.passed() => push!(
+            s,
+            "ok   {id}: files verified; {} golden cases within {:.0e} (max difference {:.1e})",
+            r.cases,
+            r.tolerance,
+            r.max_abs_diff
+        ),
+        Ok(Some(r)) => {
+            push!(s, "FAIL {id}: golden outputs not reproduced:");
+            for f in &r.failures {
+                push!(s, "       {f}");
+            }
+        }
+        Ok(None) => push!(s, "ok   {id}: files verified (no golden cases)"),
+        Err(e) => push!(s, "FAIL {id}: {e}"),
+    }
+    s
+}
