@@ -62,6 +62,8 @@ pub struct ExportRow {
     pub scores: Vec<(String, f64)>,
     /// GeoJSON geometry, if georeferenced.
     pub geometry: Option<Value>,
+    /// The report's language (ISO 639-3), if known ([`crate::language`]).
+    pub language: Option<String>,
 }
 
 /// Which predictions to export.
@@ -82,7 +84,7 @@ pub fn load_rows(
 ) -> Result<Vec<ExportRow>, StoreError> {
     let mut st = store.conn().prepare(
         "SELECT p.item_id, i.kind, s.source, NULLIF(s.locator, ''), p.model_name, p.model_version,
-                p.labels, p.top_label, p.top_score, p.scores, NULLIF(s.geometry, '')
+                p.labels, p.top_label, p.top_score, p.scores, NULLIF(s.geometry, ''), i.language
          FROM predictions p JOIN items i ON i.item_id = p.item_id
               JOIN item_sightings s ON s.item_id = p.item_id
          WHERE (?1 IS NULL OR (p.run_id = ?1 AND s.last_run_id = ?1))
@@ -102,6 +104,7 @@ pub fn load_rows(
             r.get::<_, f64>(8)?,
             r.get::<_, String>(9)?,
             r.get::<_, Option<String>>(10)?,
+            r.get::<_, Option<String>>(11)?,
         ))
     })?;
     let mut out = Vec::new();
@@ -118,6 +121,7 @@ pub fn load_rows(
             top_score,
             scores,
             geometry,
+            language,
         ) = row?;
         let scores: Vec<f64> = serde_json::from_str(&scores).unwrap_or_default();
         let names = labels_of(&model_name, &model_version)
@@ -135,6 +139,7 @@ pub fn load_rows(
             top_score,
             scores: names.into_iter().zip(scores).collect(),
             geometry: geometry.and_then(|g| serde_json::from_str(&g).ok()),
+            language,
         });
     }
     Ok(out)
@@ -153,7 +158,7 @@ pub fn write(rows: &[ExportRow], format: Format, out: &mut dyn Write) -> std::io
                         "model": r.model_name, "model_version": r.model_version, "labels": r.labels,
                         "top_label": r.top_label, "top_score": r.top_score,
                         "scores": r.scores.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<Map<_, _>>(),
-                        "geometry": r.geometry,
+                        "geometry": r.geometry, "language": r.language,
                     })
                 })
                 .collect();
@@ -183,6 +188,7 @@ pub fn write(rows: &[ExportRow], format: Format, out: &mut dyn Write) -> std::io
                 "top_label",
                 "top_score",
                 "wkt",
+                "language",
             ]
             .iter()
             .map(|s| s.to_string())
@@ -201,6 +207,7 @@ pub fn write(rows: &[ExportRow], format: Format, out: &mut dyn Write) -> std::io
                     r.top_label.clone(),
                     format!("{:.6}", r.top_score),
                     r.geometry.as_ref().map(wkt).unwrap_or_default(),
+                    r.language.clone().unwrap_or_default(),
                 ];
                 for c in &score_cols {
                     rec.push(

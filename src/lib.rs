@@ -21,6 +21,7 @@
 //! - [`decisions`]: decisions given from the command line, a labels CSV, or a USB export.
 //! - [`analyze`]: the `outpost analyze` job that ties the pipelines to the store.
 //! - [`export`]: JSON, CSV and GeoJSON output of stored results.
+//! - [`language`]: the language each report is written in (ISO 639-3).
 //! - [`identity`]: the device's Ed25519 key and request signing.
 //! - [`sync`]: enrollment and pushing the feedback outbox to the server.
 //! - [`drift`]: noticing when field data no longer looks like the training data.
@@ -50,6 +51,7 @@ pub mod export;
 pub mod hash;
 pub mod identity;
 pub mod infer;
+pub mod language;
 pub mod model;
 pub mod protocol;
 pub mod review;

@@ -307,7 +307,7 @@ fn run_command(cfg: &AgentConfig, a: RunArgs) -> Result<ExitCode> {
     if !unlock(cfg, true)? {
         eprintln!("The agent's data is encrypted and locked: type the passphrase on the review page. Sync, updates and retention start once it is unlocked.");
     }
-    let mut opts = review_options(cfg, listen, annotator, false)?;
+    let mut opts = outpost::review::ReviewOptions::from_config(cfg, listen, annotator, false);
     let (serving, warnings) =
         outpost::daemon::serving_models(cfg, outpost::daemon::updates_enabled(cfg));
     for w in warnings {
@@ -369,19 +369,7 @@ fn purge_command(cfg: &AgentConfig, a: PurgeArgs) -> Result<ExitCode> {
     let store = Store::open(&cfg.database_path())?;
     let days = older_than_days.unwrap_or(cfg.retention.purge_after_days);
     let r = outpost::store::retention::purge(&store, days, dry_run)?;
-    outln!(
-        "{} {} reviewed and synced items older than {days} days ({} predictions, {} decisions)",
-        if dry_run { "would purge" } else { "purged" },
-        r.items,
-        r.predictions,
-        r.feedback
-    );
-    if r.kept_unsynced > 0 {
-        outln!(
-            "kept {} reviewed items whose decisions are not synced yet (run `outpost sync`)",
-            r.kept_unsynced
-        );
-    }
+    out!("{}", text::purged(&r, days, dry_run));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -402,16 +390,7 @@ fn sync_command(cfg: &AgentConfig) -> Result<ExitCode> {
         }
         outpost::daemon::SyncOutcome::Synced { push, update } => (push, update),
     };
-    outln!(
-        "sent {} decisions in {} batches ({} bytes); {} were already on the server",
-        r.acked,
-        r.batches,
-        r.bytes_sent,
-        r.duplicates
-    );
-    for x in &r.refused {
-        outln!("  refused {}: {}", x.feedback_id, x.reason);
-    }
+    out!("{}", text::pushed(&r));
     use outpost::daemon::UpdateAfterSync;
     match update.map(|u| *u) {
         Some(UpdateAfterSync::Checked(u)) => out!("{}", text::update(&u)),
@@ -436,45 +415,7 @@ fn status_command(cfg: &AgentConfig, a: StatusArgs) -> Result<ExitCode> {
     if json {
         outln!("{}", serde_json::to_string_pretty(&st)?);
     } else {
-        let (server, name, c, drift) = (&st.server_url, &st.device_name, &st.counters, &st.drift);
-        let (err, update_check, update_err) = (
-            &st.last_sync_error,
-            &st.last_update_check,
-            &st.last_update_error,
-        );
-        match (&server, &name) {
-            (Some(s), Some(n)) => outln!("enrolled as {n} with {s}"),
-            _ => outln!("not enrolled (outpost enroll <server-url> <code>)"),
-        }
-        outln!(
-            "feedback waiting to sync: {}; synced: {}; reviewed today: {}",
-            c.waiting_to_sync,
-            c.synced,
-            c.reviewed_today
-        );
-        outln!(
-            "last successful sync: {}",
-            c.last_sync.as_deref().unwrap_or("never")
-        );
-        if let Some(e) = err {
-            outln!("last sync failed: {e}");
-        }
-        outln!(
-            "last model update check: {}",
-            update_check.as_deref().unwrap_or("never")
-        );
-        if let Some(e) = update_err {
-            outln!("last update refused: {e}");
-        }
-        if drift.is_empty() {
-            outln!(
-                "drift: not enough analysed items yet (windows of {})",
-                cfg.drift.window
-            );
-        }
-        for d in drift {
-            outln!("{}", text::drift(d));
-        }
+        out!("{}", text::status(&st, cfg.drift.window));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -499,7 +440,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if !unlock(&cfg, true)? {
                 eprintln!("The agent's data is encrypted and locked: type the passphrase on the review page.");
             }
-            let opts = review_options(&cfg, listen, annotator, include_content)?;
+            let opts = outpost::review::ReviewOptions::from_config(
+                &cfg,
+                listen,
+                annotator,
+                include_content,
+            );
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(outpost::review::serve(opts))?;
             Ok(ExitCode::SUCCESS)
@@ -907,24 +853,4 @@ fn feedback_command(cfg: &AgentConfig, command: FeedbackCommand) -> Result<ExitC
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn review_options(
-    cfg: &AgentConfig,
-    listen: std::net::SocketAddr,
-    annotator: Option<String>,
-    include_content: bool,
-) -> Result<outpost::review::ReviewOptions> {
-    // A fresh data folder gets an empty database: the page says to analyse first.
-    let db = cfg.database_path();
-    let mut opts = outpost::review::ReviewOptions::new(db, cfg.models_dir());
-    opts.listen = listen;
-    opts.annotator = annotator.unwrap_or_else(|| cfg.feedback.annotator());
-    opts.send_images = include_content || cfg.feedback.send_images;
-    opts.send_reports = include_content || cfg.feedback.send_reports;
-    opts.image_limits = outpost::infer::image::ImageLimits {
-        max_pixels: cfg.limits.max_image_pixels,
-        max_file_bytes: cfg.limits.max_file_bytes,
-    };
-    Ok(opts)
 }

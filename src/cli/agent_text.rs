@@ -7,7 +7,10 @@ use crate::analyze;
 use crate::drift::{DriftState, ModelDrift};
 use crate::infer::golden::GoldenReport;
 use crate::model::bundle;
+use crate::status::AgentStatus;
 use crate::store::feedback::Feedback;
+use crate::store::retention::PurgeReport;
+use crate::sync::PushReport;
 use crate::update::local::ModelListing;
 use crate::update::UpdateReport;
 use std::fmt::Write;
@@ -274,6 +277,84 @@ pub fn golden(id: &str, result: &Result<Option<GoldenReport>, String>) -> String
         }
         Ok(None) => push!(s, "ok   {id}: files verified (no golden cases)"),
         Err(e) => push!(s, "FAIL {id}: {e}"),
+    }
+    s
+}
+
+/// `status`: enrollment, the outbox, the last sync and update check, drift.
+pub fn status(st: &AgentStatus, drift_window: usize) -> String {
+    let mut s = String::new();
+    let c = &st.counters;
+    match (&st.server_url, &st.device_name) {
+        (Some(url), Some(n)) => push!(s, "enrolled as {n} with {url}"),
+        _ => push!(s, "not enrolled (outpost enroll <server-url> <code>)"),
+    }
+    push!(
+        s,
+        "feedback waiting to sync: {}; synced: {}; reviewed today: {}",
+        c.waiting_to_sync,
+        c.synced,
+        c.reviewed_today
+    );
+    let never = |v: &Option<String>| v.clone().unwrap_or_else(|| "never".into());
+    push!(s, "last successful sync: {}", never(&c.last_sync));
+    if let Some(e) = &st.last_sync_error {
+        push!(s, "last sync failed: {e}");
+    }
+    push!(
+        s,
+        "last model update check: {}",
+        never(&st.last_update_check)
+    );
+    if let Some(e) = &st.last_update_error {
+        push!(s, "last update refused: {e}");
+    }
+    if st.drift.is_empty() {
+        push!(
+            s,
+            "drift: not enough analysed items yet (windows of {drift_window})"
+        );
+    }
+    for d in &st.drift {
+        push!(s, "{}", drift(d));
+    }
+    s
+}
+
+/// `sync`: what the push delivered and what the server refused.
+pub fn pushed(r: &PushReport) -> String {
+    let mut s = String::new();
+    push!(
+        s,
+        "sent {} decisions in {} batches ({} bytes); {} were already on the server",
+        r.acked,
+        r.batches,
+        r.bytes_sent,
+        r.duplicates
+    );
+    for x in &r.refused {
+        push!(s, "  refused {}: {}", x.feedback_id, x.reason);
+    }
+    s
+}
+
+/// `purge`: what went (or would go) and what stayed because it is not synced.
+pub fn purged(r: &PurgeReport, days: u32, dry_run: bool) -> String {
+    let mut s = String::new();
+    push!(
+        s,
+        "{} {} reviewed and synced items older than {days} days ({} predictions, {} decisions)",
+        if dry_run { "would purge" } else { "purged" },
+        r.items,
+        r.predictions,
+        r.feedback
+    );
+    if r.kept_unsynced > 0 {
+        push!(
+            s,
+            "kept {} reviewed items whose decisions are not synced yet (run `outpost sync`)",
+            r.kept_unsynced
+        );
     }
     s
 }

@@ -118,6 +118,29 @@ impl ReviewOptions {
     }
 }
 
+impl ReviewOptions {
+    /// The options the agent's configuration gives, with the command line's listen
+    /// address, annotator and content choice on top. A fresh data folder gets an empty
+    /// database: the page says to analyse first.
+    pub fn from_config(
+        cfg: &crate::config::AgentConfig,
+        listen: SocketAddr,
+        annotator: Option<String>,
+        include_content: bool,
+    ) -> ReviewOptions {
+        let mut opts = ReviewOptions::new(cfg.database_path(), cfg.models_dir());
+        opts.listen = listen;
+        opts.annotator = annotator.unwrap_or_else(|| cfg.feedback.annotator());
+        opts.send_images = include_content || cfg.feedback.send_images;
+        opts.send_reports = include_content || cfg.feedback.send_reports;
+        opts.image_limits = ImageLimits {
+            max_pixels: cfg.limits.max_image_pixels,
+            max_file_bytes: cfg.limits.max_file_bytes,
+        };
+        opts
+    }
+}
+
 /// The login name (`$USER`, `$LOGNAME`), or `reviewer`.
 pub fn default_annotator() -> String {
     std::env::var("USER")

@@ -31,6 +31,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "0005_item_sightings.sql",
         include_str!("../../migrations/agent/0005_item_sightings.sql"),
     ),
+    (
+        6,
+        "0006_item_language.sql",
+        include_str!("../../migrations/agent/0006_item_language.sql"),
+    ),
 ];
 
 /// Applies every agent migration newer than the database.

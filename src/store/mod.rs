@@ -90,6 +90,17 @@ pub struct NewItem {
     pub content_type: &'static str,
 }
 
+impl NewItem {
+    /// The language of a report (ISO 639-3), if it can be told; `None` for tiles.
+    pub fn language(&self) -> Option<&'static str> {
+        if self.kind != "text" {
+            return None;
+        }
+        let text = std::str::from_utf8(&self.content).ok()?;
+        crate::language::detect(text).map(|d| d.code)
+    }
+}
+
 /// One place an item was seen: its file, where in the file, and its footprint.
 #[derive(Debug, Clone)]
 pub struct Sighting {
@@ -314,10 +325,11 @@ impl Store {
                 }
             }
             let mut put_item = tx.prepare_cached(
-                "INSERT INTO items (item_id, kind, source, locator, width, height, geometry, content, content_type, first_seen, last_seen)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)
+                "INSERT INTO items (item_id, kind, source, locator, width, height, geometry, content, content_type, first_seen, last_seen, language)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11)
                  ON CONFLICT (item_id) DO UPDATE SET source = excluded.source, locator = excluded.locator,
-                   geometry = COALESCE(excluded.geometry, items.geometry), last_seen = excluded.last_seen",
+                   geometry = COALESCE(excluded.geometry, items.geometry), last_seen = excluded.last_seen,
+                   language = COALESCE(excluded.language, items.language)",
             )?;
             for it in items {
                 put_item.execute(params![
@@ -330,7 +342,8 @@ impl Store {
                     it.geometry.as_ref().map(|g| g.to_string()),
                     it.content,
                     it.content_type,
-                    ts
+                    ts,
+                    it.language()
                 ])?;
                 put_sighting(&tx, run_id, &it.sighting(), &ts)?;
             }

@@ -121,6 +121,8 @@ pub struct ItemDetail {
     pub content_bytes: i64,
     /// The report text (text items), decoded as UTF-8.
     pub text: Option<String>,
+    /// The report's language (ISO 639-3), if known.
+    pub language: Option<String>,
     /// First analysed.
     pub first_seen: String,
     /// Last analysed.
@@ -387,7 +389,8 @@ impl Store {
             .conn()
             .query_row(
                 "SELECT item_id, kind, source, locator, width, height, geometry, content_type,
-                        COALESCE(length(content), 0), CASE WHEN kind = 'text' THEN content END, first_seen, last_seen
+                        COALESCE(length(content), 0), CASE WHEN kind = 'text' THEN content END, first_seen, last_seen,
+                        language
                  FROM items WHERE item_id = ?1",
                 [item_id],
                 |r| {
@@ -406,6 +409,7 @@ impl Store {
                         text: text.map(|t| String::from_utf8_lossy(&t).into_owned()),
                         first_seen: r.get(10)?,
                         last_seen: r.get(11)?,
+                        language: r.get(12)?,
                         predictions: Vec::new(),
                         feedback: Vec::new(),
                     })

@@ -2,7 +2,12 @@
 // Plain JavaScript, no framework, no network beyond this server's own /api/ (the page
 // works on a laptop with no connection at all). Data from the database is always put into
 // the page with textContent, never as HTML.
+
 'use strict';
+
+// ISO 639-3 codes of src/language.rs: names for the reviewer, BCP 47 tags for the lang attribute.
+const LANGUAGE_NAMES = { eng: 'English', fra: 'French', hat: 'Haitian Creole', spa: 'Spanish', por: 'Portuguese', ita: 'Italian', ara: 'Arabic', deu: 'German', nld: 'Dutch', swh: 'Swahili', tur: 'Turkish', rus: 'Russian', ukr: 'Ukrainian', hin: 'Hindi', urd: 'Urdu', ben: 'Bengali', pes: 'Persian', ind: 'Indonesian', tgl: 'Tagalog', vie: 'Vietnamese', cmn: 'Chinese', jpn: 'Japanese', kor: 'Korean' };
+const LANGUAGE_TAGS = { eng: 'en', fra: 'fr', hat: 'ht', spa: 'es', por: 'pt', ita: 'it', ara: 'ar', deu: 'de', nld: 'nl', swh: 'sw', tur: 'tr', rus: 'ru', ukr: 'uk', hin: 'hi', urd: 'ur', ben: 'bn', pes: 'fa', ind: 'id', tgl: 'tl', vie: 'vi', cmn: 'zh', jpn: 'ja', kor: 'ko' };
 
 const $ = (id) => document.getElementById(id);
 
@@ -336,7 +341,10 @@ function renderItem(entry) {
     const box = el('div', 'report');
     box.id = 'report-text';
     box.textContent = d.text || '';
+    if (d.language) box.lang = LANGUAGE_TAGS[d.language] || '';
     const wrap = el('div');
+    wrap.append(el('p', 'note language', `Language: ${LANGUAGE_NAMES[d.language] || d.language || 'unknown'}`));
+    wrap.id = 'report-wrap';
     wrap.append(box);
     if (p && p.truncated) wrap.append(el('p', 'note', 'This report is longer than the model reads: it judged the beginning only.'));
     media.append(wrap);
