@@ -23,6 +23,7 @@ use crate::infer::geotiff::{footprint, Reprojector};
 use crate::infer::image::{self as img, ImageLimits, TileBox};
 use crate::infer::text::{self, Encoded, TextOptions};
 use crate::infer::InputError;
+use crate::model::classifier::{Batch, Classifier};
 use crate::model::LoadedModel;
 use crate::store::{NewItem, NewPrediction, Sighting, Store, StoreError};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -469,6 +470,7 @@ fn predictions_for(
     let mut out = Vec::with_capacity(item_ids.len() * group.len());
     for model in group {
         let t = Instant::now();
+        let model: &dyn Classifier = &**model;
         let scores = model.score(emb.view()).map_err(|e| e.to_string())?;
         let head_ms = t.elapsed().as_secs_f64() * 1000.0;
         let man = model.manifest();
@@ -776,8 +778,7 @@ fn infer_images(
     while let Ok(Some(batch)) = rx.recv() {
         let t = Instant::now();
         let ids: Vec<String> = batch.items.iter().map(|i| i.item_id.clone()).collect();
-        let result = group[0]
-            .embed_images(batch.tensor.view())
+        let result = Classifier::embed(&*group[0], Batch::Images(batch.tensor.view()))
             .map_err(|e| e.to_string())
             .and_then(|emb| {
                 let backbone_ms = t.elapsed().as_secs_f64() * 1000.0;
@@ -908,8 +909,12 @@ impl TextStage {
                     .map(|&i| pending[i].item.item_id.clone())
                     .collect();
                 let trunc: Vec<bool> = idx.iter().map(|&i| encs[i].truncated).collect();
-                let result = group[0]
-                    .embed_tokens(ids.view(), mask.view(), types.view())
+                let tokens = Batch::Tokens {
+                    ids: ids.view(),
+                    mask: mask.view(),
+                    types: types.view(),
+                };
+                let result = Classifier::embed(&*group[0], tokens)
                     .map_err(|e| e.to_string())
                     .and_then(|emb| {
                         let backbone_ms = t2.elapsed().as_secs_f64() * 1000.0;
