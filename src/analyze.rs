@@ -895,8 +895,10 @@ impl TextStage {
             }
             let encs: Vec<Encoded> = pending.iter().map(|p| p.enc.clone()).collect();
             let pad = text::pad_id(tok);
+            let mut write: (Vec<NewItem>, Vec<NewPrediction>) = Default::default();
             for idx in text::length_batches(&encs, self.opts.text_batch_size) {
                 if self.stop.load(Ordering::Relaxed) {
+                    send_write(&out, &mut write); // what is done is kept
                     return;
                 }
                 let t1 = Instant::now();
@@ -921,8 +923,11 @@ impl TextStage {
                         predictions_for(&group, &item_ids, &emb, &trunc, prep_ms, backbone_ms)
                     });
                 let items: Vec<NewItem> = idx.iter().map(|&i| pending[i].item.clone()).collect();
-                let ev = match result {
-                    Ok(preds) => Event::Batch(items, preds),
+                match result {
+                    Ok(preds) => {
+                        write.0.extend(items);
+                        write.1.extend(preds);
+                    }
                     Err(e) => {
                         for item in &items {
                             let _ = out.send(Event::Failure(FailureRecord {
@@ -935,10 +940,27 @@ impl TextStage {
                         continue;
                     }
                 };
-                if out.send(ev).is_err() {
+                if write.0.len() >= WRITE_BATCH && !send_write(&out, &mut write) {
                     return;
                 }
             }
+            if !send_write(&out, &mut write) {
+                return;
+            }
         }
     }
+}
+
+/// Reports written per transaction. Inference batches of reports are small (one report by
+/// default, for batch-independent scores); committing each one alone made the writer, not
+/// the model, the bottleneck.
+const WRITE_BATCH: usize = 64;
+
+/// Sends the reports gathered for writing, if any; false if the writer has gone.
+fn send_write(out: &SyncSender<Event>, write: &mut (Vec<NewItem>, Vec<NewPrediction>)) -> bool {
+    if write.0.is_empty() {
+        return true;
+    }
+    let (items, preds) = std::mem::take(write);
+    out.send(Event::Batch(items, preds)).is_ok()
 }
