@@ -23,6 +23,7 @@ use crate::infer::geotiff::{footprint, Reprojector};
 use crate::infer::image::{self as img, ImageLimits, TileBox};
 use crate::infer::text::{self, Encoded, TextOptions};
 use crate::infer::InputError;
+use crate::model::classifier::{Batch, Classifier};
 use crate::model::LoadedModel;
 use crate::store::{NewItem, NewPrediction, Sighting, Store, StoreError};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -469,6 +470,7 @@ fn predictions_for(
     let mut out = Vec::with_capacity(item_ids.len() * group.len());
     for model in group {
         let t = Instant::now();
+        let model: &dyn Classifier = &**model;
         let scores = model.score(emb.view()).map_err(|e| e.to_string())?;
         let head_ms = t.elapsed().as_secs_f64() * 1000.0;
         let man = model.manifest();
@@ -776,8 +778,7 @@ fn infer_images(
     while let Ok(Some(batch)) = rx.recv() {
         let t = Instant::now();
         let ids: Vec<String> = batch.items.iter().map(|i| i.item_id.clone()).collect();
-        let result = group[0]
-            .embed_images(batch.tensor.view())
+        let result = Classifier::embed(&*group[0], Batch::Images(batch.tensor.view()))
             .map_err(|e| e.to_string())
             .and_then(|emb| {
                 let backbone_ms = t.elapsed().as_secs_f64() * 1000.0;
@@ -894,8 +895,10 @@ impl TextStage {
             }
             let encs: Vec<Encoded> = pending.iter().map(|p| p.enc.clone()).collect();
             let pad = text::pad_id(tok);
+            let mut write: (Vec<NewItem>, Vec<NewPrediction>) = Default::default();
             for idx in text::length_batches(&encs, self.opts.text_batch_size) {
                 if self.stop.load(Ordering::Relaxed) {
+                    send_write(&out, &mut write); // what is done is kept
                     return;
                 }
                 let t1 = Instant::now();
@@ -908,16 +911,23 @@ impl TextStage {
                     .map(|&i| pending[i].item.item_id.clone())
                     .collect();
                 let trunc: Vec<bool> = idx.iter().map(|&i| encs[i].truncated).collect();
-                let result = group[0]
-                    .embed_tokens(ids.view(), mask.view(), types.view())
+                let tokens = Batch::Tokens {
+                    ids: ids.view(),
+                    mask: mask.view(),
+                    types: types.view(),
+                };
+                let result = Classifier::embed(&*group[0], tokens)
                     .map_err(|e| e.to_string())
                     .and_then(|emb| {
                         let backbone_ms = t2.elapsed().as_secs_f64() * 1000.0;
                         predictions_for(&group, &item_ids, &emb, &trunc, prep_ms, backbone_ms)
                     });
                 let items: Vec<NewItem> = idx.iter().map(|&i| pending[i].item.clone()).collect();
-                let ev = match result {
-                    Ok(preds) => Event::Batch(items, preds),
+                match result {
+                    Ok(preds) => {
+                        write.0.extend(items);
+                        write.1.extend(preds);
+                    }
                     Err(e) => {
                         for item in &items {
                             let _ = out.send(Event::Failure(FailureRecord {
@@ -930,10 +940,27 @@ impl TextStage {
                         continue;
                     }
                 };
-                if out.send(ev).is_err() {
+                if write.0.len() >= WRITE_BATCH && !send_write(&out, &mut write) {
                     return;
                 }
             }
+            if !send_write(&out, &mut write) {
+                return;
+            }
         }
     }
+}
+
+/// Reports written per transaction. Inference batches of reports are small (one report by
+/// default, for batch-independent scores); committing each one alone made the writer, not
+/// the model, the bottleneck.
+const WRITE_BATCH: usize = 64;
+
+/// Sends the reports gathered for writing, if any; false if the writer has gone.
+fn send_write(out: &SyncSender<Event>, write: &mut (Vec<NewItem>, Vec<NewPrediction>)) -> bool {
+    if write.0.is_empty() {
+        return true;
+    }
+    let (items, preds) = std::mem::take(write);
+    out.send(Event::Batch(items, preds)).is_ok()
 }

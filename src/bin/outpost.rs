@@ -730,6 +730,10 @@ fn bench_command(
                 c.e2e_median,
                 c.ratio_median
             );
+            outln!(
+                "         best raw configuration found: {}",
+                c.raw_search.best
+            );
         }
     }
     outln!(

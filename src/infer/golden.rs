@@ -3,10 +3,9 @@
 //! ONNX Runtime proves the whole path, not just the network; the update code runs the same
 //! check before it switches to a new bundle.
 
-use super::image::preprocess_into;
-use super::text::{encode, pad_batch, pad_id};
+use super::classify::{classify_one, Input};
+use super::text::encode;
 use crate::model::LoadedModel;
-use ndarray::Array4;
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -180,19 +179,12 @@ pub fn recompute(model: &LoadedModel) -> Result<Option<Vec<u8>>, String> {
 
 fn run_case(model: &LoadedModel, case: &GoldenCase) -> Result<Vec<f32>, String> {
     let m = model.manifest();
-    let emb = if let (Some(img_file), Some(spec)) = (&case.image, &m.image) {
+    if let (Some(img_file), Some(_)) = (&case.image, &m.image) {
         let path = model.bundle.path(img_file);
         let rgb = image::open(&path)
             .map_err(|e| format!("{}: {e}", path.display()))?
             .to_rgb8();
-        let mut input = Array4::<f32>::zeros((1, 3, spec.height as usize, spec.width as usize));
-        let slice = input
-            .as_slice_mut()
-            .ok_or("internal: input tensor not contiguous")?;
-        preprocess_into(&rgb, spec, slice);
-        model
-            .embed_images(input.view())
-            .map_err(|e| e.to_string())?
+        classify_one(model, Input::Image(&rgb))
     } else if let (Some(text), Some(tok)) = (&case.text, &model.tokenizer) {
         let enc = encode(tok, text)?;
         if let Some(want) = &case.token_ids {
@@ -203,13 +195,8 @@ fn run_case(model: &LoadedModel, case: &GoldenCase) -> Result<Vec<f32>, String> 
                 ));
             }
         }
-        let (ids, mask, types) = pad_batch(&[&enc], pad_id(tok));
-        model
-            .embed_tokens(ids.view(), mask.view(), types.view())
-            .map_err(|e| e.to_string())?
+        classify_one(model, Input::Tokens(&enc))
     } else {
-        return Err("case has no input this model can read".into());
-    };
-    let scores = model.score(emb.view()).map_err(|e| e.to_string())?;
-    Ok(scores.row(0).to_vec())
+        Err("case has no input this model can read".into())
+    }
 }

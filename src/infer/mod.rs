@@ -1,12 +1,14 @@
 //! The inference pipelines.
 //!
 //! - [`image`]: decode JPEG/PNG/TIFF, plan tiles, crop, preprocess to tensors.
+//! - [`classify`]: one image or report through a model's [`crate::model::Classifier`].
 //! - [`geotiff`]: GeoTIFF georeferencing and reprojection of tile footprints to WGS84.
 //! - [`text`]: read reports from text, Markdown, CSV and JSON Lines; tokenize; batch.
 //! - [`golden`]: run a bundle's golden inputs and compare with the expected outputs.
 //!
 //! Errors about one input file are [`InputError`]s: recorded per file, and the run goes on.
 
+pub mod classify;
 pub mod geotiff;
 pub mod golden;
 pub mod image;

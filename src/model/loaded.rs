@@ -94,15 +94,21 @@ impl LoadedModel {
     pub fn from_bundle(bundle: Bundle, opts: SessionOptions) -> Result<LoadedModel, ModelError> {
         let m = &bundle.manifest;
         let id = m.id();
-        let open = |file: &str| {
+        let open = |file: &str, opts: SessionOptions| {
             SessionPool::new(&bundle.path(file), opts).map_err(|e| ModelError::Load {
                 bundle: id.clone(),
                 file: file.to_string(),
                 reason: e.to_string(),
             })
         };
-        let backbone = open(&m.backbone.file)?;
-        let head = open(&m.head.file)?;
+        let backbone = open(&m.backbone.file, opts)?;
+        // The head is one small matrix product: more threads only wake a second pool that
+        // competes with the backbone's (models/README.md, "Notes for the runtime").
+        let head_opts = SessionOptions {
+            intra_threads: 1,
+            ..opts
+        };
+        let head = open(&m.head.file, head_opts)?;
         let check = |pool: &SessionPool, file: &str, kind: &'static str, name: &str| {
             let found = if kind == "input" {
                 &pool.input_names

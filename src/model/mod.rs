@@ -5,12 +5,14 @@
 //! - [`runtime`]: locating and loading the ONNX Runtime shared library, with clear errors.
 //! - [`pool`]: a small pool of ONNX sessions so concurrent callers do not queue on one.
 //! - [`dataset`]: a labelled set of embeddings (base data, training input).
+//! - [`classifier`]: the [`classifier::Classifier`] trait, the one path from tensors to scores.
 //! - [`loaded`]: a verified bundle with its sessions and tokenizer, ready to embed and score.
 //! - [`tokenizer`]: loading a bundle's `tokenizer.json` (truncate, never pad).
 //! - [`onnx_writer`]: a minimal ONNX protobuf writer (heads retrained in Rust, test models).
 
 pub mod base_data;
 pub mod bundle;
+pub mod classifier;
 pub mod dataset;
 pub mod loaded;
 pub mod manifest;
@@ -20,6 +22,7 @@ pub mod runtime;
 pub mod tokenizer;
 
 pub use bundle::{Bundle, BundleError};
+pub use classifier::{Batch, Classifier};
 pub use loaded::{LoadedModel, ModelError};
 pub use manifest::{Manifest, Task};
 

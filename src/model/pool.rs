@@ -40,14 +40,70 @@ pub fn default_threads() -> usize {
 /// Builds one session with the agent's settings: no idle spinning (it burns a laptop's
 /// battery), full graph optimisation.
 pub fn build_session(path: &Path, opts: &SessionOptions) -> ort::Result<Session> {
+    build_tuned_session(
+        path,
+        &Tuning {
+            intra_threads: opts.intra_threads,
+            ..Tuning::default()
+        },
+    )
+}
+
+/// Every session option the bench searches over (the agent's choice is [`Tuning::default`]
+/// with its thread count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Tuning {
+    /// Intra-op threads.
+    pub intra_threads: usize,
+    /// Whether idle intra-op threads spin (ONNX Runtime's default) instead of sleeping.
+    pub spinning: bool,
+    /// Graph optimisation: 1 basic, 2 extended, 3 all (layout included).
+    pub optimization: u8,
+    /// ONNX Runtime's memory pattern planner (reuses buffers between runs of one shape).
+    pub memory_pattern: bool,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            intra_threads: 1,
+            spinning: false,
+            optimization: 3,
+            memory_pattern: true,
+        }
+    }
+}
+
+impl std::fmt::Display for Tuning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} thread(s), spinning {}, graph optimisation level {}, memory pattern {}",
+            self.intra_threads,
+            if self.spinning { "on" } else { "off" },
+            self.optimization,
+            if self.memory_pattern { "on" } else { "off" }
+        )
+    }
+}
+
+/// Builds one session with explicit settings.
+pub fn build_tuned_session(path: &Path, t: &Tuning) -> ort::Result<Session> {
     let env = super::runtime::environment().ok_or_else(|| {
         ort::Error::new("ONNX Runtime is not loaded (call model::runtime::init first)")
     })?;
+    let level = match t.optimization {
+        0 => GraphOptimizationLevel::Disable,
+        1 => GraphOptimizationLevel::Level1,
+        2 => GraphOptimizationLevel::Level2,
+        _ => GraphOptimizationLevel::Level3,
+    };
     Session::builder(env)?
-        .with_optimization_level(GraphOptimizationLevel::Level3)?
-        .with_intra_threads(opts.intra_threads.max(1))?
+        .with_optimization_level(level)?
+        .with_intra_threads(t.intra_threads.max(1))?
         .with_inter_threads(1)?
-        .with_intra_op_spinning(false)?
+        .with_intra_op_spinning(t.spinning)?
+        .with_memory_pattern(t.memory_pattern)?
         .commit_from_file(path)
 }
 

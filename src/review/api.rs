@@ -327,32 +327,16 @@ async fn classify(
     };
     let text = req.text.clone();
     let out = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, String> {
+        use crate::infer::classify::{classify_one, Input};
         let m = model.manifest();
-        let emb = match (image, text, &m.image, &model.tokenizer) {
-            (Some(bytes), _, Some(spec), _) => {
+        let row = match (image, text, &m.image, &model.tokenizer) {
+            (Some(bytes), _, Some(_), _) => {
                 let rgb = image::load_from_memory(&bytes)
                     .map_err(|e| format!("image: {e}"))?
                     .to_rgb8();
-                let mut input = ndarray::Array4::<f32>::zeros((
-                    1,
-                    3,
-                    spec.height as usize,
-                    spec.width as usize,
-                ));
-                let slice = input.as_slice_mut().ok_or("internal: tensor layout")?;
-                crate::infer::image::preprocess_into(&rgb, spec, slice);
-                model
-                    .embed_images(input.view())
-                    .map_err(|e| e.to_string())?
+                classify_one(&*model, Input::Image(&rgb))?
             }
-            (_, Some(t), _, Some(tok)) => {
-                use crate::infer::text::{encode, pad_batch, pad_id};
-                let enc = encode(tok, &t)?;
-                let (ids, mask, types) = pad_batch(&[&enc], pad_id(tok));
-                model
-                    .embed_tokens(ids.view(), mask.view(), types.view())
-                    .map_err(|e| e.to_string())?
-            }
+            (_, Some(t), _, Some(_)) => classify_one(&*model, Input::Text(&t))?,
             _ => {
                 return Err(format!(
                     "{} needs {}",
@@ -365,8 +349,6 @@ async fn classify(
                 ))
             }
         };
-        let scores = model.score(emb.view()).map_err(|e| e.to_string())?;
-        let row = scores.row(0).to_vec();
         let labels: Vec<String> = model
             .decide(&row)
             .into_iter()
