@@ -91,6 +91,12 @@ enum Command {
         #[arg(long)]
         percent: Option<u8>,
     },
+    /// Tasks: new questions (is this building damaged?) trained as models of their own on
+    /// the backbone of a published model.
+    Tasks {
+        #[command(subcommand)]
+        command: TasksCommand,
+    },
     /// Training runs and their outcome.
     Runs {
         /// Only this model.
@@ -112,6 +118,33 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+}
+
+#[derive(Subcommand)]
+enum TasksCommand {
+    /// Define a task (or redefine one): `tasks define damage --backbone landcover --labels
+    /// damage,no_damage`. It trains like any model (`train damage`, or automatically) and
+    /// is published to --channel when it beats the majority class and the label prior.
+    Define {
+        /// Task name, which becomes its model name (lower-case letters, digits, '-').
+        name: String,
+        /// The published model whose backbone embeds its items.
+        #[arg(long)]
+        backbone: String,
+        /// Its labels, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        labels: Vec<String>,
+        /// Several labels per item rather than one.
+        #[arg(long)]
+        multi_label: bool,
+        /// Channel a passing candidate goes to.
+        #[arg(long, default_value = "canary")]
+        channel: String,
+    },
+    /// Defined tasks.
+    List,
+    /// Tasks the field proposes: labels reviewers introduced that no task claims yet.
+    Proposed,
 }
 
 #[derive(Subcommand)]
@@ -468,6 +501,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             percent,
         } => {
             let mut settings = cfg.training.clone();
+            if let Some(t) = store.task(&model)? {
+                settings.channel = t.channel;
+            }
             settings.publish &= !no_publish;
             if let Some(t) = tolerance {
                 settings.tolerance = t;
@@ -523,6 +559,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(4));
             }
         }
+        Command::Tasks { command } => tasks(&repo, store.as_ref(), command)?,
         Command::Runs { model } => {
             for r in store.runs(model.as_deref())? {
                 outln!(
@@ -916,4 +953,69 @@ fn print_report_value(v: &serde_json::Value) {
             outln!("  - {}", p.as_str().unwrap_or(""));
         }
     }
+}
+
+fn tasks(
+    repo: &server::repository::Repository,
+    store: &dyn server::store::ServerStore,
+    command: TasksCommand,
+) -> anyhow::Result<()> {
+    use server::ops::tasks;
+    match command {
+        TasksCommand::Define {
+            name,
+            backbone,
+            labels,
+            multi_label,
+            channel,
+        } => {
+            let req = tasks::TaskRequest {
+                name,
+                backbone,
+                labels,
+                multi_label,
+                channel,
+            };
+            let t = tasks::define_task(store, repo, &req, "operator")?;
+            outln!(
+                "task {} defined on the backbone of {}: {} ({}); train it with `outpost-server train {}`",
+                t.name,
+                t.backbone,
+                t.labels.join(", "),
+                if t.multi_label { "multi-label" } else { "single-label" },
+                t.name
+            );
+        }
+        TasksCommand::List => {
+            for t in store.tasks()? {
+                outln!(
+                    "{:<20} on {:<16} {:<12} -> {:<8} {}",
+                    t.name,
+                    t.backbone,
+                    if t.multi_label {
+                        "multi-label"
+                    } else {
+                        "single-label"
+                    },
+                    t.channel,
+                    t.labels.join(",")
+                );
+            }
+        }
+        TasksCommand::Proposed => {
+            for p in tasks::proposed(store)? {
+                let labels: Vec<String> =
+                    p.labels.iter().map(|(l, n)| format!("{l} ({n})")).collect();
+                outln!(
+                    "on {}: {} from {} device(s); accept with `outpost-server tasks define NAME --backbone {} --labels {}`",
+                    p.backbone,
+                    labels.join(", "),
+                    p.devices,
+                    p.backbone,
+                    p.labels.iter().map(|(l, _)| l.as_str()).collect::<Vec<_>>().join(",")
+                );
+            }
+        }
+    }
+    Ok(())
 }
