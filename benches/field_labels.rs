@@ -12,8 +12,9 @@
 //! 1,000 labels (half of each class, 3 draws each) it prints, as medians:
 //! - **loop before issue 18**: the labels squeezed into the 10-class land-cover softmax
 //!   (base data + N, plain Adam);
-//! - **extended model, fit**: the same with [`head::fit`] (standardised, balanced; too
-//!   many rows to cross-validate), and the land-cover accuracy on held-out base data;
+//! - **extended model, fit**: the same with [`head::fit`] as the server retrains a model
+//!   on base data plus feedback (standardised, balanced, configured L2, no cross-validation),
+//!   and the land-cover accuracy on held-out base data;
 //! - **new task, fit**: a two-label head of its own on the N labels ([`head::fit`]:
 //!   standardised, balanced, L2 by 5-fold cross-validation, calibrated);
 //! - **new task, fit + flips**: the same with the server's augmentation (the other 7
@@ -296,7 +297,12 @@ fn main() {
             pick(&pool_set, rows, known, &mut d);
             let old = train(&d, known + 2, false, &TrainOptions::default());
             before.push(evaluate(&old, &held_ext, None).accuracy);
-            let (h, _) = fit(&d, known + 2, false, &FitOptions::default());
+            // As the server retrains a model on base data plus feedback: no CV.
+            let o = FitOptions {
+                cv_max_rows: 0,
+                ..Default::default()
+            };
+            let (h, _) = fit(&d, known + 2, false, &o);
             ext.push(evaluate(&h, &held_ext, None).accuracy);
             lc.push(evaluate(&h, &base_hold, None).accuracy);
             let mut only = Dataset {
