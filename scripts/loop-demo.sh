@@ -15,6 +15,11 @@
 #
 #   bash scripts/loop-demo.sh                 # 150 feedback + 150 evaluation tiles per class
 #   bash scripts/loop-demo.sh --tiles 30      # smaller (the integration test runs this)
+#   bash scripts/loop-demo.sh --task          # damage / no_damage as a task of its own
+#
+# With --task the operator first defines a task, `damage` on the land-cover backbone
+# (`outpost-server tasks define`); the same labels then train a model of its own, damage
+# 1.0.0, which the agent installs beside landcover 1.0.0 (left untouched) and runs.
 #
 # Options: --tiles N (per class, 5..300), --work DIR (default: a fresh temporary folder,
 # removed at the end unless --keep). Environment: OUTPOST_SHARED_DATA (default
@@ -26,12 +31,14 @@ REPO="$PWD"
 TILES=150
 WORK=""
 KEEP=0
+TASK=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --tiles) TILES="$2"; shift 2 ;;
     --work) WORK="$2"; shift 2 ;;
     --keep) KEEP=1; shift ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    --task) TASK=1; shift ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -101,6 +108,12 @@ epochs = 20
 EOF
 server keys init --root-keys-dir "$WORK/root-keys" >/dev/null
 server models publish "$REPO/models/landcover" --channel stable
+if [ "$TASK" = 1 ]; then
+  MODEL=damage; AFTER=1.0.0
+  server tasks define damage --backbone landcover --labels damage,no_damage --channel stable
+else
+  MODEL=landcover; AFTER=1.1.0
+fi
 PORT=$(free_port)
 start_server
 mkdir -p "$AGENT_DATA"
@@ -160,39 +173,48 @@ agent sync
 step "server back, sync"
 status=""
 for _ in $(seq 1 1200); do
-  status=$(server runs landcover | awk '$6 != "running" {print $6; exit}')
+  status=$(server runs "$MODEL" | awk '$6 != "running" {print $6; exit}')
   [ -n "$status" ] && break
   kill -0 "$SERVER_PID" 2>/dev/null || fail "the server stopped: $(tail -5 "$WORK/server.log")"
   sleep 0.5
 done
 [ -n "$status" ] || fail "no training run finished in 10 minutes"
-server runs landcover
+server runs "$MODEL"
 [ "$status" = published ] || fail "the candidate was $status, not published (see 'outpost-server models eval')"
-step "server: retrain, evaluate against 1.0.0, sign, publish 1.1.0"
+if [ "$TASK" = 1 ]; then
+  step "server: train the task, gate against majority and prior, sign, publish damage 1.0.0"
+else
+  step "server: retrain, evaluate against 1.0.0, sign, publish 1.1.0"
+fi
 
 echo "== 4. the agent verifies, swaps and analyses again"
 agent update
 installed=$(agent models list)
-case "$installed" in *1.1.0*) ;; *) fail "landcover 1.1.0 is not installed on the agent: $installed" ;; esac
+echo "$installed" | grep -q "$MODEL.*$AFTER" || fail "$MODEL $AFTER is not installed on the agent: $installed"
+if [ "$TASK" = 1 ]; then
+  echo "$installed" | grep -q "landcover.*1\.1\.0" && fail "landcover changed although the labels answer a task: $installed"
+fi
 step "agent: download, verify signatures and hashes, golden check, swap"
 agent analyze "$AGENT_DATA/tiles/eval" --no-progress
-step "agent: re-analyse the evaluation tiles with 1.1.0"
+step "agent: re-analyse the evaluation tiles with $MODEL $AFTER"
 
 agent export --all --format csv --out "$WORK/results.csv" >/dev/null
 echo
 echo "== result"
-python3 - "$WORK/results.csv" <<'PY'
+python3 - "$WORK/results.csv" "$MODEL" "$AFTER" <<'PY'
 import csv, os, sys
+model, after = sys.argv[2], sys.argv[3]
 acc = {}
 for r in csv.DictReader(open(sys.argv[1], newline="")):
-    if r["model"] != "landcover" or "/eval/" not in r["source"]:
+    if "/eval/" not in r["source"]:
         continue
     name = os.path.basename(r["source"])
-    right, n = acc.get(r["model_version"], (0, 0))
-    acc[r["model_version"]] = (right + name.startswith(r["top_label"] + "-"), n + 1)
-b, a = acc.get("1.0.0", (0, 0)), acc.get("1.1.0", (0, 0))
+    key = (r["model"], r["model_version"])
+    right, n = acc.get(key, (0, 0))
+    acc[key] = (right + name.startswith(r["top_label"] + "-"), n + 1)
+b, a = acc.get(("landcover", "1.0.0"), (0, 0)), acc.get((model, after), (0, 0))
 print(f"accuracy on {a[1]} tiles not used for feedback: before {b[0] / max(b[1], 1):.3f} "
-      f"(landcover 1.0.0 does not know damage / no_damage), after {a[0] / max(a[1], 1):.3f} (1.1.0)")
+      f"(landcover 1.0.0 does not know damage / no_damage), after {a[0] / max(a[1], 1):.3f} ({model} {after})")
 PY
 echo "time per step:"
 for s in "${STEPS[@]}"; do echo "  $s"; done

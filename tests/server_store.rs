@@ -63,7 +63,30 @@ both!(
     dashboard_accounts_sessions_and_feedback_views,
     leases_are_exclusive_until_released_or_expired,
     operator_jobs_carry_their_settings,
+    tasks_are_defined_listed_and_redefined,
 );
+
+fn tasks_are_defined_listed_and_redefined(s: Arc<dyn ServerStore>) {
+    use outpost::server::store::TaskDefinition;
+    assert!(s.tasks().unwrap().is_empty());
+    let mut t = TaskDefinition {
+        name: "damage".into(),
+        backbone: "landcover".into(),
+        labels: vec!["damage".into(), "no_damage".into()],
+        multi_label: false,
+        channel: "canary".into(),
+        defined_by: "operator".into(),
+        defined_at: "2026-12-04T00:00:00Z".into(),
+    };
+    s.put_task(&t).unwrap();
+    assert_eq!(s.task("damage").unwrap().as_ref(), Some(&t));
+    assert_eq!(s.task("landcover").unwrap(), None);
+    // Defining it again replaces it: one row, the new labels.
+    t.labels.push("destroyed".into());
+    t.multi_label = true;
+    s.put_task(&t).unwrap();
+    assert_eq!(s.tasks().unwrap(), vec![t]);
+}
 
 const FAR: &str = "2999-01-01T00:00:00Z";
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Rebuild one default model bundle:  models/recipes/build.sh <landcover|crisis-reports|crisis-reports-2> [recipe options]
+# (field-labels-baseline: the scikit-learn recipe `cargo bench --bench field_labels` runs beside Outpost's training)
 # (crisis-reports: the shipped English 1.1.0 recipe; crisis-reports-2: the multilingual 2.0 candidate, written to the
 #  scratch folder, not to models/, until it meets the goals of issue 20; see models/README.md)
 #
@@ -23,7 +24,8 @@ case "$bundle" in
     landcover) recipe="$here/landcover.py" ;;
     crisis-reports) recipe="$here/crisis_reports.py" ;;
     crisis-reports-2) recipe="$here/crisis_reports_ml.py" ;;
-    *) echo "unknown bundle '$bundle' (expected landcover, crisis-reports or crisis-reports-2)" >&2; exit 2 ;;
+    field-labels-baseline) recipe="$here/field_labels_baseline.py" ;;
+    *) echo "unknown bundle '$bundle' (expected landcover, crisis-reports, crisis-reports-2 or field-labels-baseline)" >&2; exit 2 ;;
 esac
 
 if [[ ! -x "$venv/bin/python" ]]; then

@@ -74,6 +74,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Keys { command } => keys(st, &repo, command)?,
         Command::Models { command } => models(&repo, st, command)?,
         Command::Train { model, overrides } => return train(st, &repo, &cfg, &model, overrides),
+        Command::Tasks { command } => tasks(st, &repo, command)?,
         Command::Runs { model } => out!("{}", text::runs(&st.runs(model.as_deref())?)),
         Command::Jobs { limit } => out!("{}", text::jobs(&st.training_jobs(limit)?)),
         Command::Drift => out!("{}", text::drift(&st.drift_latest()?)),
@@ -109,6 +110,11 @@ fn train(
     model: &str,
     overrides: TrainOverrides,
 ) -> Result<ExitCode> {
+    // A task's candidates go to the task's own channel unless the operator says otherwise.
+    let mut configured = cfg.training.clone();
+    if let Some(t) = store.task(model)? {
+        configured.channel = t.channel;
+    }
     let settings = ops::train::Overrides {
         no_publish: overrides.no_publish,
         tolerance: overrides.tolerance,
@@ -116,7 +122,7 @@ fn train(
         groups: overrides.groups,
         percent: overrides.percent,
     }
-    .apply(&cfg.training);
+    .apply(&configured);
     let t = ops::train::train_and_wait(store, repo, cfg, model, &settings, |q| {
         out!("{}", text::queued(q, model))
     })?;
@@ -133,6 +139,36 @@ fn train(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `outpost-server tasks ...`.
+fn tasks(
+    store: &dyn ServerStore,
+    repo: &server::repository::Repository,
+    command: TasksCommand,
+) -> Result<()> {
+    match command {
+        TasksCommand::Define {
+            name,
+            backbone,
+            labels,
+            multi_label,
+            channel,
+        } => {
+            let req = ops::tasks::TaskRequest {
+                name,
+                backbone,
+                labels,
+                multi_label,
+                channel,
+            };
+            let t = ops::tasks::define_task(store, repo, &req, "operator")?;
+            out!("{}", text::task_defined(&t));
+        }
+        TasksCommand::List => out!("{}", text::tasks(&store.tasks()?)),
+        TasksCommand::Proposed => out!("{}", text::proposed(&ops::tasks::proposed(store)?)),
+    }
+    Ok(())
 }
 
 /// `outpost-server devices ...`.

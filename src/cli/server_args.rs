@@ -74,6 +74,12 @@ pub enum Command {
         #[command(flatten)]
         overrides: TrainOverrides,
     },
+    /// Tasks: new questions (is this building damaged?) trained as models of their own on
+    /// the backbone of a published model.
+    Tasks {
+        #[command(subcommand)]
+        command: TasksCommand,
+    },
     /// Training runs and their outcome.
     Runs {
         /// Only this model.
@@ -115,6 +121,33 @@ pub struct TrainOverrides {
     /// Override: share of devices.
     #[arg(long)]
     pub percent: Option<u8>,
+}
+
+#[derive(Subcommand)]
+pub enum TasksCommand {
+    /// Define a task (or redefine one): `tasks define damage --backbone landcover --labels
+    /// damage,no_damage`. It trains like any model (`train damage`, or automatically) and
+    /// is published to --channel when it beats the majority class and the label prior.
+    Define {
+        /// Task name, which becomes its model name (lower-case letters, digits, '-').
+        name: String,
+        /// The published model whose backbone embeds its items.
+        #[arg(long)]
+        backbone: String,
+        /// Its labels, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        labels: Vec<String>,
+        /// Several labels per item rather than one.
+        #[arg(long)]
+        multi_label: bool,
+        /// Channel a passing candidate goes to.
+        #[arg(long, default_value = "canary")]
+        channel: String,
+    },
+    /// Defined tasks.
+    List,
+    /// Tasks the field proposes: labels reviewers introduced that no task claims yet.
+    Proposed,
 }
 
 #[derive(Subcommand)]

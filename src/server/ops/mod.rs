@@ -8,6 +8,8 @@
 //! - [`devices`]: adding a device and its one-time enrollment code.
 //! - [`keys`]: creating and rotating the repository's keys.
 //! - [`train`]: "train now": queue a job and wait for it.
+//! - [`tasks`]: defining a task (a new question as a model of its own), and the tasks the
+//!   field proposes.
 //! - [`usb`]: USB files: a release with its signed metadata for a laptop with no network,
 //!   and decisions brought back from the field.
 //! - [`text`]: how the results of these actions and the server's listings read at a
@@ -15,6 +17,7 @@
 
 pub mod devices;
 pub mod keys;
+pub mod tasks;
 pub mod text;
 pub mod train;
 pub mod usb;
@@ -79,6 +82,9 @@ pub enum OpsError {
     /// Something this process needs failed (randomness, the clock's formatting).
     #[error("{0}")]
     Internal(String),
+    /// What the operator asked for does not make sense (said how to fix it).
+    #[error("{0}")]
+    Invalid(String),
     /// Nothing matched what the operator named.
     #[error("{0}")]
     NotFound(String),

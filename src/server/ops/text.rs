@@ -5,7 +5,7 @@
 //! Every function returns whole lines, each ending in a newline.
 
 use crate::server::store::{
-    AuditRecord, Device, DeviceDrift, DeviceModelRow, TrainingJob, TrainingRun,
+    AuditRecord, Device, DeviceDrift, DeviceModelRow, TaskDefinition, TrainingJob, TrainingRun,
 };
 use crate::trust::Targets;
 use serde_json::Value;
@@ -340,5 +340,61 @@ pub fn candidate(run: &TrainingRun, report: &Value) -> String {
     let mut s = evaluation(report);
     let _ = writeln!(s, "status: {} — {}", run.status.as_str(), run.reason);
     let _ = writeln!(s, "bundle: {}", run.bundle_dir.as_deref().unwrap_or("-"));
+    s
+}
+
+fn label_kind(multi_label: bool) -> &'static str {
+    if multi_label {
+        "multi-label"
+    } else {
+        "single-label"
+    }
+}
+
+/// `tasks define`: what was defined and how to train it.
+pub fn task_defined(t: &TaskDefinition) -> String {
+    format!(
+        "task {} defined on the backbone of {}: {} ({}); train it with `outpost-server train {}`\n",
+        t.name,
+        t.backbone,
+        t.labels.join(", "),
+        label_kind(t.multi_label),
+        t.name
+    )
+}
+
+/// `tasks list`: one line per task.
+pub fn tasks(tasks: &[TaskDefinition]) -> String {
+    let mut s = String::new();
+    for t in tasks {
+        let _ = writeln!(
+            s,
+            "{:<20} on {:<16} {:<12} -> {:<8} {}",
+            t.name,
+            t.backbone,
+            label_kind(t.multi_label),
+            t.channel,
+            t.labels.join(",")
+        );
+    }
+    s
+}
+
+/// `tasks proposed`: the field's new labels per model, and the command that accepts them.
+pub fn proposed(proposals: &[super::tasks::Proposal]) -> String {
+    let mut s = String::new();
+    for p in proposals {
+        let counted: Vec<String> = p.labels.iter().map(|(l, n)| format!("{l} ({n})")).collect();
+        let names: Vec<&str> = p.labels.iter().map(|(l, _)| l.as_str()).collect();
+        let _ = writeln!(
+            s,
+            "on {}: {} from {} device(s); accept with `outpost-server tasks define NAME --backbone {} --labels {}`",
+            p.backbone,
+            counted.join(", "),
+            p.devices,
+            p.backbone,
+            names.join(",")
+        );
+    }
     s
 }

@@ -36,7 +36,7 @@ pub fn enqueue_train(
     settings: &TrainingSettings,
     actor: &str,
 ) -> Result<Queued, OpsError> {
-    let seen = store.model_feedback_count(model)?;
+    let seen = crate::server::training::feedback_seen(store, model)?;
     let json = serde_json::to_string(settings).unwrap_or_default();
     match store.enqueue_training_with(model, Trigger::Operator, seen, Some(&json))? {
         Some(job) => {

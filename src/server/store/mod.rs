@@ -101,6 +101,11 @@ pub const SERVER_MIGRATIONS: &[(u32, &str, &str)] = &[
         "server/0008_leases_job_settings.sql",
         include_str!("../../../migrations/server/0008_leases_job_settings.sql"),
     ),
+    (
+        9,
+        "server/0009_tasks.sql",
+        include_str!("../../../migrations/server/0009_tasks.sql"),
+    ),
 ];
 
 /// Errors of the server store.
@@ -424,6 +429,37 @@ pub trait ServerStore: Send + Sync {
     /// Every refused or rolled-back update a device reported, newest first:
     /// (model, version, kind, reason, at).
     fn device_failures(&self, device_id: &str) -> Result<Vec<ModelFailureRow>, ServerStoreError>;
+    /// Defines a task, or replaces the definition of the task of that name.
+    fn put_task(&self, task: &TaskDefinition) -> Result<(), ServerStoreError>;
+    /// Every defined task, by name.
+    fn tasks(&self) -> Result<Vec<TaskDefinition>, ServerStoreError>;
+    /// The task of that name, if one is defined.
+    fn task(&self, name: &str) -> Result<Option<TaskDefinition>, ServerStoreError> {
+        Ok(self.tasks()?.into_iter().find(|t| t.name == name))
+    }
+}
+
+/// A task: a question the field asks (is this building damaged?) that is trained as a model
+/// of its own, with its own name and labels, on the embeddings of an existing model's
+/// backbone (which agents already have). Field decisions for it arrive under its own name
+/// or under the backbone model's name with the task's labels (`--allow-new-labels`); the
+/// backbone model's own retraining leaves the latter out.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TaskDefinition {
+    /// The model name the task is published under.
+    pub name: String,
+    /// The published model whose backbone embeds the task's items.
+    pub backbone: String,
+    /// The task's labels.
+    pub labels: Vec<String>,
+    /// Several labels per item (sigmoid) or exactly one (softmax).
+    pub multi_label: bool,
+    /// Channel a candidate that passes the new-task gate is published to.
+    pub channel: String,
+    /// Who defined it.
+    pub defined_by: String,
+    /// When (server clock, RFC 3339).
+    pub defined_at: String,
 }
 
 /// A signed-in operator's session.

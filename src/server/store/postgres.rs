@@ -68,6 +68,11 @@ pub const POSTGRES_MIGRATIONS: &[(u32, &str, &str)] = &[
         "server-postgres/0008_leases_job_settings.sql",
         include_str!("../../../migrations/server-postgres/0008_leases_job_settings.sql"),
     ),
+    (
+        9,
+        "server-postgres/0009_tasks.sql",
+        include_str!("../../../migrations/server-postgres/0009_tasks.sql"),
+    ),
 ];
 
 type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
@@ -1068,6 +1073,41 @@ impl ServerStore for PostgresServerStore {
             rows.iter()
                 .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))),
         ))
+    }
+
+    fn put_task(&self, t: &TaskDefinition) -> Result<(), ServerStoreError> {
+        let labels = serde_json::to_string(&t.labels).unwrap_or_default();
+        let multi = i32::from(t.multi_label);
+        self.conn()?.execute(
+            "INSERT INTO tasks (name, backbone, labels, multi_label, channel, defined_by, defined_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (name) DO UPDATE SET backbone = EXCLUDED.backbone,
+               labels = EXCLUDED.labels, multi_label = EXCLUDED.multi_label,
+               channel = EXCLUDED.channel, defined_by = EXCLUDED.defined_by,
+               defined_at = EXCLUDED.defined_at",
+            &[&t.name, &t.backbone, &labels, &multi, &t.channel, &t.defined_by, &t.defined_at],
+        )?;
+        Ok(())
+    }
+
+    fn tasks(&self) -> Result<Vec<TaskDefinition>, ServerStoreError> {
+        let rows = self.conn()?.query(
+            "SELECT name, backbone, labels, multi_label, channel, defined_by, defined_at
+             FROM tasks ORDER BY name",
+            &[],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| TaskDefinition {
+                name: r.get(0),
+                backbone: r.get(1),
+                labels: serde_json::from_str(&r.get::<_, String>(2)).unwrap_or_default(),
+                multi_label: r.get::<_, i32>(3) != 0,
+                channel: r.get(4),
+                defined_by: r.get(5),
+                defined_at: r.get(6),
+            })
+            .collect())
     }
 
     fn field_labels(&self) -> Result<Vec<FieldLabel>, ServerStoreError> {

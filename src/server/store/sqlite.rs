@@ -947,6 +947,49 @@ impl ServerStore for SqliteServerStore {
         Ok(feedback_days(rows))
     }
 
+    fn put_task(&self, t: &TaskDefinition) -> Result<(), ServerStoreError> {
+        let labels = serde_json::to_string(&t.labels).unwrap_or_default();
+        self.conn().execute(
+            "INSERT INTO tasks (name, backbone, labels, multi_label, channel, defined_by, defined_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (name) DO UPDATE SET backbone = excluded.backbone,
+               labels = excluded.labels, multi_label = excluded.multi_label,
+               channel = excluded.channel, defined_by = excluded.defined_by,
+               defined_at = excluded.defined_at",
+            params![
+                t.name,
+                t.backbone,
+                labels,
+                t.multi_label,
+                t.channel,
+                t.defined_by,
+                t.defined_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn tasks(&self) -> Result<Vec<TaskDefinition>, ServerStoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT name, backbone, labels, multi_label, channel, defined_by, defined_at
+             FROM tasks ORDER BY name",
+        )?;
+        let rows = st.query_map([], |r| {
+            let labels: String = r.get(2)?;
+            Ok(TaskDefinition {
+                name: r.get(0)?,
+                backbone: r.get(1)?,
+                labels: serde_json::from_str(&labels).unwrap_or_default(),
+                multi_label: r.get(3)?,
+                channel: r.get(4)?,
+                defined_by: r.get(5)?,
+                defined_at: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     fn field_labels(&self) -> Result<Vec<FieldLabel>, ServerStoreError> {
         let conn = self.conn();
         let mut st = conn.prepare(

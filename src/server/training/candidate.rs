@@ -5,7 +5,7 @@ use super::head::LinearHead;
 use super::{io, TrainingError};
 use crate::model::{Bundle, LoadedModel, Manifest};
 use crate::server::repository::{published_targets, Repository};
-use crate::server::store::ServerStore;
+use crate::server::store::{ServerStore, TaskDefinition};
 use crate::trust::Release;
 use crate::version::parse_version;
 use std::collections::BTreeSet;
@@ -64,17 +64,17 @@ pub struct NewHead<'a> {
     pub head: &'a LinearHead,
     /// The evaluation report (`metrics.json`).
     pub report_json: &'a [u8],
+    /// A task's bundle: named after the task, its single/multi-label kind, and without the
+    /// backbone model's base data and drift reference (they describe the other labels).
+    pub task: Option<&'a TaskDefinition>,
 }
 
-/// The version a candidate gets: above the release it started from and above every
-/// version already published or given to an earlier candidate of the model.
-pub fn choose_version(
+/// Every version of `model` already published or given to an earlier candidate.
+pub fn taken_versions(
     store: &dyn ServerStore,
     repo: &Repository,
-    release: &Release,
-    labels_changed: bool,
-) -> Result<String, TrainingError> {
-    let model = release.model.as_str();
+    model: &str,
+) -> Result<BTreeSet<(u64, u64, u64)>, TrainingError> {
     let mut taken: BTreeSet<(u64, u64, u64)> = published_targets(repo)?
         .map(|t| {
             t.releases
@@ -91,6 +91,18 @@ pub fn choose_version(
             .filter_map(|r| r.candidate_version.as_deref())
             .filter_map(parse_version),
     );
+    Ok(taken)
+}
+
+/// The version a candidate gets: above the release it started from and above every
+/// version already published or given to an earlier candidate of the model.
+pub fn choose_version(
+    store: &dyn ServerStore,
+    repo: &Repository,
+    release: &Release,
+    labels_changed: bool,
+) -> Result<String, TrainingError> {
+    let taken = taken_versions(store, repo, release.model.as_str())?;
     Ok(next_version(&release.version, labels_changed, &taken))
 }
 
@@ -109,14 +121,19 @@ pub fn write(
         thresholds,
         head,
         report_json,
+        task,
     } = new;
     let thresholds = thresholds.clone();
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let cm = &current.manifest;
-    let regenerated: BTreeSet<&str> = [cm.head.file.as_str(), "metrics.json", "manifest.json"]
+    let mut regenerated: BTreeSet<&str> = [cm.head.file.as_str(), "metrics.json", "manifest.json"]
         .into_iter()
         .collect();
+    if task.is_some() {
+        regenerated.extend(cm.base_data.as_deref());
+        regenerated.extend(cm.reference_stats.as_deref());
+    }
     for name in cm.files.keys() {
         if !regenerated.contains(name.as_str()) {
             link_or_copy(&current.path(name), &dir.join(name))?;
@@ -131,6 +148,19 @@ pub fn write(
     m.version = version.to_string();
     m.labels = labels.to_vec();
     m.thresholds = thresholds;
+    if let Some(t) = task {
+        m.name = t.name.clone();
+        m.multi_label = t.multi_label;
+        m.description = format!(
+            "task {} ({}) on the backbone of {} {}",
+            t.name,
+            t.labels.join(", "),
+            cm.name,
+            cm.version
+        );
+        m.base_data = None;
+        m.reference_stats = None;
+    }
     if let Some(g) = &cm.golden {
         // The golden file is linked from the current bundle: replace it by a copy before
         // rewriting, so the current bundle's file is never touched.

@@ -22,6 +22,11 @@ pub struct DataCounts {
     /// Field decisions not usable (wrong embedding length, several labels on a
     /// single-label model).
     pub feedback_skipped: usize,
+    /// Field decisions left out because they answer a task on this model's backbone
+    /// (they train that task).
+    pub feedback_for_tasks: usize,
+    /// A task's image run: what server-side augmentation added.
+    pub augment: Option<super::augment::AugmentCounts>,
 }
 
 /// Gives a split to every decision that has none: per stratum (device and label set), in

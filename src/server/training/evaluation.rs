@@ -207,6 +207,10 @@ pub struct RunEvaluation {
     pub train_seconds: f64,
     /// Seed.
     pub seed: u64,
+    /// What the head training chose (L2, folds, temperature, label weights).
+    pub fit: super::head::FitReport,
+    /// A task's run: the new-task gate's numbers (majority class, label prior).
+    pub task_gate: Option<super::task::TaskGate>,
 }
 
 /// Compares current and candidate on the labels the current model knew. Each regression

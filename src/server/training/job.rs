@@ -33,9 +33,15 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(5);
 /// last run (or since the start, if it never ran), or by `drift_after` rows for a model
 /// that some device reports as drifted.
 pub fn due_models(store: &dyn ServerStore, after: i64, drift_after: i64) -> Vec<String> {
-    let Ok(models) = store.feedback_models() else {
+    let Ok(mut models) = store.feedback_models() else {
         return vec![];
     };
+    // A task is due when its own decisions or its backbone model's grew.
+    for t in store.tasks().unwrap_or_default() {
+        if !models.contains(&t.name) && models.contains(&t.backbone) {
+            models.push(t.name);
+        }
+    }
     let drifted: std::collections::BTreeSet<String> = store
         .drift_latest()
         .unwrap_or_default()
@@ -46,7 +52,7 @@ pub fn due_models(store: &dyn ServerStore, after: i64, drift_after: i64) -> Vec<
     models
         .into_iter()
         .filter(|m| {
-            let count = store.model_feedback_count(m).unwrap_or(0);
+            let count = super::feedback_seen(store, m).unwrap_or(0);
             let last = store
                 .runs(Some(m))
                 .ok()
@@ -79,7 +85,7 @@ pub fn enqueue_due(store: &dyn ServerStore, after: i64, drift_after: i64) -> Vec
     let mut queued = Vec::new();
     let recent = store.training_jobs(100).unwrap_or_default();
     for model in due_models(store, after, drift_after) {
-        let seen = store.model_feedback_count(&model).unwrap_or(0);
+        let seen = super::feedback_seen(store, &model).unwrap_or(0);
         // A job that already covers this very feedback is not queued again: one that failed
         // on it (no release to train from, say) waits for new feedback or an operator, and
         // one queued or running (or done) covers it. Any state counts, so a job that another
@@ -231,7 +237,14 @@ pub fn train_job(
     let settings = match &job.settings {
         Some(json) => serde_json::from_str(json)
             .map_err(|e| format!("job #{} carries unreadable settings: {e}", job.job_id))?,
-        None => cfg.training.clone(),
+        None => {
+            // An automatic run of a task publishes to the task's channel.
+            let mut s = cfg.training.clone();
+            if let Ok(Some(t)) = store.task(&job.model_name) {
+                s.channel = t.channel;
+            }
+            s
+        }
     };
     let o = with_training_lock(|| {
         let candidate = super::run(

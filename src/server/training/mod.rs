@@ -10,7 +10,8 @@
 //! 3. **Split.** Each decision is given a split once, per stratum (device, labels), so every
 //!    stratum keeps close to the configured held-out share and a held-out decision is never
 //!    trained on later. A fixed tenth of the base data is held out too.
-//! 4. **Train** the head in Rust ([`head`]), deterministic for a fixed seed.
+//! 4. **Train** the head in Rust ([`head::fit`]: standardised, balanced, L2 chosen by
+//!    cross-validation when the set is small, calibrated), deterministic for a fixed seed.
 //! 5. **Evaluate** candidate and current on the same held-out data (field and base):
 //!    accuracy, macro-F1, per-label recall and precision, confusion matrix.
 //! 6. **Gate.** On the labels the current model knew, the candidate may not lose more than
@@ -28,11 +29,13 @@ use head::TrainOptions;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+pub mod augment;
 pub mod candidate;
 pub mod dataset;
 pub mod evaluation;
 pub mod head;
 pub mod job;
+pub mod task;
 
 pub use candidate::next_version;
 pub use dataset::{assign_splits, DataCounts};
@@ -67,6 +70,9 @@ pub struct TrainingSettings {
     pub epochs: usize,
     /// Seed of the mini-batch order (same data and seed, same head).
     pub seed: u64,
+    /// Tasks on an image backbone: embed the other 7 flips and quarter turns of every
+    /// training tile the server holds ([`augment`]).
+    pub augment: bool,
 }
 
 impl Default for TrainingSettings {
@@ -83,6 +89,7 @@ impl Default for TrainingSettings {
             percent: 100,
             epochs: 30,
             seed: 42,
+            augment: true,
         }
     }
 }
@@ -182,12 +189,30 @@ pub fn run(
     trigger: Trigger,
     still_ours: &dyn Fn() -> bool,
 ) -> Result<Candidate, TrainingError> {
+    let seen = feedback_seen(store, model)?;
+    if let Some(t) = store.task(model)? {
+        let release = task::backbone_release(repo, &t)?;
+        let base = format!("{}@{}", release.model, release.version);
+        let run_id = store.start_run(model, &base, trigger, seen)?;
+        return task::train_task(store, repo, &t, settings, run_id, still_ours)
+            .map_err(|e| record_failure(store, run_id, model, e));
+    }
     let release =
         current_release(repo, model)?.ok_or_else(|| TrainingError::NoRelease(model.into()))?;
-    let seen = store.model_feedback_count(model)?;
     let run_id = store.start_run(model, &release.version, trigger, seen)?;
     train_candidate(store, repo, &release, settings, run_id, still_ours)
         .map_err(|e| record_failure(store, run_id, model, e))
+}
+
+/// The feedback a run of `model` has seen, for deciding when it is due again: its own
+/// decisions, plus for a task the decisions given under its backbone model (which may
+/// carry the task's labels).
+pub fn feedback_seen(store: &dyn ServerStore, model: &str) -> Result<i64, ServerStoreError> {
+    let own = store.model_feedback_count(model)?;
+    Ok(match store.task(model)? {
+        Some(t) => own + store.model_feedback_count(&t.backbone)?,
+        None => own,
+    })
 }
 
 /// Records a run as failed with the error's text, and gives the error back.
@@ -228,17 +253,33 @@ fn train_candidate(
         reason: e.reason,
     })?;
     let m = bundle.manifest.clone();
-    let rows = dataset::field_rows(store, model, settings.holdout_percent)?;
-    let data = dataset::build(&base, &rows, &m);
+    let mut rows = dataset::field_rows(store, model, settings.holdout_percent)?;
+    // Decisions that answer a task on this model's backbone train that task, not this model.
+    let tasks = store.tasks()?;
+    let before = rows.len();
+    rows.retain(|r| task::claimed(&tasks, model, &r.labels).is_none());
+    let for_tasks = before - rows.len();
+    if rows.is_empty() {
+        return Err(TrainingError::NoFeedback(model.into()));
+    }
+    let mut data = dataset::build(&base, &rows, &m);
+    data.counts.feedback_for_tasks = for_tasks;
 
     let started = std::time::Instant::now();
-    let head = head::train(
+    let (head, fit) = head::fit(
         &data.train,
         data.labels.len(),
         m.multi_label,
-        &TrainOptions {
-            epochs: settings.epochs,
-            seed: settings.seed,
+        &head::FitOptions {
+            train: TrainOptions {
+                epochs: settings.epochs,
+                seed: settings.seed,
+                ..Default::default()
+            },
+            // Base data plus feedback: the configured L2, no cross-validation (folds x grid
+            // trainings of the whole label set would not fit the 10 s budget); tasks
+            // cross-validate ([`task`]).
+            cv_max_rows: 0,
             ..Default::default()
         },
     );
@@ -269,6 +310,8 @@ fn train_candidate(
         },
         train_seconds,
         seed: settings.seed,
+        fit,
+        task_gate: None,
     };
     let report_json = serde_json::to_string_pretty(&report)
         .map_err(|e| TrainingError::Candidate(format!("cannot encode the evaluation: {e}")))?;
@@ -286,6 +329,7 @@ fn train_candidate(
             thresholds: verdict.thresholds,
             head: &head,
             report_json: report_json.as_bytes(),
+            task: None,
         },
         session,
     )?;
