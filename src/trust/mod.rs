@@ -21,6 +21,7 @@
 //! TUF specification so they can be reviewed against it.
 
 pub mod client;
+pub mod tuf;
 
 use base64::Engine;
 use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
