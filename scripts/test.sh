@@ -20,6 +20,10 @@ export OUTPOST_REQUIRE_POSTGRES="${OUTPOST_REQUIRE_POSTGRES:-1}"
 # it must be installable here, so its tests cannot silently skip.
 bash scripts/fetch-moto.sh >/dev/null
 export OUTPOST_REQUIRE_S3="${OUTPOST_REQUIRE_S3:-1}"
+# The TUF conformance suite and python-tuf (PyPI, into .venv-tuf/) plus Debian's faketime:
+# tests/tuf_interop.rs uses python-tuf, and the suite runs after the tests, below.
+bash scripts/fetch-tuf-conformance.sh >/dev/null
+export OUTPOST_REQUIRE_TUF="${OUTPOST_REQUIRE_TUF:-1}"
 # The shared data (../shared/data next to this checkout, or next to the repository it was
 # cloned from, as a CI clone in a temporary folder is): its tests must run, not skip.
 # OUTPOST_REQUIRE_SHARED_DATA=0 lets a newcomer without it skip them, with a message.
@@ -38,3 +42,6 @@ echo "shared data: ${OUTPOST_SHARED_DATA:-not found} (required: $OUTPOST_REQUIRE
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --all-targets
+# The public TUF conformance suite (theupdateframework/tuf-conformance) against the agent's
+# TUF client, with only the expected failures of scripts/tuf-conformance/client.xfails.
+bash scripts/tuf-conformance.sh

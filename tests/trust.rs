@@ -359,3 +359,60 @@ fn a_target_larger_than_its_metadata_says_is_refused() {
     let e = verify_target("head.onnx", &entry, b"9123456789").unwrap_err();
     assert!(e.to_string().contains("sha256"), "{e}");
 }
+
+#[test]
+fn an_unknown_field_added_to_targets_without_re_signing_is_refused() {
+    let k = keys();
+    let rel = release(&k, 1, 1, 1, t(1));
+    let mut doc: serde_json::Value = serde_json::from_slice(&rel.0).unwrap();
+    doc["signed"]["x-added"] = serde_json::json!("never signed");
+    let err = parse::<Targets>(&serde_json::to_vec(&doc).unwrap()).unwrap_err();
+    assert!(matches!(err, TrustError::Malformed { .. }), "{err}");
+    assert!(parse::<Targets>(&rel.0).is_ok());
+}
+
+#[test]
+fn targets_other_than_the_snapshot_pins_are_refused() {
+    let k = keys();
+    let mut s = state(&k);
+    let (tg, _, _) = release(&k, 1, 1, 1, t(1));
+    // A snapshot pinning the sha256 and length of other bytes than the targets served.
+    let mut meta = BTreeMap::new();
+    meta.insert(
+        "targets.json".into(),
+        MetaFile {
+            version: 1,
+            sha256: Some(outpost::hash::sha256_hex(b"other targets")),
+            length: Some(tg.len() as u64),
+        },
+    );
+    let sn = bytes(&sign(
+        Snapshot {
+            type_: "snapshot".into(),
+            version: 1,
+            expires: t(30),
+            meta,
+        },
+        &[&k.snapshot],
+    ));
+    let mut meta = BTreeMap::new();
+    meta.insert(
+        "snapshot.json".into(),
+        MetaFile {
+            version: 1,
+            sha256: None,
+            length: None,
+        },
+    );
+    let ts = bytes(&sign(
+        Timestamp {
+            type_: "timestamp".into(),
+            version: 1,
+            expires: t(1),
+            meta,
+        },
+        &[&k.timestamp],
+    ));
+    let err = apply(&mut s, &(tg, sn, ts), now()).unwrap_err();
+    assert!(matches!(err, TrustError::Mismatch { .. }), "{err}");
+}

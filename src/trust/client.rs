@@ -100,14 +100,16 @@ impl TrustedState {
         }
         verify_signatures(&new, &self.root.signed, "root")?;
         verify_signatures(&new, &new.signed, "root")?;
-        for role in ["timestamp", "snapshot", "targets"] {
-            if self.root.signed.roles.get(role) != new.signed.roles.get(role) {
-                match role {
-                    "timestamp" => self.timestamp = None,
-                    "snapshot" => self.snapshot = None,
-                    _ => self.targets = None,
-                }
-            }
+        let changed = |role: &str| self.root.signed.roles.get(role) != new.signed.roles.get(role);
+        // TUF 5.3.11 (fast-forward recovery): a rotation of either the timestamp or the
+        // snapshot keys drops both trusted files, so a fast-forwarded snapshot version
+        // pinned by the old timestamp cannot block the new snapshot.
+        if changed("timestamp") || changed("snapshot") {
+            self.timestamp = None;
+            self.snapshot = None;
+        }
+        if changed("targets") {
+            self.targets = None;
         }
         self.root = new;
         Ok(())
@@ -237,6 +239,25 @@ impl TrustedState {
                 by: "snapshot".into(),
                 what: "no trusted snapshot pins targets".into(),
             })?;
+        if let Some(h) = &pinned.sha256 {
+            let got = crate::hash::sha256_hex(bytes);
+            if &got != h {
+                return Err(TrustError::Mismatch {
+                    role: "targets".into(),
+                    by: "snapshot".into(),
+                    what: format!("sha256 {got}, pinned {h}"),
+                });
+            }
+        }
+        if let Some(l) = pinned.length {
+            if bytes.len() as u64 != l {
+                return Err(TrustError::Mismatch {
+                    role: "targets".into(),
+                    by: "snapshot".into(),
+                    what: format!("{} bytes, pinned {l}", bytes.len()),
+                });
+            }
+        }
         let new: Signed<Targets> = parse(bytes)?;
         verify_signatures(&new, &self.root.signed, "targets")?;
         if new.signed.version != pinned.version {

@@ -21,6 +21,7 @@
 //! TUF specification so they can be reviewed against it.
 
 pub mod client;
+pub mod tuf;
 
 use base64::Engine;
 use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
@@ -407,6 +408,23 @@ pub fn parse<T: Role>(bytes: &[u8]) -> Result<Signed<T>, TrustError> {
         return Err(TrustError::WrongRole {
             expected: T::NAME.into(),
             found: doc.signed.type_().into(),
+        });
+    }
+    // Signatures are checked over our re-serialisation of `signed`: a field we do not know
+    // would be dropped there and so never signed. Refuse any document whose `signed` is not
+    // exactly what we re-serialise (issue 21: unknown fields added without re-signing).
+    let received: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| TrustError::Malformed {
+            role: T::NAME.into(),
+            reason: e.to_string(),
+        })?;
+    let received = serde_json::to_vec(&received["signed"]).unwrap_or_default();
+    if received != canonical(&doc.signed) {
+        return Err(TrustError::Malformed {
+            role: T::NAME.into(),
+            reason: "its signed part holds fields this agent does not know (or non-canonical \
+                     values); they would not be covered by the signature check"
+                .into(),
         });
     }
     Ok(doc)

@@ -51,6 +51,7 @@ pub mod manual;
 pub mod run;
 pub mod targeting;
 pub mod trust_store;
+pub mod tuf_client;
 pub mod usb;
 
 pub use active::ActiveModels;
