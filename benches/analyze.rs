@@ -235,6 +235,11 @@ fn rounds(
 }
 
 fn main() {
+    // `cargo test --all-targets` runs benches without `--bench`: say how to run it, and stop.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("analyze benchmark: run it with `cargo bench --bench analyze`");
+        return;
+    }
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let shared = std::env::var_os("OUTPOST_SHARED_DATA")
         .map(PathBuf::from)
