@@ -100,6 +100,21 @@ pub struct ModelSet {
     pub text: Vec<Arc<LoadedModel>>,
 }
 
+impl ModelSet {
+    /// The models sorted by what they read (images or reports).
+    pub fn from_models(models: &[Arc<LoadedModel>]) -> ModelSet {
+        let mut set = ModelSet::default();
+        for m in models {
+            tracing::info!(model = %m.id(), task = m.task().as_str(), "model ready");
+            match m.task() {
+                crate::model::Task::ImageClassification => set.image.push(m.clone()),
+                crate::model::Task::TextClassification => set.text.push(m.clone()),
+            }
+        }
+        set
+    }
+}
+
 /// One input that could not be analysed.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct FailureRecord {

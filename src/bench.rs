@@ -565,3 +565,85 @@ pub fn sample_reports(csv_path: &Path, count: usize) -> anyhow::Result<Vec<Strin
     let (reports, _) = text::read_reports(csv_path, &text::TextOptions::default())?;
     Ok(reports.into_iter().take(count).map(|r| r.text).collect())
 }
+
+/// What `outpost bench` measures: where its inputs are and how much of them.
+#[derive(Debug, Clone)]
+pub struct BenchRequest {
+    /// Folder of image tiles.
+    pub images: PathBuf,
+    /// CSV of reports.
+    pub reports: PathBuf,
+    /// Image tiles per round.
+    pub image_count: usize,
+    /// Reports per round.
+    pub report_count: usize,
+    /// Rounds (raw and end-to-end alternate).
+    pub rounds: usize,
+    /// Tiles per batch.
+    pub batch_size: usize,
+}
+
+/// `outpost bench`: the first image model and the first text model, each raw against end to
+/// end, in a scratch folder that is removed afterwards. `say` hears what is being measured
+/// and what is skipped (no images, no report CSV), so nothing is left out silently.
+pub fn run(
+    cfg: &AgentConfig,
+    models: &[Arc<LoadedModel>],
+    req: &BenchRequest,
+    say: &dyn Fn(String),
+) -> anyhow::Result<BenchReport> {
+    use crate::model::Task;
+    let work = std::env::temp_dir().join(format!("outpost-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let mut report = BenchReport {
+        threads: cfg.session_options().intra_threads,
+        batch_size: req.batch_size,
+        image: None,
+        text: None,
+        rss_after_load_mib: proc_status_mib("VmRSS:"),
+        peak_rss_mib: 0.0,
+    };
+    let rounds = req.rounds.max(1);
+    if let Some(m) = models
+        .iter()
+        .find(|m| m.task() == Task::ImageClassification)
+    {
+        let files = sample_images(&req.images, req.image_count);
+        if files.is_empty() {
+            say(format!(
+                "no images under {}: image benchmark skipped (use --images DIR)",
+                req.images.display()
+            ));
+        } else {
+            say(format!(
+                "images: {} tiles x {rounds} rounds with {} ...",
+                files.len(),
+                m.id()
+            ));
+            report.image = Some(bench_images(cfg, m, &files, rounds, req.batch_size, &work)?);
+        }
+    }
+    if let Some(m) = models.iter().find(|m| m.task() == Task::TextClassification) {
+        if req.reports.is_file() {
+            let texts = sample_reports(&req.reports, req.report_count)?;
+            say(format!(
+                "reports: {} reports x {rounds} rounds with {} ...",
+                texts.len(),
+                m.id()
+            ));
+            let text_batch = cfg.analyze.text_batch_size.max(1);
+            say(format!(
+                "reports use batches of {text_batch} (analyze.text_batch_size)"
+            ));
+            report.text = Some(bench_text(cfg, m, &texts, rounds, text_batch, &work)?);
+        } else {
+            say(format!(
+                "no report CSV at {}: text benchmark skipped (use --reports FILE)",
+                req.reports.display()
+            ));
+        }
+    }
+    report.peak_rss_mib = proc_status_mib("VmHWM:");
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(report)
+}

@@ -8,7 +8,7 @@ use outpost::cli::agent_text as text;
 use outpost::cli::unlock::{new_passphrase, prompt, read_secret_file, unlock, CURRENT_INSTEAD};
 use outpost::config::AgentConfig;
 use outpost::export::{self, ExportFilter, Format};
-use outpost::model::{self, runtime, LoadedModel, Task};
+use outpost::model::{self, runtime, LoadedModel};
 use outpost::store::Store;
 use outpost::{out, outln};
 use std::path::{Path, PathBuf};
@@ -96,14 +96,7 @@ fn analyze_command(cfg: &AgentConfig, a: AnalyzeArgs) -> Result<ExitCode> {
         no_progress,
     } = a;
     let models = load_models(cfg, model.as_deref())?;
-    let mut set = ModelSet::default();
-    for m in &models {
-        tracing::info!(model = %m.id(), task = m.task().as_str(), "model ready");
-        match m.task() {
-            Task::ImageClassification => set.image.push(m.clone()),
-            Task::TextClassification => set.text.push(m.clone()),
-        }
-    }
+    let set = ModelSet::from_models(&models);
     let mut opts = AnalyzeOptions::from_config(cfg, inputs);
     opts.force = force;
     opts.progress = !no_progress;
@@ -485,24 +478,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Purge(a) => purge_command(&cfg, a),
         Command::Sync => sync_command(&cfg),
         Command::Status(a) => status_command(&cfg, a),
-        Command::Bench {
-            images,
-            reports,
-            image_count,
-            report_count,
-            rounds,
-            batch_size,
-            json,
-        } => bench_command(
-            &cfg,
-            images,
-            reports,
-            image_count,
-            report_count,
-            rounds,
-            batch_size,
-            json,
-        ),
+        Command::Bench(a) => bench_command(&cfg, a),
     }
 }
 
@@ -642,112 +618,29 @@ fn models_command(cfg: &AgentConfig, command: ModelsCommand) -> Result<ExitCode>
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn bench_command(
-    cfg: &AgentConfig,
-    images: Option<PathBuf>,
-    reports: Option<PathBuf>,
-    image_count: usize,
-    report_count: usize,
-    rounds: usize,
-    batch_size: usize,
-    json: bool,
-) -> Result<ExitCode> {
-    use outpost::bench;
+/// `bench`: raw ONNX Runtime against end to end on the same models, side by side.
+fn bench_command(cfg: &AgentConfig, a: BenchArgs) -> Result<ExitCode> {
     let shared = std::env::var_os("OUTPOST_SHARED_DATA")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("../shared/data"));
-    let images = images.unwrap_or_else(|| shared.join("eurosat"));
-    let reports = reports.unwrap_or_else(|| shared.join("crisis_text/messages.csv"));
-    let models = load_models(cfg, None)?;
-    let rss_after_load = bench::proc_status_mib("VmRSS:");
-    let work = tempfile_dir()?;
-    let threads = cfg.session_options().intra_threads;
-    let mut report = bench::BenchReport {
-        threads,
-        batch_size,
-        image: None,
-        text: None,
-        rss_after_load_mib: rss_after_load,
-        peak_rss_mib: 0.0,
+    let req = outpost::bench::BenchRequest {
+        images: a.images.unwrap_or_else(|| shared.join("eurosat")),
+        reports: a
+            .reports
+            .unwrap_or_else(|| shared.join("crisis_text/messages.csv")),
+        image_count: a.image_count,
+        report_count: a.report_count,
+        rounds: a.rounds,
+        batch_size: a.batch_size,
     };
-    let rounds = rounds.max(1);
-    if let Some(m) = models
-        .iter()
-        .find(|m| m.task() == Task::ImageClassification)
-    {
-        let files = bench::sample_images(&images, image_count);
-        if files.is_empty() {
-            eprintln!(
-                "no images under {}: image benchmark skipped (use --images DIR)",
-                images.display()
-            );
-        } else {
-            eprintln!(
-                "images: {} tiles x {rounds} rounds with {} ...",
-                files.len(),
-                m.id()
-            );
-            report.image = Some(bench::bench_images(
-                cfg, m, &files, rounds, batch_size, &work,
-            )?);
-        }
-    }
-    if let Some(m) = models.iter().find(|m| m.task() == Task::TextClassification) {
-        if reports.is_file() {
-            let texts = bench::sample_reports(&reports, report_count)?;
-            eprintln!(
-                "reports: {} reports x {rounds} rounds with {} ...",
-                texts.len(),
-                m.id()
-            );
-            let text_batch = cfg.analyze.text_batch_size.max(1);
-            eprintln!("reports use batches of {text_batch} (analyze.text_batch_size)");
-            report.text = Some(bench::bench_text(
-                cfg, m, &texts, rounds, text_batch, &work,
-            )?);
-        } else {
-            eprintln!(
-                "no report CSV at {}: text benchmark skipped (use --reports FILE)",
-                reports.display()
-            );
-        }
-    }
-    report.peak_rss_mib = bench::proc_status_mib("VmHWM:");
-    let _ = std::fs::remove_dir_all(&work);
-    if json {
+    let models = load_models(cfg, None)?;
+    let report = outpost::bench::run(cfg, &models, &req, &|m| eprintln!("{m}"))?;
+    if a.json {
         outln!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(ExitCode::SUCCESS);
+    } else {
+        out!("{}", text::bench(&report, req.rounds.max(1)));
     }
-    outln!("threads per session: {threads}, batch size: {batch_size}, rounds: {rounds} (medians)");
-    for (kind, c) in [("tiles", &report.image), ("reports", &report.text)] {
-        if let Some(c) = c {
-            outln!(
-                "{:<8} {:<28} raw ONNX Runtime {:>8.1}/s   end to end {:>8.1}/s   ratio {:.2}",
-                kind,
-                c.model,
-                c.raw_median,
-                c.e2e_median,
-                c.ratio_median
-            );
-            outln!(
-                "         best raw configuration found: {}",
-                c.raw_search.best
-            );
-        }
-    }
-    outln!(
-        "memory: {:.0} MiB resident after loading models, {:.0} MiB peak",
-        report.rss_after_load_mib,
-        report.peak_rss_mib
-    );
     Ok(ExitCode::SUCCESS)
-}
-
-fn tempfile_dir() -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("outpost-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
 }
 
 fn open_existing_store(cfg: &AgentConfig) -> Result<Store> {

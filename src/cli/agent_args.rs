@@ -41,29 +41,7 @@ pub enum Command {
     /// Export stored results (default: those of the last run).
     Export(ExportArgs),
     /// Measure end-to-end throughput against raw ONNX Runtime on the same model, side by side.
-    Bench {
-        /// Folder of image tiles (default: <shared data>/eurosat).
-        #[arg(long, value_name = "DIR")]
-        images: Option<PathBuf>,
-        /// CSV of reports (default: <shared data>/crisis_text/messages.csv).
-        #[arg(long, value_name = "FILE")]
-        reports: Option<PathBuf>,
-        /// Image tiles per round.
-        #[arg(long, default_value_t = 1024)]
-        image_count: usize,
-        /// Reports per round.
-        #[arg(long, default_value_t = 1000)]
-        report_count: usize,
-        /// Rounds (raw and end-to-end alternate; medians are reported).
-        #[arg(long, default_value_t = 5)]
-        rounds: usize,
-        /// Items per batch.
-        #[arg(long, default_value_t = 32)]
-        batch_size: usize,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Bench(BenchArgs),
     /// Confirm or correct predictions from the command line, and manage the feedback outbox.
     Feedback {
         #[command(subcommand)]
@@ -130,6 +108,32 @@ pub enum Command {
         #[command(subcommand)]
         command: ModelsCommand,
     },
+}
+
+/// Arguments of `bench`.
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Folder of image tiles (default: <shared data>/eurosat).
+    #[arg(long, value_name = "DIR")]
+    pub images: Option<PathBuf>,
+    /// CSV of reports (default: <shared data>/crisis_text/messages.csv).
+    #[arg(long, value_name = "FILE")]
+    pub reports: Option<PathBuf>,
+    /// Image tiles per round.
+    #[arg(long, default_value_t = 1024)]
+    pub image_count: usize,
+    /// Reports per round.
+    #[arg(long, default_value_t = 1000)]
+    pub report_count: usize,
+    /// Rounds (raw and end-to-end alternate; medians are reported).
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// Items per batch.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Arguments of `status`.
@@ -382,7 +386,7 @@ impl Command {
         !matches!(
             self,
             Command::Doctor { .. }
-                | Command::Bench { .. }
+                | Command::Bench(_)
                 | Command::Encrypt(_)
                 | Command::Passphrase(_)
                 | Command::Run(_)

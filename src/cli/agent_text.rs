@@ -358,3 +358,39 @@ pub fn purged(r: &PurgeReport, days: u32, dry_run: bool) -> String {
     }
     s
 }
+
+/// `bench`: each comparison's medians and ratio, the best raw configuration, memory.
+pub fn bench(r: &crate::bench::BenchReport, rounds: usize) -> String {
+    let mut s = String::new();
+    push!(
+        s,
+        "threads per session: {}, batch size: {}, rounds: {rounds} (medians)",
+        r.threads,
+        r.batch_size
+    );
+    for (kind, c) in [("tiles", &r.image), ("reports", &r.text)] {
+        if let Some(c) = c {
+            push!(
+                s,
+                "{:<8} {:<28} raw ONNX Runtime {:>8.1}/s   end to end {:>8.1}/s   ratio {:.2}",
+                kind,
+                c.model,
+                c.raw_median,
+                c.e2e_median,
+                c.ratio_median
+            );
+            push!(
+                s,
+                "         best raw configuration found: {}",
+                c.raw_search.best
+            );
+        }
+    }
+    push!(
+        s,
+        "memory: {:.0} MiB resident after loading models, {:.0} MiB peak",
+        r.rss_after_load_mib,
+        r.peak_rss_mib
+    );
+    s
+}
