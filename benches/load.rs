@@ -12,7 +12,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use outpost::server::store::{PostgresServerStore, ServerStore};
+use outpost::server::store::{DeviceStore, PostgresServerStore};
 use outpost::sync::LoopOptions;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

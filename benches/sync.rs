@@ -99,7 +99,7 @@ fn main() {
             Arc::new(SqliteServerStore::open(&tmp.path().join("server/server.db")).unwrap());
         let code = "BENCH-CODE-0000-0000-0000";
         let hash = outpost::hash::sha256_hex(outpost::server::normalise_code(code).as_bytes());
-        use outpost::server::store::ServerStore;
+        use outpost::server::store::{DeviceStore, FeedbackStore};
         server_store
             .add_device(
                 &format!("bench-{round}"),

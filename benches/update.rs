@@ -15,7 +15,7 @@
 mod cut_proxy;
 
 use ndarray::Array4;
-use outpost::server::store::{ServerStore, SqliteServerStore};
+use outpost::server::store::{DeviceStore, SqliteServerStore};
 use outpost::server::AppState;
 use outpost::update::{ActiveModels, UpdateOptions};
 use std::path::{Path, PathBuf};

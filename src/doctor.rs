@@ -357,93 +357,22 @@ fn encryption_check(data_dir: &Path) -> Check {
 
 /// The database check, and the server URL recorded at enrollment (if any).
 fn database_check(path: &Path) -> (Check, Option<String>) {
-    use rusqlite::{Connection, OpenFlags};
     const NAME: &str = "database";
     if !path.exists() {
-        return (
-            Check::ok(
-                NAME,
-                format!(
-                    "no database yet at {}: the first `outpost analyze` (or the agent service) creates it",
-                    path.display()
-                ),
-            ),
-            None,
+        let msg = format!(
+            "no database yet at {}: the first `outpost analyze` (or the agent service) creates it",
+            path.display()
         );
+        return (Check::ok(NAME, msg), None);
     }
-    let conn = match Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    ) {
+    let conn = match open_for_check(path) {
         Ok(c) => c,
-        Err(e) => {
-            return (
-                Check::problem(
-                    NAME,
-                    Status::Fail,
-                    format!("cannot open {} read-only: {e}", path.display()),
-                    "run the check as the user the agent runs as (installed as a service: `sudo -u outpost outpost doctor`), or fix the file's owner and mode",
-                ),
-                None,
-            )
-        }
+        Err(check) => return (check, None),
     };
-    match crate::store::vault::key_for_database(path) {
-        Ok(Some(key)) => {
-            let _ = crate::store::vault::apply_key(&conn, &key);
-        }
-        Ok(None) => {}
-        Err(crate::store::vault::VaultError::Locked { .. }) => {
-            return (
-                Check::ok(
-                    NAME,
-                    format!(
-                        "{}: encrypted and locked, so its integrity was not checked",
-                        path.display()
-                    ),
-                ),
-                None,
-            )
-        }
-        Err(e) => {
-            return (
-                Check::problem(
-                    NAME,
-                    Status::Fail,
-                    e.to_string(),
-                    "restore data-key.json from a backup, or use the recovery key",
-                ),
-                None,
-            )
-        }
-    }
     let _ = conn.busy_timeout(Duration::from_secs(5));
-    let integrity: Result<Vec<String>, rusqlite::Error> = conn
-        .prepare("PRAGMA integrity_check")
-        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect());
-    let problems = match integrity {
-        Ok(rows) if rows == ["ok"] => None,
-        Ok(rows) => Some(rows.into_iter().take(5).collect::<Vec<_>>().join("; ")),
-        Err(e) => Some(e.to_string()),
-    };
-    if let Some(p) = problems {
-        return (
-            Check::problem(
-                NAME,
-                Status::Fail,
-                format!("{} is damaged: {p}", path.display()),
-                "stop the agent and keep a copy of the file; if `outpost feedback export FILE` still works, carry the pending feedback out with it; then recover with `sqlite3 agent.db .recover | sqlite3 recovered.db`, or move the file aside and analyze again",
-            ),
-            None,
-        );
+    if let Some(damaged) = integrity_problem(&conn, path) {
+        return (damaged, None);
     }
-    let found: u32 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .unwrap_or(0);
-    let known = crate::store::migrate::MIGRATIONS
-        .last()
-        .map(|m| m.0)
-        .unwrap_or(0);
     let server_url: Option<String> = conn
         .query_row(
             "SELECT value FROM agent_state WHERE key = 'server_url'",
@@ -452,9 +381,79 @@ fn database_check(path: &Path) -> (Check, Option<String>) {
         )
         .ok()
         .filter(|s: &String| !s.is_empty());
-    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    let check = if found > known {
+    (schema_check(&conn, path), server_url)
+}
+
+/// Opens the database read-only with its key if it is encrypted; the check that failed
+/// (or the "locked, not checked" note) otherwise.
+fn open_for_check(path: &Path) -> Result<rusqlite::Connection, Check> {
+    use rusqlite::{Connection, OpenFlags};
+    const NAME: &str = "database";
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| {
         Check::problem(
+            NAME,
+            Status::Fail,
+            format!("cannot open {} read-only: {e}", path.display()),
+            "run the check as the user the agent runs as (installed as a service: `sudo -u outpost outpost doctor`), or fix the file's owner and mode",
+        )
+    })?;
+    match crate::store::vault::key_for_database(path) {
+        Ok(Some(key)) => {
+            let _ = crate::store::vault::apply_key(&conn, &key);
+            Ok(conn)
+        }
+        Ok(None) => Ok(conn),
+        Err(crate::store::vault::VaultError::Locked { .. }) => Err(Check::ok(
+            NAME,
+            format!(
+                "{}: encrypted and locked, so its integrity was not checked",
+                path.display()
+            ),
+        )),
+        Err(e) => Err(Check::problem(
+            NAME,
+            Status::Fail,
+            e.to_string(),
+            "restore data-key.json from a backup, or use the recovery key",
+        )),
+    }
+}
+
+/// `PRAGMA integrity_check`: the failed check if the file is damaged.
+fn integrity_problem(conn: &rusqlite::Connection, path: &Path) -> Option<Check> {
+    let integrity: Result<Vec<String>, rusqlite::Error> = conn
+        .prepare("PRAGMA integrity_check")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect());
+    let p = match integrity {
+        Ok(rows) if rows == ["ok"] => return None,
+        Ok(rows) => rows.into_iter().take(5).collect::<Vec<_>>().join("; "),
+        Err(e) => e.to_string(),
+    };
+    Some(Check::problem(
+        "database",
+        Status::Fail,
+        format!("{} is damaged: {p}", path.display()),
+        "stop the agent and keep a copy of the file; if `outpost feedback export FILE` still works, carry the pending feedback out with it; then recover with `sqlite3 agent.db .recover | sqlite3 recovered.db`, or move the file aside and analyze again",
+    ))
+}
+
+/// The schema version against the migrations this agent knows, and the file's size.
+fn schema_check(conn: &rusqlite::Connection, path: &Path) -> Check {
+    const NAME: &str = "database";
+    let found: u32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap_or(0);
+    let known = crate::store::migrate::MIGRATIONS
+        .last()
+        .map(|m| m.0)
+        .unwrap_or(0);
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    if found > known {
+        return Check::problem(
             NAME,
             Status::Fail,
             format!(
@@ -462,23 +461,21 @@ fn database_check(path: &Path) -> (Check, Option<String>) {
                 path.display()
             ),
             "install the newer agent again (the data is untouched)",
-        )
+        );
+    }
+    let upgrade = if found < known {
+        format!(" (the agent upgrades it to {known} at next use)")
     } else {
-        let upgrade = if found < known {
-            format!(" (the agent upgrades it to {known} at next use)")
-        } else {
-            String::new()
-        };
-        Check::ok(
-            NAME,
-            format!(
-                "{}: integrity ok, schema version {found}{upgrade}, {:.1} MB",
-                path.display(),
-                size as f64 / 1e6
-            ),
-        )
+        String::new()
     };
-    (check, server_url)
+    Check::ok(
+        NAME,
+        format!(
+            "{}: integrity ok, schema version {found}{upgrade}, {:.1} MB",
+            path.display(),
+            size as f64 / 1e6
+        ),
+    )
 }
 
 fn data_dir_check(dir: &Path) -> Check {

@@ -149,108 +149,118 @@ pub fn load_rows(
 /// geometry).
 pub fn write(rows: &[ExportRow], format: Format, out: &mut dyn Write) -> std::io::Result<usize> {
     match format {
-        Format::Json => {
-            let arr: Vec<Value> = rows
-                .iter()
-                .map(|r| {
-                    json!({
-                        "item_id": r.item_id, "kind": r.kind, "source": r.source, "locator": r.locator,
-                        "model": r.model_name, "model_version": r.model_version, "labels": r.labels,
-                        "top_label": r.top_label, "top_score": r.top_score,
-                        "scores": r.scores.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<Map<_, _>>(),
-                        "geometry": r.geometry, "language": r.language,
-                    })
-                })
-                .collect();
-            serde_json::to_writer_pretty(&mut *out, &arr)?;
-            writeln!(out)?;
-            Ok(0)
-        }
-        Format::Csv => {
-            let mut w = csv::Writer::from_writer(out);
-            // Score columns: the union of label names, in first-seen order.
-            let mut score_cols: Vec<String> = Vec::new();
-            for r in rows {
-                for (k, _) in &r.scores {
-                    if !score_cols.contains(k) {
-                        score_cols.push(k.clone());
-                    }
-                }
+        Format::Json => write_json(rows, out),
+        Format::Csv => write_csv(rows, out),
+        Format::Geojson => write_geojson(rows, out),
+    }
+}
+
+fn write_json(rows: &[ExportRow], out: &mut dyn Write) -> std::io::Result<usize> {
+    let arr: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "item_id": r.item_id, "kind": r.kind, "source": r.source, "locator": r.locator,
+                "model": r.model_name, "model_version": r.model_version, "labels": r.labels,
+                "top_label": r.top_label, "top_score": r.top_score,
+                "scores": r.scores.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<Map<_, _>>(),
+                "geometry": r.geometry, "language": r.language,
+            })
+        })
+        .collect();
+    serde_json::to_writer_pretty(&mut *out, &arr)?;
+    writeln!(out)?;
+    Ok(0)
+}
+
+/// CSV: one row per prediction, a `score_<label>` column per label any row has.
+fn write_csv(rows: &[ExportRow], out: &mut dyn Write) -> std::io::Result<usize> {
+    let mut w = csv::Writer::from_writer(out);
+    // Score columns: the union of label names, in first-seen order.
+    let mut score_cols: Vec<String> = Vec::new();
+    for r in rows {
+        for (k, _) in &r.scores {
+            if !score_cols.contains(k) {
+                score_cols.push(k.clone());
             }
-            let mut header: Vec<String> = [
-                "item_id",
-                "kind",
-                "source",
-                "locator",
-                "model",
-                "model_version",
-                "labels",
-                "top_label",
-                "top_score",
-                "wkt",
-                "language",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            header.extend(score_cols.iter().map(|c| format!("score_{c}")));
-            w.write_record(&header)?;
-            for r in rows {
-                let mut rec = vec![
-                    r.item_id.clone(),
-                    r.kind.clone(),
-                    r.source.clone(),
-                    r.locator.clone().unwrap_or_default(),
-                    r.model_name.clone(),
-                    r.model_version.clone(),
-                    r.labels.join(";"),
-                    r.top_label.clone(),
-                    format!("{:.6}", r.top_score),
-                    r.geometry.as_ref().map(wkt).unwrap_or_default(),
-                    r.language.clone().unwrap_or_default(),
-                ];
-                for c in &score_cols {
-                    rec.push(
-                        r.scores
-                            .iter()
-                            .find(|(k, _)| k == c)
-                            .map(|(_, v)| format!("{v:.6}"))
-                            .unwrap_or_default(),
-                    );
-                }
-                w.write_record(&rec)?;
-            }
-            w.flush()?;
-            Ok(0)
-        }
-        Format::Geojson => {
-            let mut features = Vec::new();
-            let mut left_out = 0;
-            for r in rows {
-                let Some(g) = &r.geometry else {
-                    left_out += 1;
-                    continue;
-                };
-                let mut props = Map::new();
-                props.insert("item_id".into(), json!(r.item_id));
-                props.insert("source".into(), json!(r.source));
-                props.insert("locator".into(), json!(r.locator));
-                props.insert("model".into(), json!(r.model_name));
-                props.insert("model_version".into(), json!(r.model_version));
-                props.insert("top_label".into(), json!(r.top_label));
-                props.insert("top_score".into(), json!(r.top_score));
-                props.insert("labels".into(), json!(r.labels.join(";")));
-                for (k, v) in &r.scores {
-                    props.insert(format!("score_{k}"), json!(v));
-                }
-                features.push(json!({"type": "Feature", "id": features.len(), "geometry": g, "properties": props}));
-            }
-            let fc = json!({"type": "FeatureCollection", "features": features});
-            serde_json::to_writer(&mut *out, &fc)?;
-            writeln!(out)?;
-            Ok(left_out)
         }
     }
+    let mut header: Vec<String> = [
+        "item_id",
+        "kind",
+        "source",
+        "locator",
+        "model",
+        "model_version",
+        "labels",
+        "top_label",
+        "top_score",
+        "wkt",
+        "language",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    header.extend(score_cols.iter().map(|c| format!("score_{c}")));
+    w.write_record(&header)?;
+    for r in rows {
+        let mut rec = vec![
+            r.item_id.clone(),
+            r.kind.clone(),
+            r.source.clone(),
+            r.locator.clone().unwrap_or_default(),
+            r.model_name.clone(),
+            r.model_version.clone(),
+            r.labels.join(";"),
+            r.top_label.clone(),
+            format!("{:.6}", r.top_score),
+            r.geometry.as_ref().map(wkt).unwrap_or_default(),
+            r.language.clone().unwrap_or_default(),
+        ];
+        for c in &score_cols {
+            rec.push(
+                r.scores
+                    .iter()
+                    .find(|(k, _)| k == c)
+                    .map(|(_, v)| format!("{v:.6}"))
+                    .unwrap_or_default(),
+            );
+        }
+        w.write_record(&rec)?;
+    }
+    w.flush()?;
+    Ok(0)
+}
+
+/// GeoJSON for QGIS: one feature per prediction that has a geometry.
+fn write_geojson(rows: &[ExportRow], out: &mut dyn Write) -> std::io::Result<usize> {
+    let mut features = Vec::new();
+    let mut left_out = 0;
+    for r in rows {
+        let Some(g) = &r.geometry else {
+            left_out += 1;
+            continue;
+        };
+        let mut props = Map::new();
+        props.insert("item_id".into(), json!(r.item_id));
+        props.insert("source".into(), json!(r.source));
+        props.insert("locator".into(), json!(r.locator));
+        props.insert("model".into(), json!(r.model_name));
+        props.insert("model_version".into(), json!(r.model_version));
+        props.insert("top_label".into(), json!(r.top_label));
+        props.insert("top_score".into(), json!(r.top_score));
+        props.insert("labels".into(), json!(r.labels.join(";")));
+        for (k, v) in &r.scores {
+            props.insert(format!("score_{k}"), json!(v));
+        }
+        features.push(
+            json!({"type": "Feature", "id": features.len(), "geometry": g, "properties": props}),
+        );
+    }
+    let fc = json!({"type": "FeatureCollection", "features": features});
+    serde_json::to_writer(&mut *out, &fc)?;
+    writeln!(out)?;
+    Ok(left_out)
 }
 
 /// WKT of a GeoJSON Polygon (the only geometry the agent writes).

@@ -7,8 +7,7 @@ use outpost::server;
 use outpost::server::config::ServerConfig;
 use outpost::server::dashboard::accounts::{self, AccountChange, NewPassword};
 use outpost::server::ops::{self, text};
-use outpost::server::store::RunStatus;
-use outpost::server::store::ServerStore;
+use outpost::server::store::{RunStatus, ServerStore};
 use outpost::{out, outln};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -83,18 +82,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             command: FeedbackCommand::Import { file, device },
         } => {
             let i = ops::usb::import_feedback(st, &repo, &cfg.data_dir, &file, device)?;
-            let r = &i.result;
-            outln!(
-                "{}: {} records, {} new, {} already stored, {} refused",
-                file.display(),
-                i.records,
-                r.acked.len() - r.duplicates,
-                r.duplicates,
-                r.refused.len()
-            );
-            for x in &r.refused {
-                outln!("  refused {}: {}", x.feedback_id, x.reason);
-            }
+            out!("{}", text::imported(&file, &i));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -291,6 +279,20 @@ fn admin(store: &dyn ServerStore, command: AdminCommand) -> Result<()> {
     Ok(())
 }
 
+/// `models eval`: a candidate's evaluation report, as text or as the stored JSON.
+fn eval(store: &dyn ServerStore, version: &str, model: Option<&str>, json: bool) -> Result<()> {
+    let run = ops::find_candidate(store, version, model)?;
+    let Some(report) = run.report.as_deref() else {
+        anyhow::bail!("run #{} recorded no evaluation report", run.run_id);
+    };
+    if json {
+        outln!("{report}");
+    } else {
+        out!("{}", text::candidate(&run, &serde_json::from_str(report)?));
+    }
+    Ok(())
+}
+
 /// `outpost-server models ...`.
 fn models(
     repo: &server::repository::Repository,
@@ -318,17 +320,7 @@ fn models(
             version,
             model,
             json,
-        } => {
-            let run = ops::find_candidate(store, &version, model.as_deref())?;
-            let Some(report) = run.report.as_deref() else {
-                anyhow::bail!("run #{} recorded no evaluation report", run.run_id);
-            };
-            if json {
-                outln!("{report}");
-            } else {
-                out!("{}", text::candidate(&run, &serde_json::from_str(report)?));
-            }
-        }
+        } => eval(store, &version, model.as_deref(), json)?,
         ModelsCommand::Publish {
             bundle,
             model,
@@ -360,6 +352,7 @@ fn models(
             all_groups,
             percent,
         } => {
+            // No groups given: keep them; --all-groups: every group.
             let new_groups = match (all_groups, groups.is_empty()) {
                 (true, _) => Some(vec![]),
                 (false, true) => None,

@@ -397,3 +397,49 @@ impl Command {
         )
     }
 }
+
+impl AnalyzeArgs {
+    /// The analysis options: the config's, with what was given on the command line on top.
+    pub fn options(&self, cfg: &crate::config::AgentConfig) -> crate::analyze::AnalyzeOptions {
+        let mut opts = crate::analyze::AnalyzeOptions::from_config(cfg, self.inputs.clone());
+        opts.force = self.force;
+        opts.progress = !self.no_progress;
+        if let Some(f) = &self.text_field {
+            opts.text.field = Some(f.clone());
+        }
+        if let Some(b) = self.batch_size {
+            opts.batch_size = b.max(1);
+        }
+        if let Some(t) = self.tile_size {
+            opts.tile_size = t;
+        }
+        if let Some(o) = self.tile_overlap {
+            opts.tile_overlap = o;
+        }
+        opts
+    }
+}
+
+impl BenchArgs {
+    /// What to measure; inputs default to the shared data (`$OUTPOST_SHARED_DATA`, else
+    /// `../shared/data`).
+    pub fn request(&self) -> crate::bench::BenchRequest {
+        let shared = std::env::var_os("OUTPOST_SHARED_DATA")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("../shared/data"));
+        crate::bench::BenchRequest {
+            images: self
+                .images
+                .clone()
+                .unwrap_or_else(|| shared.join("eurosat")),
+            reports: self
+                .reports
+                .clone()
+                .unwrap_or_else(|| shared.join("crisis_text/messages.csv")),
+            image_count: self.image_count,
+            report_count: self.report_count,
+            rounds: self.rounds,
+            batch_size: self.batch_size,
+        }
+    }
+}

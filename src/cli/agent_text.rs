@@ -56,9 +56,9 @@ pub fn drift(d: &ModelDrift) -> String {
     line
 }
 
-pub fn summary(s_: &analyze::Summary, db: &Path) -> String {
+/// The summary `outpost analyze` prints: counts, what was skipped and why, labels, failures.
+pub fn summary(s: &analyze::Summary, db: &Path) -> String {
     let mut out = String::new();
-    let s = s_;
     let analysed = s.image_items + s.text_items;
     push!(
         out,
@@ -103,6 +103,21 @@ pub fn summary(s_: &analyze::Summary, db: &Path) -> String {
             s.ignored_files
         );
     }
+    out.push_str(&label_counts(s));
+    out.push_str(&failures(s));
+    if s.interrupted {
+        push!(
+            out,
+            "Interrupted: run the same command again to continue where it stopped."
+        );
+    }
+    push!(out, "Results: run {} in {}", s.run_id, db.display());
+    out
+}
+
+/// Per model, its most frequent labels in this run.
+fn label_counts(s: &analyze::Summary) -> String {
+    let mut out = String::new();
     for (model, counts) in &s.labels {
         let mut v: Vec<_> = counts.iter().collect();
         v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
@@ -114,6 +129,12 @@ pub fn summary(s_: &analyze::Summary, db: &Path) -> String {
         };
         push!(out, "  {model}: {}{more}", shown.join(", "));
     }
+    out
+}
+
+/// The inputs that failed (the first 20), each with its reason.
+fn failures(s: &analyze::Summary) -> String {
+    let mut out = String::new();
     if !s.failures.is_empty() {
         push!(out, "{} inputs failed:", s.failures.len());
         for f in s.failures.iter().take(20) {
@@ -131,13 +152,6 @@ pub fn summary(s_: &analyze::Summary, db: &Path) -> String {
             );
         }
     }
-    if s.interrupted {
-        push!(
-            out,
-            "Interrupted: run the same command again to continue where it stopped."
-        );
-    }
-    push!(out, "Results: run {} in {}", s.run_id, db.display());
     out
 }
 
@@ -191,6 +205,21 @@ pub fn update(r: &UpdateReport) -> String {
         r.files_cached
     );
     s
+}
+
+/// An update that was refused as a whole: why, and that nothing changed.
+pub fn update_refused(e: &dyn std::fmt::Display) -> String {
+    format!("refused: {e}\nthe current models keep serving\n")
+}
+
+/// `outpost sync` on a revoked device: what the wipe took and what it kept.
+pub fn revoked_wipe(policy: &str, w: &crate::store::retention::WipeReport) -> String {
+    format!(
+        "retention.on_revoked = {policy}: wiped {} items and {}; kept {} items whose decisions never reached the server",
+        w.items,
+        if w.key_deleted { "the device key" } else { "no key (none was there)" },
+        w.kept_unsynced
+    )
 }
 
 /// `models list`: the installed tree, one line per model and its failed versions.

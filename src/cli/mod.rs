@@ -15,9 +15,16 @@
 //! shows and the binary is only the dispatch and its printing.
 
 pub mod agent_args;
+pub mod agent_feedback;
+pub mod agent_models;
 pub mod agent_text;
+pub mod agent_vault;
 pub mod server_args;
 pub mod unlock;
+
+/// Exit code of a command that did part of its work: some inputs or rows failed, the rest
+/// were done (analyze, feedback import, sync).
+pub const EXIT_PARTIAL: u8 = 3;
 
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -84,6 +84,18 @@ pub fn read_georef(path: &Path) -> Result<Option<GeoRef>, String> {
         return Ok(None);
     };
 
+    let (epsg, crs_problem) = crs_of(keys.as_deref(), &mut transform);
+    Ok(Some(GeoRef {
+        transform,
+        epsg,
+        crs_problem,
+        nodata,
+    }))
+}
+
+/// The EPSG code from the GeoKey directory, or why there is none. A PixelIsPoint raster
+/// shifts `transform` from pixel centres to corners.
+fn crs_of(keys: Option<&[u16]>, transform: &mut [f64; 6]) -> (Option<u32>, Option<String>) {
     let mut epsg = None;
     let mut crs_problem = None;
     let mut model_type = 0u16;
@@ -131,12 +143,7 @@ pub fn read_georef(path: &Path) -> Result<Option<GeoRef>, String> {
     if epsg.is_some() {
         crs_problem = None;
     }
-    Ok(Some(GeoRef {
-        transform,
-        epsg,
-        crs_problem,
-        nodata,
-    }))
+    (epsg, crs_problem)
 }
 
 impl GeoRef {

@@ -71,6 +71,9 @@ impl Default for Metrics {
 
 impl Metrics {
     /// A fresh set (names are constants: registering cannot fail).
+    ///
+    /// Long because it is the list of every metric this process exports, each with its
+    /// help text and buckets, read top to bottom; splitting it would scatter the list.
     pub fn new() -> Metrics {
         let reg = Registry::new();
         let requests = counter_vec(

@@ -4,7 +4,10 @@
 //! - [`api`]: the axum router agents talk to. Handlers are thin: parse, authenticate, call
 //!   [`ingest`] and the store (decisions and drift windows, device reports).
 //! - [`ingest`]: every incoming record checked field by field against the protocol.
-//! - [`store`]: storage behind the [`store::ServerStore`] trait (SQLite by default,
+//! - [`store`]: storage behind one role trait per stage ([`store::DeviceStore`],
+//!   [`store::FeedbackStore`], [`store::DriftStore`], [`store::RunStore`],
+//!   [`store::JobStore`], [`store::AccountStore`], [`store::AuditStore`],
+//!   [`store::TaskStore`]), all of them [`store::ServerStore`] (SQLite by default,
 //!   PostgreSQL to scale out).
 //! - [`training`]: a run from field decisions to a candidate bundle, its evaluation and
 //!   gate, and the job queue that runs each once ([`training::job`]).

@@ -262,6 +262,66 @@ impl Store {
         offset: usize,
         limit: usize,
     ) -> Result<QueuePage, FeedbackError> {
+        let all = self.queue_candidates(filter, rule)?;
+        let total = all.len();
+        let mut item_st = self.conn().prepare_cached(
+            "SELECT source, locator, CASE WHEN kind = 'text' THEN substr(CAST(content AS TEXT), 1, 240) END
+             FROM items WHERE item_id = ?1",
+        )?;
+        let mut reviewed_st = self.conn().prepare_cached(
+            "SELECT labels FROM feedback WHERE item_id = ?1 AND model_name = ?2 AND state = 'active'
+             ORDER BY created_at DESC, rowid DESC LIMIT 1",
+        )?;
+        let mut entries = Vec::new();
+        for c in all.into_iter().skip(offset).take(limit) {
+            let (source, locator, snippet): (String, Option<String>, Option<String>) =
+                item_st.query_row([&c.item_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            let reviewed_labels = if filter.include_reviewed {
+                reviewed_st
+                    .query_row(params![c.item_id, c.model_name], |r| r.get::<_, String>(0))
+                    .optional()?
+                    .map(|s| parse_json_list(&s))
+            } else {
+                None
+            };
+            entries.push(QueueEntry {
+                item_id: c.item_id,
+                kind: c.kind,
+                source,
+                locator,
+                prediction_id: c.prediction_id,
+                model_name: c.model_name,
+                model_version: c.model_version,
+                top_label: c.top_label,
+                top_score: c.top_score,
+                labels: c.labels,
+                multi_label: c.multi_label,
+                certainty: c.certainty,
+                created_at: c.created_at,
+                unfamiliar: c.unfamiliar,
+                snippet,
+                reviewed_labels,
+            });
+        }
+        let analysed = self
+            .conn()
+            .query_row("SELECT COUNT(*) FROM predictions", [], |r| {
+                r.get::<_, i64>(0)
+            })? as usize;
+        Ok(QueuePage {
+            total,
+            entries,
+            analysed,
+        })
+    }
+
+    /// Every item's latest prediction per model that passes the filter, scored by its
+    /// model's rule and sorted: unfamiliar first, then least certain.
+    fn queue_candidates(
+        &self,
+        filter: &QueueFilter,
+        rule: &dyn Fn(&str, &str) -> Option<ScoreRule>,
+    ) -> Result<Vec<Candidate>, FeedbackError> {
         let folder = filter.folder.as_deref().map(|f| {
             let f = f.trim_end_matches('/');
             format!("{f}/")
@@ -331,56 +391,7 @@ impl Store {
                 .then_with(|| a.item_id.cmp(&b.item_id))
                 .then_with(|| a.model_name.cmp(&b.model_name))
         });
-        let total = all.len();
-        let mut item_st = self.conn().prepare_cached(
-            "SELECT source, locator, CASE WHEN kind = 'text' THEN substr(CAST(content AS TEXT), 1, 240) END
-             FROM items WHERE item_id = ?1",
-        )?;
-        let mut reviewed_st = self.conn().prepare_cached(
-            "SELECT labels FROM feedback WHERE item_id = ?1 AND model_name = ?2 AND state = 'active'
-             ORDER BY created_at DESC, rowid DESC LIMIT 1",
-        )?;
-        let mut entries = Vec::new();
-        for c in all.into_iter().skip(offset).take(limit) {
-            let (source, locator, snippet): (String, Option<String>, Option<String>) =
-                item_st.query_row([&c.item_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            let reviewed_labels = if filter.include_reviewed {
-                reviewed_st
-                    .query_row(params![c.item_id, c.model_name], |r| r.get::<_, String>(0))
-                    .optional()?
-                    .map(|s| parse_json_list(&s))
-            } else {
-                None
-            };
-            entries.push(QueueEntry {
-                item_id: c.item_id,
-                kind: c.kind,
-                source,
-                locator,
-                prediction_id: c.prediction_id,
-                model_name: c.model_name,
-                model_version: c.model_version,
-                top_label: c.top_label,
-                top_score: c.top_score,
-                labels: c.labels,
-                multi_label: c.multi_label,
-                certainty: c.certainty,
-                created_at: c.created_at,
-                unfamiliar: c.unfamiliar,
-                snippet,
-                reviewed_labels,
-            });
-        }
-        let analysed = self
-            .conn()
-            .query_row("SELECT COUNT(*) FROM predictions", [], |r| {
-                r.get::<_, i64>(0)
-            })? as usize;
-        Ok(QueuePage {
-            total,
-            entries,
-            analysed,
-        })
+        Ok(all)
     }
 
     /// Everything the review page shows about one item, or `None` if it is unknown.

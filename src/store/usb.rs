@@ -199,7 +199,6 @@ pub fn read_with(
     path: &Path,
     key_for: &dyn Fn(&str) -> Option<ExportKey>,
 ) -> Result<(UsbHeader, Vec<FeedbackRecord>), UsbFileError> {
-    use base64::Engine;
     let p = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|source| UsbFileError::Io {
         path: p.clone(),
@@ -233,34 +232,7 @@ pub fn read_with(
     }
     let opened: String;
     let body = if sealed {
-        let device = header.device_id.clone().unwrap_or_default();
-        let sealed_err = |why: &str| UsbFileError::Sealed {
-            path: p.clone(),
-            device: device.clone(),
-            why: why.into(),
-        };
-        let key = key_for(&device).ok_or_else(|| {
-            sealed_err("this server does not know that device (import it on the server the device enrolled with)")
-        })?;
-        let nonce: [u8; 12] = header
-            .nonce
-            .as_deref()
-            .and_then(|n| base64::engine::general_purpose::STANDARD.decode(n).ok())
-            .and_then(|n| n.try_into().ok())
-            .ok_or_else(|| damaged("no nonce in a sealed file".into()))?;
-        let mut buf = base64::engine::general_purpose::STANDARD
-            .decode(body.trim_end())
-            .map_err(|_| damaged("the sealed body is not base64".into()))?;
-        let plain = key
-            .aead()
-            .open_in_place(
-                ring::aead::Nonce::assume_unique_for_key(nonce),
-                ring::aead::Aad::from(sealed_aad(&header)),
-                &mut buf,
-            )
-            .map_err(|_| sealed_err("its seal does not open with that device's export key (was it altered, or written for another server?)"))?;
-        opened = String::from_utf8(plain.to_vec())
-            .map_err(|_| damaged("the sealed body is not UTF-8".into()))?;
+        opened = open_sealed(&p, &header, body, key_for)?;
         opened.as_str()
     } else {
         body
@@ -279,4 +251,45 @@ pub fn read_with(
         )));
     }
     Ok((header, records))
+}
+
+/// The body of a sealed file, opened with the export key of the device it names.
+fn open_sealed(
+    p: &str,
+    header: &UsbHeader,
+    body: &str,
+    key_for: &dyn Fn(&str) -> Option<ExportKey>,
+) -> Result<String, UsbFileError> {
+    use base64::Engine;
+    let damaged = |what: String| UsbFileError::Damaged {
+        path: p.to_string(),
+        what,
+    };
+    let device = header.device_id.clone().unwrap_or_default();
+    let sealed_err = |why: &str| UsbFileError::Sealed {
+        path: p.to_string(),
+        device: device.clone(),
+        why: why.into(),
+    };
+    let key = key_for(&device).ok_or_else(|| {
+        sealed_err("this server does not know that device (import it on the server the device enrolled with)")
+    })?;
+    let nonce: [u8; 12] = header
+        .nonce
+        .as_deref()
+        .and_then(|n| base64::engine::general_purpose::STANDARD.decode(n).ok())
+        .and_then(|n| n.try_into().ok())
+        .ok_or_else(|| damaged("no nonce in a sealed file".into()))?;
+    let mut buf = base64::engine::general_purpose::STANDARD
+        .decode(body.trim_end())
+        .map_err(|_| damaged("the sealed body is not base64".into()))?;
+    let plain = key
+        .aead()
+        .open_in_place(
+            ring::aead::Nonce::assume_unique_for_key(nonce),
+            ring::aead::Aad::from(sealed_aad(header)),
+            &mut buf,
+        )
+        .map_err(|_| sealed_err("its seal does not open with that device's export key (was it altered, or written for another server?)"))?;
+    String::from_utf8(plain.to_vec()).map_err(|_| damaged("the sealed body is not UTF-8".into()))
 }

@@ -411,33 +411,7 @@ async fn upload(
 ) -> Result<Json<UploadAck>, ApiError> {
     let (device_id, body) =
         authenticated_body(&st, &method, &uri, &headers, body, MAX_BODY_BYTES).await?;
-    let raw = decompress_limited(&body, MAX_BATCH_BYTES)
-        .map_err(|e| bad(format!("body is not a zstd-compressed batch: {e}")))?;
-    let checked = ingest::parse_batch(&raw).and_then(|b| {
-        if b.protocol != PROTOCOL_VERSION {
-            return Ok(Err(b.protocol));
-        }
-        ingest::check_batch(&b).map(|()| Ok(b))
-    });
-    let batch = match checked {
-        Ok(Ok(b)) => b,
-        Ok(Err(p)) => {
-            return Err(ApiError::ProtocolMismatch(format!(
-                "batch protocol {p} is not {PROTOCOL_VERSION}"
-            )))
-        }
-        Err(e) if !e.field.starts_with("records") => {
-            return Err(bad(format!("body is not a feedback batch: {e}")))
-        }
-        Err(e) => {
-            st.metrics
-                .ingest_refusals
-                .with_label_values(&["invalid_record"])
-                .inc();
-            tracing::warn!(device = %device_id, field = %e.field, problem = %e.problem, "feedback batch refused: invalid record");
-            return Err(e.into());
-        }
-    };
+    let batch = checked_batch(&st, &device_id, &body)?;
     let store = st.store.clone();
     let n = batch.records.len();
     let id = device_id.clone();
@@ -477,20 +451,7 @@ async fn upload(
             .inc();
         tracing::warn!(device = %device_id, feedback_id = %id, supersedes = %target, "a record's supersedes names another device's decision; stored without it");
     }
-    let now = time::OffsetDateTime::now_utc();
-    let fresh: std::collections::HashSet<&str> = r.stored_now.iter().map(String::as_str).collect();
-    let lags: Vec<f64> = records
-        .iter()
-        .filter(|x| fresh.contains(x.feedback_id.as_str()))
-        .filter_map(|x| {
-            time::OffsetDateTime::parse(
-                &x.created_at,
-                &time::format_description::well_known::Rfc3339,
-            )
-            .ok()
-        })
-        .map(|t| (now - t).as_seconds_f64())
-        .collect();
+    let lags = ingest_lags(&records, &r.stored_now);
     st.metrics.record_batch(
         r.acked.len() - r.duplicates,
         r.duplicates,
@@ -503,6 +464,58 @@ async fn upload(
         duplicates: r.duplicates,
         refused: r.refused,
     }))
+}
+
+/// The uploaded batch, decompressed within its bound and checked field by field; a
+/// refused record is counted and logged.
+fn checked_batch(
+    st: &AppState,
+    device_id: &str,
+    body: &[u8],
+) -> Result<crate::protocol::UploadBatch, ApiError> {
+    let raw = decompress_limited(body, MAX_BATCH_BYTES)
+        .map_err(|e| bad(format!("body is not a zstd-compressed batch: {e}")))?;
+    let checked = ingest::parse_batch(&raw).and_then(|b| {
+        if b.protocol != PROTOCOL_VERSION {
+            return Ok(Err(b.protocol));
+        }
+        ingest::check_batch(&b).map(|()| Ok(b))
+    });
+    match checked {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(p)) => Err(ApiError::ProtocolMismatch(format!(
+            "batch protocol {p} is not {PROTOCOL_VERSION}"
+        ))),
+        Err(e) if !e.field.starts_with("records") => {
+            Err(bad(format!("body is not a feedback batch: {e}")))
+        }
+        Err(e) => {
+            st.metrics
+                .ingest_refusals
+                .with_label_values(&["invalid_record"])
+                .inc();
+            tracing::warn!(device = %device_id, field = %e.field, problem = %e.problem, "feedback batch refused: invalid record");
+            Err(e.into())
+        }
+    }
+}
+
+/// Seconds from each newly stored decision (device clock) to now, for the lag histogram.
+fn ingest_lags(records: &[crate::protocol::FeedbackRecord], stored_now: &[String]) -> Vec<f64> {
+    let now = time::OffsetDateTime::now_utc();
+    let fresh: std::collections::HashSet<&str> = stored_now.iter().map(String::as_str).collect();
+    records
+        .iter()
+        .filter(|x| fresh.contains(x.feedback_id.as_str()))
+        .filter_map(|x| {
+            time::OffsetDateTime::parse(
+                &x.created_at,
+                &time::format_description::well_known::Rfc3339,
+            )
+            .ok()
+        })
+        .map(|t| (now - t).as_seconds_f64())
+        .collect()
 }
 
 /// Drift summaries from a device (small: numbers and names, no raw data).

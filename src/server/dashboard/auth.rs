@@ -250,6 +250,7 @@ pub fn check_password(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::store::AccountStore;
 
     #[test]
     fn argon2id_round_trip_and_refusals() {

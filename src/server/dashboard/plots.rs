@@ -182,12 +182,10 @@ pub fn stacked_bars(title: &str, x_labels: &[String], series: &[Series]) -> Stri
 /// each cell is shaded by its share of its row and shows its count.
 pub fn confusion(title: &str, labels: &[String], matrix: &[Vec<u64>]) -> String {
     let n = labels.len().min(matrix.len()).max(1);
-    let cell: i32 = if n <= 6 {
-        48
-    } else if n <= 12 {
-        32
-    } else {
-        18
+    let cell: i32 = match n {
+        0..=6 => 48,
+        7..=12 => 32,
+        _ => 18,
     };
     let left = 150i32;
     let topm = 40i32;
@@ -223,17 +221,7 @@ pub fn confusion(title: &str, labels: &[String], matrix: &[Vec<u64>]) -> String 
             root.draw(&text(&name, 4, topm + i as i32 * cell + cell / 2 - 6, 12))
                 .map_err(|e| e.to_string())?;
             for (j, &v) in row.iter().take(n).enumerate() {
-                let share = if total > 0 {
-                    v as f64 / total as f64
-                } else {
-                    0.0
-                };
-                let shade = (255.0 - 200.0 * share) as u8;
-                let fill = if i == j {
-                    RGBColor(shade, 255 - (200.0 * share * 0.3) as u8, shade)
-                } else {
-                    RGBColor(255, shade, shade)
-                };
+                let fill = cell_fill(i == j, v, total);
                 let (x, y) = (left + j as i32 * cell, topm + i as i32 * cell);
                 root.draw(&Rectangle::new(
                     [(x, y), (x + cell - 1, y + cell - 1)],
@@ -262,6 +250,22 @@ pub fn confusion(title: &str, labels: &[String], matrix: &[Vec<u64>]) -> String 
         }
         Ok(())
     })
+}
+
+/// A confusion cell's colour: green on the diagonal (right), red off it (confused), the
+/// deeper the larger its share of its row.
+fn cell_fill(diagonal: bool, v: u64, row_total: u64) -> RGBColor {
+    let share = if row_total > 0 {
+        v as f64 / row_total as f64
+    } else {
+        0.0
+    };
+    let shade = (255.0 - 200.0 * share) as u8;
+    if diagonal {
+        RGBColor(shade, 255 - (200.0 * share * 0.3) as u8, shade)
+    } else {
+        RGBColor(255, shade, shade)
+    }
 }
 
 /// Where the entries of a legend go: filled column by column, each column as wide as the

@@ -398,3 +398,21 @@ pub fn proposed(proposals: &[super::tasks::Proposal]) -> String {
     }
     s
 }
+
+/// `feedback import FILE`: how many records were new, already stored or refused, and why
+/// each refused one was.
+pub fn imported(file: &std::path::Path, i: &super::usb::Imported) -> String {
+    let r = &i.result;
+    let mut s = format!(
+        "{}: {} records, {} new, {} already stored, {} refused\n",
+        file.display(),
+        i.records,
+        r.acked.len() - r.duplicates,
+        r.duplicates,
+        r.refused.len()
+    );
+    for x in &r.refused {
+        s.push_str(&format!("  refused {}: {}\n", x.feedback_id, x.reason));
+    }
+    s
+}

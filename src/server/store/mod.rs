@@ -207,8 +207,28 @@ pub enum Via {
     Usb,
 }
 
-/// The server's storage operations.
-pub trait ServerStore: Send + Sync {
+/// The server's storage: one role trait per stage that reads or writes it (devices,
+/// feedback, drift, runs, the job queue, accounts, audit, tasks), so a stage can take just
+/// the role it needs (`&dyn FeedbackStore`); a backend implements them all.
+pub trait ServerStore:
+    DeviceStore
+    + FeedbackStore
+    + DriftStore
+    + RunStore
+    + JobStore
+    + AccountStore
+    + AuditStore
+    + TaskStore
+{
+    /// A cheap read of a table (the health check of a load balancer): fails when the
+    /// database is unreachable or its tables are gone.
+    fn ping(&self) -> Result<(), ServerStoreError>;
+    /// Counts for `/metrics`, each one `GROUP BY` query.
+    fn stats(&self) -> Result<StoreStats, ServerStoreError>;
+}
+
+/// Devices: enrollment, revocation, replay nonces, and what each device reports it runs.
+pub trait DeviceStore: Send + Sync {
     /// Registers a device awaiting enrollment with the sha256 of its one-time code.
     fn add_device(
         &self,
@@ -244,6 +264,13 @@ pub trait ServerStore: Send + Sync {
     ) -> Result<(), ServerStoreError>;
     /// What every device last reported: per device, its models and its latest failures.
     fn device_models(&self) -> Result<Vec<DeviceModelRow>, ServerStoreError>;
+    /// Every refused or rolled-back update a device reported, newest first:
+    /// (model, version, kind, reason, at).
+    fn device_failures(&self, device_id: &str) -> Result<Vec<ModelFailureRow>, ServerStoreError>;
+}
+
+/// Field decisions as received (ingest) and as training reads them.
+pub trait FeedbackStore: Send + Sync {
     /// Stores each record once.
     fn ingest(
         &self,
@@ -253,11 +280,6 @@ pub trait ServerStore: Send + Sync {
     ) -> Result<IngestResult, ServerStoreError>;
     /// Number of stored feedback records.
     fn feedback_count(&self) -> Result<i64, ServerStoreError>;
-    /// Appends to the audit log.
-    fn audit(&self, actor: &str, action: &str, detail: &str) -> Result<(), ServerStoreError>;
-    /// The newest audit records, newest first.
-    fn audit_log(&self, limit: usize) -> Result<Vec<AuditRecord>, ServerStoreError>;
-
     /// Models that have feedback.
     fn feedback_models(&self) -> Result<Vec<String>, ServerStoreError>;
     /// Feedback rows received for `model` (every row, superseded ones included): the
@@ -268,6 +290,42 @@ pub trait ServerStore: Send + Sync {
     fn training_feedback(&self, model: &str) -> Result<Vec<TrainingRow>, ServerStoreError>;
     /// Records splits for decisions that had none. Existing splits never change.
     fn save_splits(&self, splits: &[(String, Split)]) -> Result<(), ServerStoreError>;
+    /// Feedback received per day (server clock), model and label.
+    fn feedback_per_day(&self) -> Result<Vec<FeedbackDay>, ServerStoreError>;
+    /// Labels reviewers introduced in the field (marked as new), per model.
+    fn field_labels(&self) -> Result<Vec<FieldLabel>, ServerStoreError>;
+    /// When each feedback row of `model` was received (server clock), oldest first.
+    fn feedback_received(&self, model: &str) -> Result<Vec<String>, ServerStoreError>;
+    /// The newest feedback of a device, without its content (`limit` rows).
+    fn device_feedback(
+        &self,
+        device_id: &str,
+        limit: usize,
+    ) -> Result<Vec<FeedbackSummary>, ServerStoreError>;
+    /// One feedback row with its raw content, for an audited "show item" request.
+    fn feedback_item(&self, feedback_id: &str) -> Result<Option<FeedbackItem>, ServerStoreError>;
+}
+
+/// Drift windows the devices send.
+pub trait DriftStore: Send + Sync {
+    /// Stores drift windows a device sent (each window id once); returns how many were new.
+    fn store_drift(
+        &self,
+        device_id: &str,
+        windows: &[(i64, crate::drift::DriftWindow)],
+    ) -> Result<usize, ServerStoreError>;
+    /// Per device and model, the latest drift window and since when its state holds.
+    fn drift_latest(&self) -> Result<Vec<DeviceDrift>, ServerStoreError>;
+    /// The drift windows of one device, newest first (`limit` rows).
+    fn device_drift(
+        &self,
+        device_id: &str,
+        limit: usize,
+    ) -> Result<Vec<crate::drift::DriftWindow>, ServerStoreError>;
+}
+
+/// Training runs: what was trained on what, and its verdict.
+pub trait RunStore: Send + Sync {
     /// Starts a training run record; returns its id.
     fn start_run(
         &self,
@@ -287,16 +345,10 @@ pub trait ServerStore: Send + Sync {
     ) -> Result<(), ServerStoreError>;
     /// Training runs, newest first (all models if `model` is `None`).
     fn runs(&self, model: Option<&str>) -> Result<Vec<TrainingRun>, ServerStoreError>;
+}
 
-    /// Stores drift windows a device sent (each window id once); returns how many were new.
-    fn store_drift(
-        &self,
-        device_id: &str,
-        windows: &[(i64, crate::drift::DriftWindow)],
-    ) -> Result<usize, ServerStoreError>;
-    /// Per device and model, the latest drift window and since when its state holds.
-    fn drift_latest(&self) -> Result<Vec<DeviceDrift>, ServerStoreError>;
-
+/// The training queue shared by server processes, and named leases.
+pub trait JobStore: Send + Sync {
     /// Queues training of `model` unless a job for it is already queued or running (a
     /// partial unique index decides, so concurrent processes queue it once). Returns the
     /// new job's id, or `None` if one was open.
@@ -346,7 +398,6 @@ pub trait ServerStore: Send + Sync {
     ) -> Result<Option<i64>, ServerStoreError>;
     /// One training job.
     fn training_job(&self, job_id: i64) -> Result<Option<TrainingJob>, ServerStoreError>;
-
     /// Takes the lease `name` for `owner` until `until` (unix seconds) if nobody holds it,
     /// its holder's lease ran out before `now`, or `owner` holds it already. Exactly one of
     /// several concurrent callers gets it.
@@ -359,15 +410,10 @@ pub trait ServerStore: Send + Sync {
     ) -> Result<bool, ServerStoreError>;
     /// Gives the lease `name` back if `owner` holds it.
     fn release_lease(&self, name: &str, owner: &str) -> Result<(), ServerStoreError>;
+}
 
-    /// A cheap read of a table (the health check of a load balancer): fails when the
-    /// database is unreachable or its tables are gone.
-    fn ping(&self) -> Result<(), ServerStoreError>;
-    /// Counts for `/metrics`, each one `GROUP BY` query.
-    fn stats(&self) -> Result<StoreStats, ServerStoreError>;
-
-    // The operators' dashboard.
-
+/// Operator accounts, dashboard sessions and confirmations of risky actions.
+pub trait AccountStore: Send + Sync {
     /// Creates an operator account or replaces its password hash; true if it was created.
     fn set_admin(&self, name: &str, password_hash: &str) -> Result<bool, ServerStoreError>;
     /// Deletes an operator account and its sessions; false if there was none.
@@ -406,29 +452,18 @@ pub trait ServerStore: Send + Sync {
         session_sha256: &str,
         now_unix: i64,
     ) -> Result<Option<String>, ServerStoreError>;
-    /// Feedback received per day (server clock), model and label.
-    fn feedback_per_day(&self) -> Result<Vec<FeedbackDay>, ServerStoreError>;
-    /// Labels reviewers introduced in the field (marked as new), per model.
-    fn field_labels(&self) -> Result<Vec<FieldLabel>, ServerStoreError>;
-    /// When each feedback row of `model` was received (server clock), oldest first.
-    fn feedback_received(&self, model: &str) -> Result<Vec<String>, ServerStoreError>;
-    /// The newest feedback of a device, without its content (`limit` rows).
-    fn device_feedback(
-        &self,
-        device_id: &str,
-        limit: usize,
-    ) -> Result<Vec<FeedbackSummary>, ServerStoreError>;
-    /// One feedback row with its raw content, for an audited "show item" request.
-    fn feedback_item(&self, feedback_id: &str) -> Result<Option<FeedbackItem>, ServerStoreError>;
-    /// The drift windows of one device, newest first (`limit` rows).
-    fn device_drift(
-        &self,
-        device_id: &str,
-        limit: usize,
-    ) -> Result<Vec<crate::drift::DriftWindow>, ServerStoreError>;
-    /// Every refused or rolled-back update a device reported, newest first:
-    /// (model, version, kind, reason, at).
-    fn device_failures(&self, device_id: &str) -> Result<Vec<ModelFailureRow>, ServerStoreError>;
+}
+
+/// The audit log.
+pub trait AuditStore: Send + Sync {
+    /// Appends to the audit log.
+    fn audit(&self, actor: &str, action: &str, detail: &str) -> Result<(), ServerStoreError>;
+    /// The newest audit records, newest first.
+    fn audit_log(&self, limit: usize) -> Result<Vec<AuditRecord>, ServerStoreError>;
+}
+
+/// Task definitions (a new question taught from field labels).
+pub trait TaskStore: Send + Sync {
     /// Defines a task, or replaces the definition of the task of that name.
     fn put_task(&self, task: &TaskDefinition) -> Result<(), ServerStoreError>;
     /// Every defined task, by name.

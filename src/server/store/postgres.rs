@@ -225,6 +225,39 @@ fn row_to_run(r: &Row) -> TrainingRun {
 }
 
 impl ServerStore for PostgresServerStore {
+    fn ping(&self) -> Result<(), ServerStoreError> {
+        self.conn()?
+            .query_one("SELECT EXISTS (SELECT 1 FROM devices)", &[])?;
+        Ok(())
+    }
+
+    fn stats(&self) -> Result<StoreStats, ServerStoreError> {
+        let mut c = self.conn()?;
+        let mut three = |sql: &str| -> Result<Vec<(String, String, i64)>, ::postgres::Error> {
+            Ok(c.query(sql, &[])?
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .collect())
+        };
+        let runs = three(STATS_RUNS)?;
+        let versions = three(STATS_VERSIONS)?;
+        let drift = three(STATS_DRIFT)?;
+        Ok(StoreStats {
+            feedback: c.query_one(STATS_FEEDBACK, &[])?.get(0),
+            devices: c.query_one(STATS_DEVICES, &[])?.get(0),
+            runs,
+            jobs: c
+                .query(STATS_JOBS, &[])?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect(),
+            versions,
+            drift,
+        })
+    }
+}
+
+impl DeviceStore for PostgresServerStore {
     fn add_device(
         &self,
         name: &str,
@@ -407,6 +440,27 @@ impl ServerStore for PostgresServerStore {
         Ok(rows)
     }
 
+    fn device_failures(&self, device_id: &str) -> Result<Vec<ModelFailureRow>, ServerStoreError> {
+        Ok(self
+            .conn()?
+            .query(
+                "SELECT model, version, kind, reason, at FROM device_model_failures
+                 WHERE device_id = $1 ORDER BY failure_id DESC",
+                &[&device_id],
+            )?
+            .iter()
+            .map(|r| ModelFailureRow {
+                model: r.get(0),
+                version: r.get(1),
+                kind: r.get(2),
+                reason: r.get(3),
+                at: r.get(4),
+            })
+            .collect())
+    }
+}
+
+impl FeedbackStore for PostgresServerStore {
     fn ingest(
         &self,
         device_id: &str,
@@ -532,33 +586,6 @@ impl ServerStore for PostgresServerStore {
             .get(0))
     }
 
-    fn audit(&self, actor: &str, action: &str, detail: &str) -> Result<(), ServerStoreError> {
-        self.conn()?.execute(
-            "INSERT INTO audit (at, actor, action, detail) VALUES ($1, $2, $3, $4)",
-            &[&now(), &actor, &action, &detail],
-        )?;
-        Ok(())
-    }
-
-    fn audit_log(&self, limit: usize) -> Result<Vec<AuditRecord>, ServerStoreError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        Ok(self
-            .conn()?
-            .query(
-                "SELECT audit_id, at, actor, action, detail FROM audit ORDER BY audit_id DESC LIMIT $1",
-                &[&limit],
-            )?
-            .iter()
-            .map(|r| AuditRecord {
-                audit_id: r.get(0),
-                at: r.get(1),
-                actor: r.get(2),
-                action: r.get(3),
-                detail: r.get(4),
-            })
-            .collect())
-    }
-
     fn feedback_models(&self) -> Result<Vec<String>, ServerStoreError> {
         Ok(self
             .conn()?
@@ -633,69 +660,83 @@ impl ServerStore for PostgresServerStore {
         Ok(())
     }
 
-    fn start_run(
-        &self,
-        model: &str,
-        base_version: &str,
-        trigger: Trigger,
-        feedback_seen: i64,
-    ) -> Result<i64, ServerStoreError> {
-        Ok(self
-            .conn()?
-            .query_one(
-                "INSERT INTO training_runs (model_name, base_version, trigger, status, feedback_seen, started_at)
-                 VALUES ($1, $2, $3, 'running', $4, $5) RETURNING run_id",
-                &[&model, &base_version, &trigger, &feedback_seen, &now()],
-            )?
-            .get(0))
-    }
-
-    fn finish_run(&self, run_id: i64, end: &RunEnd) -> Result<(), ServerStoreError> {
-        self.conn()?.execute(
-            "UPDATE training_runs SET status = $2, reason = $3, candidate_version = $4, report = $5,
-                    bundle_dir = $6, finished_at = $7
-             WHERE run_id = $1",
-            &[
-                &run_id,
-                &end.status.as_str(),
-                &end.reason,
-                &end.candidate_version,
-                &end.report,
-                &end.bundle_dir,
-                &now(),
-            ],
+    fn feedback_per_day(&self) -> Result<Vec<FeedbackDay>, ServerStoreError> {
+        let rows = self.conn()?.query(
+            "SELECT substr(received_at, 1, 10), model_name, labels, COUNT(*) FROM feedback
+             GROUP BY 1, 2, 3 ORDER BY 1, 2",
+            &[],
         )?;
-        Ok(())
+        Ok(feedback_days(
+            rows.iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))),
+        ))
     }
 
-    fn mark_published(
-        &self,
-        model: &str,
-        version: &str,
-        reason: &str,
-    ) -> Result<(), ServerStoreError> {
-        self.conn()?.execute(
-            "UPDATE training_runs SET status = 'published', reason = reason || $3
-             WHERE model_name = $1 AND candidate_version = $2",
-            &[&model, &version, &format!(" | {reason}")],
+    fn field_labels(&self) -> Result<Vec<FieldLabel>, ServerStoreError> {
+        let rows = self.conn()?.query(
+            "SELECT model_name, new_labels, device_id, received_at FROM feedback
+             WHERE new_labels != '[]' ORDER BY received_at, seq",
+            &[],
         )?;
-        Ok(())
+        Ok(field_labels_of(
+            rows.iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))),
+        ))
     }
 
-    fn runs(&self, model: Option<&str>) -> Result<Vec<TrainingRun>, ServerStoreError> {
+    fn feedback_received(&self, model: &str) -> Result<Vec<String>, ServerStoreError> {
         Ok(self
             .conn()?
             .query(
-                "SELECT run_id, model_name, base_version, candidate_version, trigger, status, reason,
-                        feedback_seen, report, bundle_dir, started_at, finished_at
-                 FROM training_runs WHERE $1::TEXT IS NULL OR model_name = $1 ORDER BY run_id DESC",
+                "SELECT received_at FROM feedback WHERE model_name = $1 ORDER BY received_at, seq",
                 &[&model],
             )?
             .iter()
-            .map(row_to_run)
+            .map(|r| r.get(0))
             .collect())
     }
 
+    fn device_feedback(
+        &self,
+        device_id: &str,
+        limit: usize,
+    ) -> Result<Vec<FeedbackSummary>, ServerStoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Ok(self
+            .conn()?
+            .query(
+                "SELECT feedback_id, model_name, model_version, kind, action, labels, received_at,
+                        content IS NOT NULL
+                 FROM feedback WHERE device_id = $1 ORDER BY received_at DESC, seq DESC LIMIT $2",
+                &[&device_id, &limit],
+            )?
+            .iter()
+            .map(row_to_summary)
+            .collect())
+    }
+
+    fn feedback_item(&self, feedback_id: &str) -> Result<Option<FeedbackItem>, ServerStoreError> {
+        Ok(self
+            .conn()?
+            .query_opt(
+                "SELECT feedback_id, model_name, model_version, kind, action, labels, received_at,
+                        content IS NOT NULL, device_id, item_id, annotator, created_at, content, content_type
+                 FROM feedback WHERE feedback_id = $1",
+                &[&feedback_id],
+            )?
+            .map(|r| FeedbackItem {
+                summary: row_to_summary(&r),
+                device_id: r.get(8),
+                item_id: r.get(9),
+                annotator: r.get(10),
+                created_at: r.get(11),
+                content: r.get(12),
+                content_type: r.get(13),
+            }))
+    }
+}
+
+impl DriftStore for PostgresServerStore {
     fn store_drift(
         &self,
         device_id: &str,
@@ -772,6 +813,110 @@ impl ServerStore for PostgresServerStore {
         Ok(group_drift(windows))
     }
 
+    fn device_drift(
+        &self,
+        device_id: &str,
+        limit: usize,
+    ) -> Result<Vec<crate::drift::DriftWindow>, ServerStoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Ok(self
+            .conn()?
+            .query(
+                "SELECT model_name, model_version, items, novel, score, state, top_score_psi, label_psi,
+                        novel_labels, novel_folders, started_at, ended_at
+                 FROM drift_windows WHERE device_id = $1 ORDER BY window_id DESC LIMIT $2",
+                &[&device_id, &limit],
+            )?
+            .iter()
+            .map(|r| {
+                let state: String = r.get(5);
+                let labels: String = r.get(8);
+                let folders: String = r.get(9);
+                crate::drift::DriftWindow {
+                    model_name: r.get(0),
+                    model_version: r.get(1),
+                    items: r.get::<_, i64>(2).max(0) as usize,
+                    novel: r.get::<_, i64>(3).max(0) as usize,
+                    score: r.get(4),
+                    state: crate::drift::DriftState::parse(&state),
+                    top_score_psi: r.get(6),
+                    label_psi: r.get(7),
+                    novel_labels: serde_json::from_str(&labels).unwrap_or_default(),
+                    novel_folders: serde_json::from_str(&folders).unwrap_or_default(),
+                    started_at: r.get(10),
+                    ended_at: r.get(11),
+                }
+            })
+            .collect())
+    }
+}
+
+impl RunStore for PostgresServerStore {
+    fn start_run(
+        &self,
+        model: &str,
+        base_version: &str,
+        trigger: Trigger,
+        feedback_seen: i64,
+    ) -> Result<i64, ServerStoreError> {
+        Ok(self
+            .conn()?
+            .query_one(
+                "INSERT INTO training_runs (model_name, base_version, trigger, status, feedback_seen, started_at)
+                 VALUES ($1, $2, $3, 'running', $4, $5) RETURNING run_id",
+                &[&model, &base_version, &trigger, &feedback_seen, &now()],
+            )?
+            .get(0))
+    }
+
+    fn finish_run(&self, run_id: i64, end: &RunEnd) -> Result<(), ServerStoreError> {
+        self.conn()?.execute(
+            "UPDATE training_runs SET status = $2, reason = $3, candidate_version = $4, report = $5,
+                    bundle_dir = $6, finished_at = $7
+             WHERE run_id = $1",
+            &[
+                &run_id,
+                &end.status.as_str(),
+                &end.reason,
+                &end.candidate_version,
+                &end.report,
+                &end.bundle_dir,
+                &now(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn mark_published(
+        &self,
+        model: &str,
+        version: &str,
+        reason: &str,
+    ) -> Result<(), ServerStoreError> {
+        self.conn()?.execute(
+            "UPDATE training_runs SET status = 'published', reason = reason || $3
+             WHERE model_name = $1 AND candidate_version = $2",
+            &[&model, &version, &format!(" | {reason}")],
+        )?;
+        Ok(())
+    }
+
+    fn runs(&self, model: Option<&str>) -> Result<Vec<TrainingRun>, ServerStoreError> {
+        Ok(self
+            .conn()?
+            .query(
+                "SELECT run_id, model_name, base_version, candidate_version, trigger, status, reason,
+                        feedback_seen, report, bundle_dir, started_at, finished_at
+                 FROM training_runs WHERE $1::TEXT IS NULL OR model_name = $1 ORDER BY run_id DESC",
+                &[&model],
+            )?
+            .iter()
+            .map(row_to_run)
+            .collect())
+    }
+}
+
+impl JobStore for PostgresServerStore {
     fn enqueue_training(
         &self,
         model: &str,
@@ -913,38 +1058,9 @@ impl ServerStore for PostgresServerStore {
             .map(row_to_job)
             .collect())
     }
+}
 
-    fn ping(&self) -> Result<(), ServerStoreError> {
-        self.conn()?
-            .query_one("SELECT EXISTS (SELECT 1 FROM devices)", &[])?;
-        Ok(())
-    }
-
-    fn stats(&self) -> Result<StoreStats, ServerStoreError> {
-        let mut c = self.conn()?;
-        let mut three = |sql: &str| -> Result<Vec<(String, String, i64)>, ::postgres::Error> {
-            Ok(c.query(sql, &[])?
-                .iter()
-                .map(|r| (r.get(0), r.get(1), r.get(2)))
-                .collect())
-        };
-        let runs = three(STATS_RUNS)?;
-        let versions = three(STATS_VERSIONS)?;
-        let drift = three(STATS_DRIFT)?;
-        Ok(StoreStats {
-            feedback: c.query_one(STATS_FEEDBACK, &[])?.get(0),
-            devices: c.query_one(STATS_DEVICES, &[])?.get(0),
-            runs,
-            jobs: c
-                .query(STATS_JOBS, &[])?
-                .iter()
-                .map(|r| (r.get(0), r.get(1)))
-                .collect(),
-            versions,
-            drift,
-        })
-    }
-
+impl AccountStore for PostgresServerStore {
     fn set_admin(&self, name: &str, password_hash: &str) -> Result<bool, ServerStoreError> {
         let mut c = self.conn()?;
         let mut tx = c.transaction()?;
@@ -1062,19 +1178,38 @@ impl ServerStore for PostgresServerStore {
             )?
             .map(|r| r.get(0)))
     }
+}
 
-    fn feedback_per_day(&self) -> Result<Vec<FeedbackDay>, ServerStoreError> {
-        let rows = self.conn()?.query(
-            "SELECT substr(received_at, 1, 10), model_name, labels, COUNT(*) FROM feedback
-             GROUP BY 1, 2, 3 ORDER BY 1, 2",
-            &[],
+impl AuditStore for PostgresServerStore {
+    fn audit(&self, actor: &str, action: &str, detail: &str) -> Result<(), ServerStoreError> {
+        self.conn()?.execute(
+            "INSERT INTO audit (at, actor, action, detail) VALUES ($1, $2, $3, $4)",
+            &[&now(), &actor, &action, &detail],
         )?;
-        Ok(feedback_days(
-            rows.iter()
-                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))),
-        ))
+        Ok(())
     }
 
+    fn audit_log(&self, limit: usize) -> Result<Vec<AuditRecord>, ServerStoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Ok(self
+            .conn()?
+            .query(
+                "SELECT audit_id, at, actor, action, detail FROM audit ORDER BY audit_id DESC LIMIT $1",
+                &[&limit],
+            )?
+            .iter()
+            .map(|r| AuditRecord {
+                audit_id: r.get(0),
+                at: r.get(1),
+                actor: r.get(2),
+                action: r.get(3),
+                detail: r.get(4),
+            })
+            .collect())
+    }
+}
+
+impl TaskStore for PostgresServerStore {
     fn put_task(&self, t: &TaskDefinition) -> Result<(), ServerStoreError> {
         let labels = serde_json::to_string(&t.labels).unwrap_or_default();
         let multi = i32::from(t.multi_label);
@@ -1106,125 +1241,6 @@ impl ServerStore for PostgresServerStore {
                 channel: r.get(4),
                 defined_by: r.get(5),
                 defined_at: r.get(6),
-            })
-            .collect())
-    }
-
-    fn field_labels(&self) -> Result<Vec<FieldLabel>, ServerStoreError> {
-        let rows = self.conn()?.query(
-            "SELECT model_name, new_labels, device_id, received_at FROM feedback
-             WHERE new_labels != '[]' ORDER BY received_at, seq",
-            &[],
-        )?;
-        Ok(field_labels_of(
-            rows.iter()
-                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))),
-        ))
-    }
-
-    fn feedback_received(&self, model: &str) -> Result<Vec<String>, ServerStoreError> {
-        Ok(self
-            .conn()?
-            .query(
-                "SELECT received_at FROM feedback WHERE model_name = $1 ORDER BY received_at, seq",
-                &[&model],
-            )?
-            .iter()
-            .map(|r| r.get(0))
-            .collect())
-    }
-
-    fn device_feedback(
-        &self,
-        device_id: &str,
-        limit: usize,
-    ) -> Result<Vec<FeedbackSummary>, ServerStoreError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        Ok(self
-            .conn()?
-            .query(
-                "SELECT feedback_id, model_name, model_version, kind, action, labels, received_at,
-                        content IS NOT NULL
-                 FROM feedback WHERE device_id = $1 ORDER BY received_at DESC, seq DESC LIMIT $2",
-                &[&device_id, &limit],
-            )?
-            .iter()
-            .map(row_to_summary)
-            .collect())
-    }
-
-    fn feedback_item(&self, feedback_id: &str) -> Result<Option<FeedbackItem>, ServerStoreError> {
-        Ok(self
-            .conn()?
-            .query_opt(
-                "SELECT feedback_id, model_name, model_version, kind, action, labels, received_at,
-                        content IS NOT NULL, device_id, item_id, annotator, created_at, content, content_type
-                 FROM feedback WHERE feedback_id = $1",
-                &[&feedback_id],
-            )?
-            .map(|r| FeedbackItem {
-                summary: row_to_summary(&r),
-                device_id: r.get(8),
-                item_id: r.get(9),
-                annotator: r.get(10),
-                created_at: r.get(11),
-                content: r.get(12),
-                content_type: r.get(13),
-            }))
-    }
-
-    fn device_drift(
-        &self,
-        device_id: &str,
-        limit: usize,
-    ) -> Result<Vec<crate::drift::DriftWindow>, ServerStoreError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        Ok(self
-            .conn()?
-            .query(
-                "SELECT model_name, model_version, items, novel, score, state, top_score_psi, label_psi,
-                        novel_labels, novel_folders, started_at, ended_at
-                 FROM drift_windows WHERE device_id = $1 ORDER BY window_id DESC LIMIT $2",
-                &[&device_id, &limit],
-            )?
-            .iter()
-            .map(|r| {
-                let state: String = r.get(5);
-                let labels: String = r.get(8);
-                let folders: String = r.get(9);
-                crate::drift::DriftWindow {
-                    model_name: r.get(0),
-                    model_version: r.get(1),
-                    items: r.get::<_, i64>(2).max(0) as usize,
-                    novel: r.get::<_, i64>(3).max(0) as usize,
-                    score: r.get(4),
-                    state: crate::drift::DriftState::parse(&state),
-                    top_score_psi: r.get(6),
-                    label_psi: r.get(7),
-                    novel_labels: serde_json::from_str(&labels).unwrap_or_default(),
-                    novel_folders: serde_json::from_str(&folders).unwrap_or_default(),
-                    started_at: r.get(10),
-                    ended_at: r.get(11),
-                }
-            })
-            .collect())
-    }
-
-    fn device_failures(&self, device_id: &str) -> Result<Vec<ModelFailureRow>, ServerStoreError> {
-        Ok(self
-            .conn()?
-            .query(
-                "SELECT model, version, kind, reason, at FROM device_model_failures
-                 WHERE device_id = $1 ORDER BY failure_id DESC",
-                &[&device_id],
-            )?
-            .iter()
-            .map(|r| ModelFailureRow {
-                model: r.get(0),
-                version: r.get(1),
-                kind: r.get(2),
-                reason: r.get(3),
-                at: r.get(4),
             })
             .collect())
     }

@@ -92,6 +92,36 @@ fn get_device(
 }
 
 impl ServerStore for SqliteServerStore {
+    fn ping(&self) -> Result<(), ServerStoreError> {
+        self.conn()
+            .query_row("SELECT EXISTS (SELECT 1 FROM devices)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    fn stats(&self) -> Result<StoreStats, ServerStoreError> {
+        let conn = self.conn();
+        let one = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0));
+        let three = |sql: &str| -> rusqlite::Result<Vec<(String, String, i64)>> {
+            let mut st = conn.prepare(sql)?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect()
+        };
+        let mut st = conn.prepare(STATS_JOBS)?;
+        let jobs = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        Ok(StoreStats {
+            feedback: one(STATS_FEEDBACK)?,
+            devices: one(STATS_DEVICES)?,
+            runs: three(STATS_RUNS)?,
+            jobs,
+            versions: three(STATS_VERSIONS)?,
+            drift: three(STATS_DRIFT)?,
+        })
+    }
+}
+
+impl DeviceStore for SqliteServerStore {
     fn add_device(
         &self,
         name: &str,
@@ -265,6 +295,26 @@ impl ServerStore for SqliteServerStore {
         Ok(())
     }
 
+    fn device_failures(&self, device_id: &str) -> Result<Vec<ModelFailureRow>, ServerStoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT model, version, kind, reason, at FROM device_model_failures
+             WHERE device_id = ?1 ORDER BY failure_id DESC",
+        )?;
+        let rows = st.query_map([device_id], |r| {
+            Ok(ModelFailureRow {
+                model: r.get(0)?,
+                version: r.get(1)?,
+                kind: r.get(2)?,
+                reason: r.get(3)?,
+                at: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+impl FeedbackStore for SqliteServerStore {
     fn ingest(
         &self,
         device_id: &str,
@@ -374,31 +424,6 @@ impl ServerStore for SqliteServerStore {
             .query_row("SELECT COUNT(*) FROM feedback", [], |r| r.get(0))?)
     }
 
-    fn audit(&self, actor: &str, action: &str, detail: &str) -> Result<(), ServerStoreError> {
-        self.conn().execute(
-            "INSERT INTO audit (at, actor, action, detail) VALUES (?1, ?2, ?3, ?4)",
-            params![now(), actor, action, detail],
-        )?;
-        Ok(())
-    }
-
-    fn audit_log(&self, limit: usize) -> Result<Vec<AuditRecord>, ServerStoreError> {
-        let conn = self.conn();
-        let mut st = conn.prepare(
-            "SELECT audit_id, at, actor, action, detail FROM audit ORDER BY audit_id DESC LIMIT ?1",
-        )?;
-        let rows = st.query_map([limit as i64], |r| {
-            Ok(AuditRecord {
-                audit_id: r.get(0)?,
-                at: r.get(1)?,
-                actor: r.get(2)?,
-                action: r.get(3)?,
-                detail: r.get(4)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
     fn feedback_models(&self) -> Result<Vec<String>, ServerStoreError> {
         let conn = self.conn();
         let mut st = conn.prepare("SELECT DISTINCT model_name FROM feedback ORDER BY 1")?;
@@ -471,6 +496,202 @@ impl ServerStore for SqliteServerStore {
         Ok(())
     }
 
+    fn feedback_per_day(&self) -> Result<Vec<FeedbackDay>, ServerStoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT substr(received_at, 1, 10), model_name, labels, COUNT(*) FROM feedback
+             GROUP BY 1, 2, 3 ORDER BY 1, 2",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        let rows = rows.collect::<Result<Vec<_>, _>>()?;
+        Ok(feedback_days(rows))
+    }
+
+    fn field_labels(&self) -> Result<Vec<FieldLabel>, ServerStoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT model_name, new_labels, device_id, received_at FROM feedback
+             WHERE new_labels != '[]' ORDER BY received_at",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?;
+        let rows = rows.collect::<Result<Vec<_>, _>>()?;
+        Ok(field_labels_of(rows))
+    }
+
+    fn feedback_received(&self, model: &str) -> Result<Vec<String>, ServerStoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT received_at FROM feedback WHERE model_name = ?1 ORDER BY received_at",
+        )?;
+        let rows = st.query_map([model], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn device_feedback(
+        &self,
+        device_id: &str,
+        limit: usize,
+    ) -> Result<Vec<FeedbackSummary>, ServerStoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT feedback_id, model_name, model_version, kind, action, labels, received_at,
+                    content IS NOT NULL
+             FROM feedback WHERE device_id = ?1 ORDER BY received_at DESC, rowid DESC LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![device_id, limit as i64], row_to_summary)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn feedback_item(&self, feedback_id: &str) -> Result<Option<FeedbackItem>, ServerStoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT feedback_id, model_name, model_version, kind, action, labels, received_at,
+                        content IS NOT NULL, device_id, item_id, annotator, created_at, content, content_type
+                 FROM feedback WHERE feedback_id = ?1",
+                [feedback_id],
+                |r| {
+                    Ok(FeedbackItem {
+                        summary: row_to_summary(r)?,
+                        device_id: r.get(8)?,
+                        item_id: r.get(9)?,
+                        annotator: r.get(10)?,
+                        created_at: r.get(11)?,
+                        content: r.get(12)?,
+                        content_type: r.get(13)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+}
+
+impl DriftStore for SqliteServerStore {
+    fn store_drift(
+        &self,
+        device_id: &str,
+        windows: &[(i64, crate::drift::DriftWindow)],
+    ) -> Result<usize, ServerStoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut n = 0;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO drift_windows (device_id, window_id, model_name, model_version, items, novel, score,
+                     state, top_score_psi, label_psi, novel_labels, novel_folders, started_at, ended_at, received_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                 ON CONFLICT (device_id, window_id) DO NOTHING",
+            )?;
+            let at = now();
+            for (id, w) in windows {
+                n += st.execute(params![
+                    device_id,
+                    id,
+                    w.model_name,
+                    w.model_version,
+                    w.items as i64,
+                    w.novel as i64,
+                    w.score,
+                    w.state.as_str(),
+                    w.top_score_psi,
+                    w.label_psi,
+                    serde_json::to_string(&w.novel_labels).unwrap_or_default(),
+                    serde_json::to_string(&w.novel_folders).unwrap_or_default(),
+                    w.started_at,
+                    w.ended_at,
+                    at
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
+    fn drift_latest(&self) -> Result<Vec<DeviceDrift>, ServerStoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT d.name, d.device_group, w.model_name, w.model_version, w.items, w.novel, w.score, w.state,
+                    w.top_score_psi, w.label_psi, w.novel_labels, w.novel_folders, w.started_at, w.ended_at,
+                    w.device_id
+             FROM drift_windows w JOIN devices d ON d.device_id = w.device_id
+             ORDER BY d.name, w.model_name, w.window_id DESC",
+        )?;
+        let rows = st.query_map([], |r| {
+            let labels: String = r.get(10)?;
+            let folders: String = r.get(11)?;
+            let state: String = r.get(7)?;
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                crate::drift::DriftWindow {
+                    model_name: r.get(2)?,
+                    model_version: r.get(3)?,
+                    items: r.get::<_, i64>(4)? as usize,
+                    novel: r.get::<_, i64>(5)? as usize,
+                    score: r.get(6)?,
+                    state: crate::drift::DriftState::parse(&state),
+                    top_score_psi: r.get(8)?,
+                    label_psi: r.get(9)?,
+                    novel_labels: serde_json::from_str(&labels).unwrap_or_default(),
+                    novel_folders: serde_json::from_str(&folders).unwrap_or_default(),
+                    started_at: r.get(12)?,
+                    ended_at: r.get(13)?,
+                },
+            ))
+        })?;
+        let rows: Vec<_> = rows.collect::<Result<_, _>>()?;
+        Ok(group_drift(rows))
+    }
+
+    fn device_drift(
+        &self,
+        device_id: &str,
+        limit: usize,
+    ) -> Result<Vec<crate::drift::DriftWindow>, ServerStoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT model_name, model_version, items, novel, score, state, top_score_psi, label_psi,
+                    novel_labels, novel_folders, started_at, ended_at
+             FROM drift_windows WHERE device_id = ?1 ORDER BY window_id DESC LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![device_id, limit as i64], |r| {
+            let state: String = r.get(5)?;
+            let labels: String = r.get(8)?;
+            let folders: String = r.get(9)?;
+            Ok(crate::drift::DriftWindow {
+                model_name: r.get(0)?,
+                model_version: r.get(1)?,
+                items: r.get::<_, i64>(2)? as usize,
+                novel: r.get::<_, i64>(3)? as usize,
+                score: r.get(4)?,
+                state: crate::drift::DriftState::parse(&state),
+                top_score_psi: r.get(6)?,
+                label_psi: r.get(7)?,
+                novel_labels: serde_json::from_str(&labels).unwrap_or_default(),
+                novel_folders: serde_json::from_str(&folders).unwrap_or_default(),
+                started_at: r.get(10)?,
+                ended_at: r.get(11)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+impl RunStore for SqliteServerStore {
     fn start_run(
         &self,
         model: &str,
@@ -550,83 +771,9 @@ impl ServerStore for SqliteServerStore {
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+}
 
-    fn store_drift(
-        &self,
-        device_id: &str,
-        windows: &[(i64, crate::drift::DriftWindow)],
-    ) -> Result<usize, ServerStoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let mut n = 0;
-        {
-            let mut st = tx.prepare_cached(
-                "INSERT INTO drift_windows (device_id, window_id, model_name, model_version, items, novel, score,
-                     state, top_score_psi, label_psi, novel_labels, novel_folders, started_at, ended_at, received_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
-                 ON CONFLICT (device_id, window_id) DO NOTHING",
-            )?;
-            let at = now();
-            for (id, w) in windows {
-                n += st.execute(params![
-                    device_id,
-                    id,
-                    w.model_name,
-                    w.model_version,
-                    w.items as i64,
-                    w.novel as i64,
-                    w.score,
-                    w.state.as_str(),
-                    w.top_score_psi,
-                    w.label_psi,
-                    serde_json::to_string(&w.novel_labels).unwrap_or_default(),
-                    serde_json::to_string(&w.novel_folders).unwrap_or_default(),
-                    w.started_at,
-                    w.ended_at,
-                    at
-                ])?;
-            }
-        }
-        tx.commit()?;
-        Ok(n)
-    }
-
-    fn drift_latest(&self) -> Result<Vec<DeviceDrift>, ServerStoreError> {
-        let conn = self.conn();
-        let mut st = conn.prepare(
-            "SELECT d.name, d.device_group, w.model_name, w.model_version, w.items, w.novel, w.score, w.state,
-                    w.top_score_psi, w.label_psi, w.novel_labels, w.novel_folders, w.started_at, w.ended_at,
-                    w.device_id
-             FROM drift_windows w JOIN devices d ON d.device_id = w.device_id
-             ORDER BY d.name, w.model_name, w.window_id DESC",
-        )?;
-        let rows = st.query_map([], |r| {
-            let labels: String = r.get(10)?;
-            let folders: String = r.get(11)?;
-            let state: String = r.get(7)?;
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                crate::drift::DriftWindow {
-                    model_name: r.get(2)?,
-                    model_version: r.get(3)?,
-                    items: r.get::<_, i64>(4)? as usize,
-                    novel: r.get::<_, i64>(5)? as usize,
-                    score: r.get(6)?,
-                    state: crate::drift::DriftState::parse(&state),
-                    top_score_psi: r.get(8)?,
-                    label_psi: r.get(9)?,
-                    novel_labels: serde_json::from_str(&labels).unwrap_or_default(),
-                    novel_folders: serde_json::from_str(&folders).unwrap_or_default(),
-                    started_at: r.get(12)?,
-                    ended_at: r.get(13)?,
-                },
-            ))
-        })?;
-        let rows: Vec<_> = rows.collect::<Result<_, _>>()?;
-        Ok(group_drift(rows))
-    }
-
+impl JobStore for SqliteServerStore {
     fn enqueue_training(
         &self,
         model: &str,
@@ -778,35 +925,9 @@ impl ServerStore for SqliteServerStore {
         let rows = st.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], row_to_job)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+}
 
-    fn ping(&self) -> Result<(), ServerStoreError> {
-        self.conn()
-            .query_row("SELECT EXISTS (SELECT 1 FROM devices)", [], |_| Ok(()))?;
-        Ok(())
-    }
-
-    fn stats(&self) -> Result<StoreStats, ServerStoreError> {
-        let conn = self.conn();
-        let one = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0));
-        let three = |sql: &str| -> rusqlite::Result<Vec<(String, String, i64)>> {
-            let mut st = conn.prepare(sql)?;
-            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            rows.collect()
-        };
-        let mut st = conn.prepare(STATS_JOBS)?;
-        let jobs = st
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
-        Ok(StoreStats {
-            feedback: one(STATS_FEEDBACK)?,
-            devices: one(STATS_DEVICES)?,
-            runs: three(STATS_RUNS)?,
-            jobs,
-            versions: three(STATS_VERSIONS)?,
-            drift: three(STATS_DRIFT)?,
-        })
-    }
-
+impl AccountStore for SqliteServerStore {
     fn set_admin(&self, name: &str, password_hash: &str) -> Result<bool, ServerStoreError> {
         let conn = self.conn();
         let at = now();
@@ -928,25 +1049,36 @@ impl ServerStore for SqliteServerStore {
             )
             .optional()?)
     }
+}
 
-    fn feedback_per_day(&self) -> Result<Vec<FeedbackDay>, ServerStoreError> {
-        let conn = self.conn();
-        let mut st = conn.prepare(
-            "SELECT substr(received_at, 1, 10), model_name, labels, COUNT(*) FROM feedback
-             GROUP BY 1, 2, 3 ORDER BY 1, 2",
+impl AuditStore for SqliteServerStore {
+    fn audit(&self, actor: &str, action: &str, detail: &str) -> Result<(), ServerStoreError> {
+        self.conn().execute(
+            "INSERT INTO audit (at, actor, action, detail) VALUES (?1, ?2, ?3, ?4)",
+            params![now(), actor, action, detail],
         )?;
-        let rows = st.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, i64>(3)?,
-            ))
-        })?;
-        let rows = rows.collect::<Result<Vec<_>, _>>()?;
-        Ok(feedback_days(rows))
+        Ok(())
     }
 
+    fn audit_log(&self, limit: usize) -> Result<Vec<AuditRecord>, ServerStoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT audit_id, at, actor, action, detail FROM audit ORDER BY audit_id DESC LIMIT ?1",
+        )?;
+        let rows = st.query_map([limit as i64], |r| {
+            Ok(AuditRecord {
+                audit_id: r.get(0)?,
+                at: r.get(1)?,
+                actor: r.get(2)?,
+                action: r.get(3)?,
+                detail: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+impl TaskStore for SqliteServerStore {
     fn put_task(&self, t: &TaskDefinition) -> Result<(), ServerStoreError> {
         let labels = serde_json::to_string(&t.labels).unwrap_or_default();
         self.conn().execute(
@@ -985,122 +1117,6 @@ impl ServerStore for SqliteServerStore {
                 channel: r.get(4)?,
                 defined_by: r.get(5)?,
                 defined_at: r.get(6)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    fn field_labels(&self) -> Result<Vec<FieldLabel>, ServerStoreError> {
-        let conn = self.conn();
-        let mut st = conn.prepare(
-            "SELECT model_name, new_labels, device_id, received_at FROM feedback
-             WHERE new_labels != '[]' ORDER BY received_at",
-        )?;
-        let rows = st.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-            ))
-        })?;
-        let rows = rows.collect::<Result<Vec<_>, _>>()?;
-        Ok(field_labels_of(rows))
-    }
-
-    fn feedback_received(&self, model: &str) -> Result<Vec<String>, ServerStoreError> {
-        let conn = self.conn();
-        let mut st = conn.prepare(
-            "SELECT received_at FROM feedback WHERE model_name = ?1 ORDER BY received_at",
-        )?;
-        let rows = st.query_map([model], |r| r.get(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    fn device_feedback(
-        &self,
-        device_id: &str,
-        limit: usize,
-    ) -> Result<Vec<FeedbackSummary>, ServerStoreError> {
-        let conn = self.conn();
-        let mut st = conn.prepare(
-            "SELECT feedback_id, model_name, model_version, kind, action, labels, received_at,
-                    content IS NOT NULL
-             FROM feedback WHERE device_id = ?1 ORDER BY received_at DESC, rowid DESC LIMIT ?2",
-        )?;
-        let rows = st.query_map(params![device_id, limit as i64], row_to_summary)?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    fn feedback_item(&self, feedback_id: &str) -> Result<Option<FeedbackItem>, ServerStoreError> {
-        Ok(self
-            .conn()
-            .query_row(
-                "SELECT feedback_id, model_name, model_version, kind, action, labels, received_at,
-                        content IS NOT NULL, device_id, item_id, annotator, created_at, content, content_type
-                 FROM feedback WHERE feedback_id = ?1",
-                [feedback_id],
-                |r| {
-                    Ok(FeedbackItem {
-                        summary: row_to_summary(r)?,
-                        device_id: r.get(8)?,
-                        item_id: r.get(9)?,
-                        annotator: r.get(10)?,
-                        created_at: r.get(11)?,
-                        content: r.get(12)?,
-                        content_type: r.get(13)?,
-                    })
-                },
-            )
-            .optional()?)
-    }
-
-    fn device_drift(
-        &self,
-        device_id: &str,
-        limit: usize,
-    ) -> Result<Vec<crate::drift::DriftWindow>, ServerStoreError> {
-        let conn = self.conn();
-        let mut st = conn.prepare(
-            "SELECT model_name, model_version, items, novel, score, state, top_score_psi, label_psi,
-                    novel_labels, novel_folders, started_at, ended_at
-             FROM drift_windows WHERE device_id = ?1 ORDER BY window_id DESC LIMIT ?2",
-        )?;
-        let rows = st.query_map(params![device_id, limit as i64], |r| {
-            let state: String = r.get(5)?;
-            let labels: String = r.get(8)?;
-            let folders: String = r.get(9)?;
-            Ok(crate::drift::DriftWindow {
-                model_name: r.get(0)?,
-                model_version: r.get(1)?,
-                items: r.get::<_, i64>(2)? as usize,
-                novel: r.get::<_, i64>(3)? as usize,
-                score: r.get(4)?,
-                state: crate::drift::DriftState::parse(&state),
-                top_score_psi: r.get(6)?,
-                label_psi: r.get(7)?,
-                novel_labels: serde_json::from_str(&labels).unwrap_or_default(),
-                novel_folders: serde_json::from_str(&folders).unwrap_or_default(),
-                started_at: r.get(10)?,
-                ended_at: r.get(11)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    fn device_failures(&self, device_id: &str) -> Result<Vec<ModelFailureRow>, ServerStoreError> {
-        let conn = self.conn();
-        let mut st = conn.prepare(
-            "SELECT model, version, kind, reason, at FROM device_model_failures
-             WHERE device_id = ?1 ORDER BY failure_id DESC",
-        )?;
-        let rows = st.query_map([device_id], |r| {
-            Ok(ModelFailureRow {
-                model: r.get(0)?,
-                version: r.get(1)?,
-                kind: r.get(2)?,
-                reason: r.get(3)?,
-                at: r.get(4)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -357,6 +357,7 @@ mod tests {
     use super::*;
     use crate::drift::{DriftState, DriftWindow};
     use crate::protocol::FeedbackRecord;
+    use crate::server::store::{DeviceStore, DriftStore, FeedbackStore, RunStore};
     use crate::server::store::{SqliteServerStore, Via};
 
     fn record(i: usize) -> FeedbackRecord {
