@@ -269,3 +269,50 @@ fn a_candidate_held_on_one_process_is_published_from_another() {
         "{t:?}"
     );
 }
+
+#[test]
+fn an_automatic_run_whose_decisions_all_answer_a_task_has_nothing_to_do_and_does_not_fail() {
+    common::init_ort();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let (store, repo) = prepared(&data, &tmp.path().join("offline"));
+    store
+        .put_task(&outpost::server::store::TaskDefinition {
+            name: "colour-task".into(),
+            backbone: "colours".into(),
+            labels: common::IMAGE_LABELS.iter().map(|s| s.to_string()).collect(),
+            multi_label: false,
+            channel: "canary".into(),
+            defined_by: "op".into(),
+            defined_at: "2026-12-04T00:00:00Z".into(),
+        })
+        .unwrap();
+    let cfg = ServerConfig {
+        data_dir: data.clone(),
+        ort_lib: Some(common::ort_lib()),
+        training: settings(),
+        ..ServerConfig::default()
+    };
+    let seen = outpost::server::training::feedback_seen(store.as_ref(), "colours").unwrap();
+    store
+        .enqueue_training_with("colours", Trigger::Auto, seen, None)
+        .unwrap()
+        .unwrap();
+    let (_, outcome) = background::work_once(store.as_ref(), &repo, &cfg, "process-a")
+        .unwrap()
+        .unwrap();
+    assert!(matches!(outcome, JobOutcome::Done(Some(_))), "{outcome:?}");
+    let run = &store.runs(Some("colours")).unwrap()[0];
+    assert_eq!(run.status.as_str(), "held", "{run:?}");
+    assert!(
+        run.reason.contains("nothing to retrain") && run.reason.contains("colour-task"),
+        "{}",
+        run.reason
+    );
+    assert_eq!(repository::current_targets(&repo).unwrap().version, 1);
+    let due = background::due_models(store.as_ref(), 1, 0);
+    assert!(
+        !due.contains(&"colours".to_string()),
+        "not queued again for the same feedback: {due:?}"
+    );
+}

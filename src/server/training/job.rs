@@ -256,8 +256,16 @@ pub fn train_job(
             still_ours,
         )?;
         settle(store, repo, candidate, &settings, still_ours)
-    })
-    .map_err(|e| e.to_string())?;
+    });
+    let o = match o {
+        Ok(o) => o,
+        // Not a failure: the run is recorded (held, with the reason).
+        Err(e @ super::TrainingError::NothingToTrain { run_id, .. }) => {
+            tracing::info!(model = %job.model_name, reason = %e, "training run had nothing to do");
+            return Ok(Some(run_id));
+        }
+        Err(e) => return Err(e.to_string()),
+    };
     tracing::info!(
         model = %job.model_name,
         version = %o.report.candidate_version,

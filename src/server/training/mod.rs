@@ -27,6 +27,7 @@ use crate::model::{BundleError, ModelError};
 use crate::trust::Release;
 use head::TrainOptions;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 pub mod augment;
@@ -137,6 +138,19 @@ pub enum TrainingError {
     /// The run found nothing to learn from.
     #[error("no field feedback for model {0:?} yet: nothing to retrain on")]
     NoFeedback(String),
+    /// Every new decision on the model belongs to a task: the model has nothing to learn,
+    /// which is not a failure. The run is recorded as held with this reason.
+    #[error("nothing to retrain for model {model:?}: all {claimed} of its field decisions answer tasks ({tasks}), which train on their own")]
+    NothingToTrain {
+        /// The run that was started (recorded as held).
+        run_id: i64,
+        /// The model.
+        model: String,
+        /// Decisions claimed by tasks.
+        claimed: usize,
+        /// The tasks claiming them.
+        tasks: String,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainingError + '_ {
@@ -200,8 +214,30 @@ pub fn run(
     let release =
         current_release(repo, model)?.ok_or_else(|| TrainingError::NoRelease(model.into()))?;
     let run_id = store.start_run(model, &release.version, trigger, seen)?;
-    train_candidate(store, repo, &release, settings, run_id, still_ours)
-        .map_err(|e| record_failure(store, run_id, model, e))
+    train_candidate(store, repo, &release, settings, run_id, still_ours).map_err(|e| match e {
+        TrainingError::NothingToTrain { .. } => record_nothing_to_train(store, run_id, e),
+        e => record_failure(store, run_id, model, e),
+    })
+}
+
+/// Records a run that found nothing to learn (every decision answers a task) as held with
+/// the reason, so it counts as having seen that feedback and is not queued again for it.
+fn record_nothing_to_train(
+    store: &dyn ServerStore,
+    run_id: i64,
+    e: TrainingError,
+) -> TrainingError {
+    let end = RunEnd {
+        status: RunStatus::Held,
+        reason: e.to_string(),
+        candidate_version: None,
+        report: None,
+        bundle_dir: None,
+    };
+    if let Err(se) = store.finish_run(run_id, &end) {
+        tracing::warn!(run = run_id, error = %se, "cannot record the run");
+    }
+    e
 }
 
 /// The feedback a run of `model` has seen, for deciding when it is due again: its own
@@ -260,7 +296,17 @@ fn train_candidate(
     rows.retain(|r| task::claimed(&tasks, model, &r.labels).is_none());
     let for_tasks = before - rows.len();
     if rows.is_empty() {
-        return Err(TrainingError::NoFeedback(model.into()));
+        let names: BTreeSet<String> = tasks
+            .iter()
+            .filter(|t| t.backbone == model)
+            .map(|t| t.name.clone())
+            .collect();
+        return Err(TrainingError::NothingToTrain {
+            run_id,
+            model: model.into(),
+            claimed: for_tasks,
+            tasks: names.into_iter().collect::<Vec<_>>().join(", "),
+        });
     }
     let mut data = dataset::build(&base, &rows, &m);
     data.counts.feedback_for_tasks = for_tasks;
