@@ -20,14 +20,16 @@
 //! predicted-label mix against `reference_stats.json` (PSI > 0.25 is the usual "shifted"
 //! mark), and the likely cause: which labels and which source folders the novel items
 //! carry. Those are shown to explain a state, not to set it: a team that photographs only
-//! flooded fields legitimately moves the label mix.
+//! flooded fields legitimately moves the label mix. For reports, each window is also broken
+//! down by the detected language of its items (items and unfamiliar items per language): a
+//! model that reads one language worse shows it there first.
 //!
 //! Novel items of a `watch` or `drifted` window go to the front of the review queue: their
 //! labels teach the model most. Window summaries (numbers, label names, folder names; no
 //! raw data) travel to the server with sync.
 
 use crate::model::{base_data, Bundle};
-pub use crate::protocol::{DriftState, DriftWindow};
+pub use crate::protocol::{DriftState, DriftWindow, LanguageDrift};
 use crate::store::{Store, StoreError};
 use rusqlite::params;
 use serde::{Deserialize, Serialize};
@@ -247,6 +249,33 @@ struct Row {
     embedding: Vec<u8>,
     source: String,
     created_at: String,
+    language: Option<String>,
+}
+
+/// Items and unfamiliar items per language, most items first (then by code).
+fn language_counts<'a>(items: impl Iterator<Item = (Option<&'a str>, bool)>) -> Vec<LanguageDrift> {
+    let mut by: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
+    for (lang, novel) in items {
+        let e = by
+            .entry(lang.unwrap_or(LanguageDrift::UNKNOWN))
+            .or_default();
+        e.0 += 1;
+        e.1 += usize::from(novel);
+    }
+    let mut v: Vec<LanguageDrift> = by
+        .into_iter()
+        .map(|(l, (items, novel))| LanguageDrift {
+            language: l.to_string(),
+            items,
+            novel,
+        })
+        .collect();
+    v.sort_by(|a, b| {
+        b.items
+            .cmp(&a.items)
+            .then_with(|| a.language.cmp(&b.language))
+    });
+    v
 }
 
 /// Scores the predictions of `reference`'s model version not yet in a window, and stores
@@ -264,7 +293,8 @@ pub fn update(
         |r| r.get(0),
     )?;
     let mut st = conn.prepare(
-        "SELECT p.prediction_id, p.top_label, p.top_score, p.embedding, i.source, p.created_at
+        "SELECT p.prediction_id, p.top_label, p.top_score, p.embedding, i.source, p.created_at,
+                i.language
          FROM predictions p JOIN items i ON i.item_id = p.item_id
          WHERE p.model_name = ?1 AND p.model_version = ?2 AND p.prediction_id > ?3
          ORDER BY p.prediction_id",
@@ -278,6 +308,7 @@ pub fn update(
                 embedding: r.get(3)?,
                 source: r.get(4)?,
                 created_at: r.get(5)?,
+                language: r.get(6)?,
             })
         })?
         .collect::<Result<_, _>>()?;
@@ -345,6 +376,15 @@ pub fn update(
             ),
             started_at: chunk[0].created_at.clone(),
             ended_at: chunk[w - 1].created_at.clone(),
+            // Tiles carry no language: an all-unknown breakdown says nothing, so none is kept.
+            languages: Some(language_counts(
+                chunk
+                    .iter()
+                    .zip(&is_novel)
+                    .map(|(r, &n)| (r.language.as_deref(), n)),
+            ))
+            .filter(|v| v.iter().any(|l| l.language != LanguageDrift::UNKNOWN))
+            .unwrap_or_default(),
         };
         let tx = conn.unchecked_transaction()?;
         {
@@ -366,8 +406,8 @@ pub fn update(
             tx.execute(
                 "INSERT INTO drift_windows (model_name, model_version, first_prediction_id, last_prediction_id,
                      items, novel, score, state, top_score_psi, label_psi, novel_labels, novel_folders,
-                     started_at, ended_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                     started_at, ended_at, languages)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
                 params![
                     window.model_name,
                     window.model_version,
@@ -382,7 +422,8 @@ pub fn update(
                     serde_json::to_string(&window.novel_labels).unwrap_or_default(),
                     serde_json::to_string(&window.novel_folders).unwrap_or_default(),
                     window.started_at,
-                    window.ended_at
+                    window.ended_at,
+                    serde_json::to_string(&window.languages).unwrap_or_default()
                 ],
             )?;
         }
@@ -390,6 +431,20 @@ pub fn update(
         out.push(window);
     }
     Ok(out)
+}
+
+/// A window's language breakdown in words, e.g. `hat 31 (9 unfamiliar), eng 19 (0)`;
+/// empty when the window has none (tiles).
+pub fn describe_languages(languages: &[LanguageDrift]) -> String {
+    languages
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let what = if i == 0 { " unfamiliar" } else { "" };
+            format!("{} {} ({}{what})", l.language, l.items, l.novel)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A model's drift state as `outpost status` and the review page show it.
@@ -414,6 +469,7 @@ fn row_to_window(r: &rusqlite::Row<'_>) -> rusqlite::Result<DriftWindow> {
     let labels: String = r.get(9)?;
     let folders: String = r.get(10)?;
     let state: String = r.get(6)?;
+    let languages: String = r.get(12)?;
     Ok(DriftWindow {
         model_name: r.get(0)?,
         model_version: r.get(1)?,
@@ -427,10 +483,11 @@ fn row_to_window(r: &rusqlite::Row<'_>) -> rusqlite::Result<DriftWindow> {
         novel_labels: serde_json::from_str(&labels).unwrap_or_default(),
         novel_folders: serde_json::from_str(&folders).unwrap_or_default(),
         ended_at: r.get(11)?,
+        languages: serde_json::from_str(&languages).unwrap_or_default(),
     })
 }
 
-const WINDOW_COLUMNS: &str = "model_name, model_version, items, novel, score, top_score_psi, state, label_psi, started_at, novel_labels, novel_folders, ended_at";
+const WINDOW_COLUMNS: &str = "model_name, model_version, items, novel, score, top_score_psi, state, label_psi, started_at, novel_labels, novel_folders, ended_at, languages";
 
 /// Windows stored after `after_id` (for sync), with their ids, oldest first.
 pub fn windows_after(store: &Store, after_id: i64) -> Result<Vec<(i64, DriftWindow)>, DriftError> {
@@ -438,7 +495,7 @@ pub fn windows_after(store: &Store, after_id: i64) -> Result<Vec<(i64, DriftWind
     let mut st = conn.prepare(&format!(
         "SELECT {WINDOW_COLUMNS}, window_id FROM drift_windows WHERE window_id > ?1 ORDER BY window_id LIMIT 1000"
     ))?;
-    let rows = st.query_map([after_id], |r| Ok((r.get(12)?, row_to_window(r)?)))?;
+    let rows = st.query_map([after_id], |r| Ok((r.get(13)?, row_to_window(r)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
@@ -512,5 +569,71 @@ mod tests {
         let large = psi(&[19.0, 1.0], &[0.5, 0.5]).unwrap();
         assert!(small < 0.1 && large > 0.25, "{small} {large}");
         assert_eq!(psi(&[], &[]), None);
+    }
+
+    #[test]
+    fn windows_break_down_by_language_most_items_first() {
+        let items = [
+            (Some("hat"), true),
+            (Some("eng"), false),
+            (Some("hat"), false),
+            (None, true),
+            (Some("hat"), true),
+        ];
+        let v = language_counts(items.into_iter());
+        let got: Vec<_> = v
+            .iter()
+            .map(|l| (l.language.as_str(), l.items, l.novel))
+            .collect();
+        assert_eq!(got, [("hat", 3, 2), ("eng", 1, 0), ("unknown", 1, 1)]);
+        assert_eq!(
+            describe_languages(&v),
+            "hat 3 (2 unfamiliar), eng 1 (0), unknown 1 (1)"
+        );
+    }
+
+    #[test]
+    fn a_received_language_breakdown_is_checked_field_by_field() {
+        let mut w = DriftWindow {
+            model_name: "crisis-reports".into(),
+            model_version: "2.0.0".into(),
+            items: 50,
+            novel: 3,
+            score: 0.06,
+            state: DriftState::Ok,
+            top_score_psi: None,
+            label_psi: None,
+            novel_labels: vec![],
+            novel_folders: vec![],
+            started_at: String::new(),
+            ended_at: String::new(),
+            languages: vec![LanguageDrift {
+                language: "hat".into(),
+                items: 30,
+                novel: 3,
+            }],
+        };
+        assert!(w.check_languages().is_ok());
+        for (lang, items, novel) in [("HAT", 30, 3), ("h", 30, 3), ("hat", 3, 30), ("eng", 51, 0)] {
+            w.languages = vec![LanguageDrift {
+                language: lang.into(),
+                items,
+                novel,
+            }];
+            assert!(w.check_languages().is_err(), "{lang} {items} {novel}");
+        }
+        w.languages = (0..65)
+            .map(|_| LanguageDrift {
+                language: "eng".into(),
+                items: 0,
+                novel: 0,
+            })
+            .collect();
+        assert!(w.check_languages().is_err());
+        // An agent older than the field sends none: accepted, read as empty.
+        let mut json = serde_json::to_value(&w).unwrap();
+        json.as_object_mut().unwrap().remove("languages");
+        let old: DriftWindow = serde_json::from_value(json).unwrap();
+        assert!(old.languages.is_empty());
     }
 }

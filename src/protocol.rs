@@ -422,4 +422,67 @@ pub struct DriftWindow {
     pub started_at: String,
     /// Last prediction.
     pub ended_at: String,
+    /// The window broken down by the language of its items (reports; tiles have none),
+    /// most items first. Absent from agents older than this field.
+    #[serde(default)]
+    pub languages: Vec<LanguageDrift>,
+}
+
+/// Most languages a drift window may list (the agent lists every language it saw; a window
+/// of 50 reports rarely holds more than a handful).
+pub const MAX_DRIFT_LANGUAGES: usize = 64;
+
+/// One language's share of a drift window: how many of its items were in that language and
+/// how many of those were unfamiliar. `language` is the ISO 639-3 code of
+/// `crate::language`, or [`LanguageDrift::UNKNOWN`] for items without a detected language.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LanguageDrift {
+    /// ISO 639-3 code, or `unknown`.
+    pub language: String,
+    /// Items of the window in this language.
+    pub items: usize,
+    /// Of those, items above the novelty threshold.
+    pub novel: usize,
+}
+
+impl LanguageDrift {
+    /// The `language` of items whose language was not detected (tiles, very short text).
+    pub const UNKNOWN: &'static str = "unknown";
+}
+
+impl DriftWindow {
+    /// Checks the per-language breakdown of a window received from another device: at most
+    /// [`MAX_DRIFT_LANGUAGES`] entries, codes of 2-16 lower-case ASCII letters, each
+    /// language's novel items within its items, and no more items than the window has.
+    pub fn check_languages(&self) -> Result<(), String> {
+        if self.languages.len() > MAX_DRIFT_LANGUAGES {
+            return Err(format!(
+                "a drift window lists {} languages (at most {MAX_DRIFT_LANGUAGES})",
+                self.languages.len()
+            ));
+        }
+        let mut total = 0usize;
+        for l in &self.languages {
+            let c = &l.language;
+            if !(2..=16).contains(&c.len()) || !c.bytes().all(|b| b.is_ascii_lowercase()) {
+                return Err(format!(
+                    "drift window language {c:?} is not 2-16 lower-case letters"
+                ));
+            }
+            if l.novel > l.items {
+                return Err(format!(
+                    "drift window language {c}: {} unfamiliar of {} items",
+                    l.novel, l.items
+                ));
+            }
+            total = total.saturating_add(l.items);
+        }
+        if total > self.items {
+            return Err(format!(
+                "drift window languages add up to {total} items, the window has {}",
+                self.items
+            ));
+        }
+        Ok(())
+    }
 }

@@ -3,7 +3,8 @@
 //! Hurricane Harvey tiles and is flagged "drifted" within one window of 50; the same for
 //! reports (disaster messages, then text that is clearly not a crisis report). `outpost
 //! status` names the state, since when and the likely cause; unfamiliar items go to the
-//! front of the review queue.
+//! front of the review queue. Report windows are broken down by language, on the agent and
+//! in the server's drift view.
 
 mod common;
 
@@ -183,6 +184,18 @@ fn crisis_reports_flag_text_that_is_not_a_crisis_report() {
     let d = model_drift(&s, "crisis-reports");
     assert_eq!(d["windows"], 4, "{d}");
     assert_eq!(d["state"], "ok", "{d}");
+    // Each window is broken down by language: these are English messages, mostly read as such.
+    let langs = d["latest"]["languages"].as_array().unwrap();
+    assert_eq!(
+        langs
+            .iter()
+            .map(|l| l["items"].as_u64().unwrap())
+            .sum::<u64>(),
+        50,
+        "{d}"
+    );
+    assert_eq!(langs[0]["language"], "eng", "most items first: {d}");
+    assert!(langs[0]["items"].as_u64().unwrap() >= 35, "{d}");
 
     // Sentences about software, not disasters: this crate's own doc comments.
     std::fs::create_dir_all(root.join("manuals")).unwrap();
@@ -217,4 +230,20 @@ fn crisis_reports_flag_text_that_is_not_a_crisis_report() {
     let s = status(root);
     let d = model_drift(&s, "crisis-reports");
     assert_ne!(d["state"], "ok", "flagged within one window of 50: {d}");
+    let (_, text, _) = agent(root, &["status"]);
+    assert!(text.contains("latest window by language: eng"), "{text}");
+
+    // The breakdown travels with sync and the server's drift view shows it.
+    let data = root.join("server");
+    let server = common::ServerProcess::start(&data, common::free_port());
+    let code = common::add_device(&data, "field-2");
+    assert_eq!(agent(root, &["enroll", &server.url, &code]).0, 0);
+    let (c, out, err) = agent(root, &["sync"]);
+    assert_eq!(c, 0, "{out}{err}");
+    let (c, out, err) = common::server_cmd(&data, &["drift"]);
+    assert_eq!(c, 0, "{err}");
+    assert!(
+        out.contains("field-2") && out.contains("by language: eng"),
+        "{out}"
+    );
 }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use outpost::drift::{DriftState, DriftWindow};
+use outpost::drift::{DriftState, DriftWindow, LanguageDrift};
 use outpost::protocol::{DeviceModel, DeviceModelsReport, FeedbackRecord, ModelFailure};
 use outpost::server::store::{
     self, PostgresServerStore, RunEnd, RunStatus, ServerStore, ServerStoreError, Split,
@@ -407,6 +407,11 @@ fn window(state: DriftState, start: &str) -> DriftWindow {
         novel_folders: vec![],
         started_at: start.into(),
         ended_at: start.into(),
+        languages: vec![LanguageDrift {
+            language: "hat".into(),
+            items: 30,
+            novel: 8,
+        }],
     }
 }
 
@@ -429,6 +434,13 @@ fn drift_windows_are_stored_once_and_summarised(s: Arc<dyn ServerStore>) {
     assert_eq!(l.latest.novel_labels, vec![("flooded".to_string(), 3)]);
     assert_eq!(l.latest.top_score_psi, Some(0.1));
     assert_eq!(l.latest.items, 50);
+    assert_eq!(
+        l.latest.languages, ws[2].1.languages,
+        "the language breakdown"
+    );
+    let mine = s.device_drift(&d, 10).unwrap();
+    assert_eq!(mine.len(), 3);
+    assert_eq!(mine[0].languages, ws[2].1.languages);
 }
 
 fn device_models_keep_the_latest_report_and_failures(s: Arc<dyn ServerStore>) {

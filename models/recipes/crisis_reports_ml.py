@@ -61,11 +61,15 @@ TEACHER_SHA256 = {
     "head.onnx": "b471155d530454b79c9a15a5987e43fdb796e17616339e508e2e9970297ea03f",
 }
 # Student training
-TR_EPOCHS = 4
+TR_EPOCHS = 4  # at most; stops after TR_PATIENCE epochs without a better validation score
+TR_PATIENCE = 2
 TR_BATCH = 64
 TR_MAX_TOKENS = 128  # training only; export and inference keep 256
 TR_LR = 5e-4  # dense layers of USE + projection (AdamW, wd 0.01), 50 warm-up steps, linear decay
 TR_TABLE_LR = 1e-3  # token table (SparseAdam, only the rows of a batch move)
+# Share of a training text's tokens (not <s>/</s>) dropped, fresh each epoch. 0.1 with a table lr of 5e-4
+# and 6 epochs (session 7) did not help: validation originals 0.698/0.320 vs 0.700/0.338 (models/README.md).
+TR_TOKEN_DROPOUT = 0.0
 TR_HEAD_LR = 1e-3
 TR_DISTIL = 1.0  # weight of sum((student - teacher)^2) (= 2 - 2 cos for unit vectors)
 TR_CLS = 1.0  # weight of the BCE
@@ -218,12 +222,22 @@ def train_student(ex, teacher, y, va_sets, labels, work: Path, cfg: dict):
     steps = cfg["epochs"] * -(-len(ex) // cfg["batch"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * max(0.0, 1 - s / steps))
     rng = np.random.default_rng(SEED + 5)
+    drop_rng = np.random.default_rng(SEED + 7)
     tch = torch.from_numpy(teacher)
     yt = torch.from_numpy(y.astype(np.float32))
 
     def fwd(batch_ids):
         f = feeds(batch_ids)
         return student(torch.from_numpy(f["input_ids"]), torch.from_numpy(f["attention_mask"]))
+
+    def dropped(x):
+        # token dropout: a regulariser against memorising the (few) Creole training texts
+        p = cfg.get("token_dropout", 0.0)
+        if p <= 0 or len(x) <= 4:
+            return x
+        keep = drop_rng.random(len(x) - 2) >= p
+        inner = [t for t, k in zip(x[1:-1], keep) if k]
+        return [x[0]] + (inner or x[1:2]) + [x[-1]]
 
     def embed(list_ids):
         out = np.empty((len(list_ids), EMBED_DIM), np.float32)
@@ -243,7 +257,7 @@ def train_student(ex, teacher, y, va_sets, labels, work: Path, cfg: dict):
         batches = v1._length_batches(lengths, cfg["batch"], rng)
         for bi, idx in enumerate(batches):
             rows = np.array([ex[j][1] for j in idx])
-            e = fwd([ex[j][0] for j in idx])
+            e = fwd([dropped(ex[j][0]) for j in idx])
             ld = ((e - tch[rows]) ** 2).sum(1).mean()
             lc = bce(clf(e * TR_SCALE), yt[rows])
             loss = cfg["distil"] * ld + cfg["cls"] * lc
@@ -278,6 +292,9 @@ def train_student(ex, teacher, y, va_sets, labels, work: Path, cfg: dict):
         log(f"student epoch {ep}: {rec}")
         if best is None or score > best[0]:
             best = (score, ep, {k: v.detach().clone() for k, v in student.state_dict().items()})
+        elif ep - best[1] >= cfg.get("patience", cfg["epochs"]):
+            log(f"student: no better validation score for {ep - best[1]} epochs, stopping")
+            break
     _, best_ep, best_state = best
     student.load_state_dict(best_state)
     student.eval()
@@ -352,6 +369,81 @@ def quantise_static(fp32: Path, out: Path, calib_ids, work: Path):
     onnx.checker.check_model(m)
     onnx.save(m, str(out))
     common.remove_stray_data_files(work)
+
+
+HEAD_C_GRID = [0.003, 0.01]  # 0.03 and 0.1 were never better on validation (1.1.0 and the first candidate)
+HEAD_ORIGINALS_WEIGHT = [1, 2]  # each training original counted once or twice
+
+
+def select_head(x_tr, y_tr, n_tr_m, x_va, y_va, n_va_m, labels):
+    """LR heads over C x class weight x weight of the originals (rows n_tr_m.. of x_tr); thresholds tuned on
+    pooled validation; score = (micro + macro F1) on the validation messages (rows :n_va_m) plus the same on the
+    validation originals, so each language counts as much, whatever its row count."""
+    grid, best = [], None
+    for ow in HEAD_ORIGINALS_WEIGHT:
+        xs = np.vstack([x_tr] + [x_tr[n_tr_m:]] * (ow - 1))
+        ys = np.vstack([y_tr] + [y_tr[n_tr_m:]] * (ow - 1))
+        for c in HEAD_C_GRID:
+            for cw in (None, "balanced"):
+                t0 = time.time()
+                w, b = v1.fit_ovr(xs, ys, c, cw)
+                p = v1.sigmoid(x_va @ w.T + b)
+                thr = v1.tune_thresholds(y_va, p)
+                rm = v1.f1_report(y_va[:n_va_m], p[:n_va_m], thr, labels)
+                ro = v1.f1_report(y_va[n_va_m:], p[n_va_m:], thr, labels)
+                score = rm["micro_f1"] + rm["macro_f1"] + ro["micro_f1"] + ro["macro_f1"]
+                grid.append({"C": c, "class_weight": cw, "originals_weight": ow,
+                             "val_messages": [rm["micro_f1"], rm["macro_f1"]],
+                             "val_originals": [ro["micro_f1"], ro["macro_f1"]], "seconds": round(time.time() - t0, 1)})
+                log(f"head {grid[-1]}")
+                if best is None or score > best[0]:
+                    best = (score, (c, cw, ow, w, b))
+    return best[1], grid
+
+
+DRIFT_DOC_FILES = ["src/drift.rs", "src/server/training/mod.rs", "src/trust/mod.rs", "src/model/bundle.rs",
+                   "src/analyze.rs"]
+
+
+def drift_novelty(base_x, base_y):
+    """The agent's novelty (src/drift.rs, Reference::from_bundle) on base data as the bundle stores it
+    (float16): per-label centroids from the even rows, threshold = 97.5th percentile of the odd rows."""
+    x = base_x.astype(np.float16).astype(np.float64)
+    even, odd = x[0::2], x[1::2]
+    ye = base_y[0::2].astype(bool)
+    gmean, gvar = even.mean(0), even.var(0)
+    floor = 0.05 * gvar.mean() + 1e-9
+    cents = []
+    for c in range(base_y.shape[1]):
+        rows = even[ye[:, c]]
+        m, v = (rows.mean(0), rows.var(0)) if len(rows) >= 10 else (gmean, gvar)
+        cents.append((m, 1.0 / (v + floor)))
+
+    def novelty(e):
+        e = np.asarray(e, np.float64)
+        return np.min([(((e - m) ** 2) * inv).mean(1) for m, inv in cents], axis=0)
+
+    cal = np.sort(novelty(odd))
+    return novelty, float(cal[min(int(len(cal) * 0.975), len(cal) - 1)])
+
+
+def drift_check(novelty, threshold, embed_texts, texts) -> dict:
+    """What tests/drift.rs feeds the agent: 200 messages (every 40th row: four windows of 50 must stay under
+    the watch rate 0.2) and 50 of this repository's doc comments (must reach it). Reported, not optimised."""
+    docs = []
+    for f in DRIFT_DOC_FILES:
+        for line in (common.REPO_DIR / f).read_text(encoding="utf-8").splitlines():
+            t = line.lstrip()
+            for pre in ("/// ", "//! "):
+                if t.startswith(pre) and len(t[len(pre):].encode()) > 40 and len(docs) < 50:
+                    docs.append(t[len(pre):])
+    msgs = texts[0::40][:200]
+    nm = novelty(embed_texts(msgs)) > threshold
+    nd = novelty(embed_texts(docs)) > threshold
+    windows = [int(nm[i:i + 50].sum()) for i in range(0, len(nm), 50)]
+    return {"threshold": round(threshold, 5), "message_windows_novel_of_50": windows,
+            "doc_comments_novel_of_50": int(nd.sum()), "docs": len(docs),
+            "passes": bool(max(windows) < 10 and nd.sum() >= 10 and len(docs) == 50)}
 
 
 def embed_batched(sess, ids_list, batch=32) -> np.ndarray:
@@ -482,7 +574,8 @@ def main():
     ex = [(cut(m_ids[r]), int(r)) for r in tr] + [(cut(o_ids[r]), int(r)) for r in tr_o]
     va_sets = {"messages": ([cut(m_ids[r]) for r in va], va), "originals": ([cut(o_ids[r]) for r in va_o], va_o)}
     cfg = {"epochs": args.epochs, "batch": TR_BATCH, "max_tokens": TR_MAX_TOKENS, "lr": TR_LR,
-           "table_lr": TR_TABLE_LR, "head_lr": TR_HEAD_LR, "distil": TR_DISTIL, "cls": TR_CLS, "seed": SEED}
+           "table_lr": TR_TABLE_LR, "head_lr": TR_HEAD_LR, "distil": TR_DISTIL, "cls": TR_CLS, "seed": SEED,
+           "token_dropout": TR_TOKEN_DROPOUT, "patience": TR_PATIENCE}
     student, st_info = train_student(ex, T, y, va_sets, labels, work, cfg)
     metrics["student"] = st_info
 
@@ -566,9 +659,9 @@ def main():
     X_va = np.vstack([emb[va], np.stack([emb_o[r] for r in va_o])])
     Y_va = np.vstack([y[va], y[va_o]])
     mu, sd = X_tr.mean(0), X_tr.std(0) + 1e-6
-    (score, c_best, cw_best, w_z, b_z, _), grid = v1.select_and_fit(
-        "embedding-LR", v1.fit_ovr, (X_tr - mu) / sd, Y_tr, (X_va - mu) / sd, Y_va, labels, v1.C_GRID,
-        [None, "balanced"])
+    n_va_m = len(va)
+    (c_best, cw_best, ow_best, w_z, b_z), grid = select_head((X_tr - mu) / sd, Y_tr, len(tr), (X_va - mu) / sd,
+                                                             Y_va, n_va_m, labels)
     w = w_z / sd[None, :]
     b = b_z - w_z @ (mu / sd)
     v1.export_head(w, b, out / "head.onnx")
@@ -615,8 +708,9 @@ def main():
     metrics["head"] = {
         "type": "Gemm + Sigmoid: one-vs-rest L2 logistic regression (L-BFGS) on standardised int8 embeddings of "
                 "the training messages and training originals (standardisation folded into the Gemm); C and "
-                "class weight chosen, thresholds tuned, on validation messages + originals pooled",
-        "selected": {"C": c_best, "class_weight": cw_best}, "grid": grid,
+                "class weight and the weight of the originals chosen on validation (micro + macro F1 of the messages plus "
+                "micro + macro F1 of the originals), thresholds tuned on validation messages + originals pooled",
+        "selected": {"C": c_best, "class_weight": cw_best, "originals_weight": ow_best}, "grid": grid,
         "thresholds": dict(zip(labels, [float(t) for t in thr])),
         "train_rows": int(len(X_tr)), "validation_rows": int(len(X_va)),
     }
@@ -658,6 +752,10 @@ def main():
     b_idx = common.stratified_sample(strata, BASE_DATA_ROWS, SEED + 3)
     common.save_base_data(out / "base_data.safetensors", X_tr[b_idx], Y_tr[b_idx])
     metrics["base_data"] = {"rows": int(len(b_idx)), "originals": int((b_idx >= len(tr)).sum())}
+    nov, nov_thr = drift_novelty(X_tr[b_idx], Y_tr[b_idx])
+    metrics["drift_check"] = drift_check(nov, nov_thr, lambda ts: embed_batched(s8, [e.ids for e in tok.encode_batch(ts)]),
+                                         texts)
+    log(f"drift check (as tests/drift.rs): {metrics['drift_check']}")
 
     metrics["sizes_bytes"] = {f: (out / f).stat().st_size for f in
                               ["backbone.onnx", "head.onnx", "tokenizer.json", "base_data.safetensors"]}
@@ -670,7 +768,9 @@ def main():
         "format": 1, "name": NAME, "version": VERSION, "task": "text-classification", "multi_label": True,
         "description": "35 humanitarian categories of a written crisis report, in the language it is written in "
                        "(USE multilingual v3 distilled into the 1.1.0 embedding space; static int8)",
-        "backbone": {"file": "backbone.onnx", "output": "embedding", "embedding_dim": EMBED_DIM},
+        # batch_independent: static quantisation, padding masked out: the agent may batch reports
+        "backbone": {"file": "backbone.onnx", "output": "embedding", "embedding_dim": EMBED_DIM,
+                     "batch_independent": True},
         "head": {"file": "head.onnx", "input": "embedding", "output": "scores"},
         "labels": labels,
         "thresholds": [float(t) for t in thr],

@@ -34,6 +34,12 @@ pub fn drift(d: &ModelDrift) -> String {
         d.latest.items,
         d.windows
     );
+    if !d.latest.languages.is_empty() {
+        line.push_str(&format!(
+            "\n  latest window by language: {}",
+            crate::drift::describe_languages(&d.latest.languages)
+        ));
+    }
     if let Some(a) = &d.last_alert {
         let list = |v: &[(String, usize)]| {
             v.iter()

@@ -36,6 +36,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "0006_item_language.sql",
         include_str!("../../migrations/agent/0006_item_language.sql"),
     ),
+    (
+        7,
+        "0007_drift_languages.sql",
+        include_str!("../../migrations/agent/0007_drift_languages.sql"),
+    ),
 ];
 
 /// Applies every agent migration newer than the database.

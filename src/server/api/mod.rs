@@ -532,6 +532,9 @@ async fn drift_upload(
         .map_err(|e| bad(format!("body is not zstd-compressed: {e}")))?;
     let up: protocol::DriftUpload = serde_json::from_slice(&raw)
         .map_err(|e| bad(format!("body is not a drift upload: {e}")))?;
+    for (_, w) in &up.windows {
+        w.check_languages().map_err(bad)?;
+    }
     let up_to = up.windows.iter().map(|w| w.0).max().unwrap_or(0);
     let store = st.store.clone();
     let id = device_id.clone();

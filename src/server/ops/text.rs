@@ -132,6 +132,14 @@ pub fn drift(all: &[DeviceDrift]) -> String {
             w.items,
             cause
         );
+        if !w.languages.is_empty() {
+            let _ = writeln!(
+                s,
+                "{:<16} by language: {}",
+                "",
+                crate::drift::describe_languages(&w.languages)
+            );
+        }
     }
     let mut groups: BTreeMap<(&str, &str), [usize; 3]> = BTreeMap::new();
     for d in all {

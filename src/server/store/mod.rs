@@ -106,6 +106,11 @@ pub const SERVER_MIGRATIONS: &[(u32, &str, &str)] = &[
         "server/0009_tasks.sql",
         include_str!("../../../migrations/server/0009_tasks.sql"),
     ),
+    (
+        10,
+        "server/0010_drift_languages.sql",
+        include_str!("../../../migrations/server/0010_drift_languages.sql"),
+    ),
 ];
 
 /// Errors of the server store.

@@ -73,6 +73,11 @@ pub const POSTGRES_MIGRATIONS: &[(u32, &str, &str)] = &[
         "server-postgres/0009_tasks.sql",
         include_str!("../../../migrations/server-postgres/0009_tasks.sql"),
     ),
+    (
+        10,
+        "server-postgres/0010_drift_languages.sql",
+        include_str!("../../../migrations/server-postgres/0010_drift_languages.sql"),
+    ),
 ];
 
 type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
@@ -746,8 +751,9 @@ impl DriftStore for PostgresServerStore {
         let mut tx = c.transaction()?;
         let st = tx.prepare(
             "INSERT INTO drift_windows (device_id, window_id, model_name, model_version, items, novel, score,
-                 state, top_score_psi, label_psi, novel_labels, novel_folders, started_at, ended_at, received_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                 state, top_score_psi, label_psi, novel_labels, novel_folders, started_at, ended_at, received_at,
+                 languages)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
              ON CONFLICT (device_id, window_id) DO NOTHING",
         )?;
         let at = now();
@@ -771,6 +777,7 @@ impl DriftStore for PostgresServerStore {
                     &w.started_at,
                     &w.ended_at,
                     &at,
+                    &serde_json::to_string(&w.languages).unwrap_or_default(),
                 ],
             )? as usize;
         }
@@ -782,7 +789,7 @@ impl DriftStore for PostgresServerStore {
         let rows = self.conn()?.query(
             "SELECT d.name, d.device_group, w.model_name, w.model_version, w.items, w.novel, w.score, w.state,
                     w.top_score_psi, w.label_psi, w.novel_labels, w.novel_folders, w.started_at, w.ended_at,
-                    w.device_id
+                    w.device_id, w.languages
              FROM drift_windows w JOIN devices d ON d.device_id = w.device_id
              ORDER BY d.name, w.model_name, w.window_id DESC",
             &[],
@@ -807,6 +814,7 @@ impl DriftStore for PostgresServerStore {
                     novel_folders: serde_json::from_str(&folders).unwrap_or_default(),
                     started_at: r.get(12),
                     ended_at: r.get(13),
+                    languages: serde_json::from_str(&r.get::<_, String>(15)).unwrap_or_default(),
                 },
             )
         });
@@ -823,7 +831,7 @@ impl DriftStore for PostgresServerStore {
             .conn()?
             .query(
                 "SELECT model_name, model_version, items, novel, score, state, top_score_psi, label_psi,
-                        novel_labels, novel_folders, started_at, ended_at
+                        novel_labels, novel_folders, started_at, ended_at, languages
                  FROM drift_windows WHERE device_id = $1 ORDER BY window_id DESC LIMIT $2",
                 &[&device_id, &limit],
             )?
@@ -845,6 +853,7 @@ impl DriftStore for PostgresServerStore {
                     novel_folders: serde_json::from_str(&folders).unwrap_or_default(),
                     started_at: r.get(10),
                     ended_at: r.get(11),
+                    languages: serde_json::from_str(&r.get::<_, String>(12)).unwrap_or_default(),
                 }
             })
             .collect())

@@ -592,8 +592,9 @@ impl DriftStore for SqliteServerStore {
         {
             let mut st = tx.prepare_cached(
                 "INSERT INTO drift_windows (device_id, window_id, model_name, model_version, items, novel, score,
-                     state, top_score_psi, label_psi, novel_labels, novel_folders, started_at, ended_at, received_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                     state, top_score_psi, label_psi, novel_labels, novel_folders, started_at, ended_at, received_at,
+                     languages)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
                  ON CONFLICT (device_id, window_id) DO NOTHING",
             )?;
             let at = now();
@@ -613,7 +614,8 @@ impl DriftStore for SqliteServerStore {
                     serde_json::to_string(&w.novel_folders).unwrap_or_default(),
                     w.started_at,
                     w.ended_at,
-                    at
+                    at,
+                    serde_json::to_string(&w.languages).unwrap_or_default()
                 ])?;
             }
         }
@@ -626,7 +628,7 @@ impl DriftStore for SqliteServerStore {
         let mut st = conn.prepare(
             "SELECT d.name, d.device_group, w.model_name, w.model_version, w.items, w.novel, w.score, w.state,
                     w.top_score_psi, w.label_psi, w.novel_labels, w.novel_folders, w.started_at, w.ended_at,
-                    w.device_id
+                    w.device_id, w.languages
              FROM drift_windows w JOIN devices d ON d.device_id = w.device_id
              ORDER BY d.name, w.model_name, w.window_id DESC",
         )?;
@@ -650,6 +652,7 @@ impl DriftStore for SqliteServerStore {
                     novel_folders: serde_json::from_str(&folders).unwrap_or_default(),
                     started_at: r.get(12)?,
                     ended_at: r.get(13)?,
+                    languages: serde_json::from_str(&r.get::<_, String>(15)?).unwrap_or_default(),
                 },
             ))
         })?;
@@ -665,7 +668,7 @@ impl DriftStore for SqliteServerStore {
         let conn = self.conn();
         let mut st = conn.prepare(
             "SELECT model_name, model_version, items, novel, score, state, top_score_psi, label_psi,
-                    novel_labels, novel_folders, started_at, ended_at
+                    novel_labels, novel_folders, started_at, ended_at, languages
              FROM drift_windows WHERE device_id = ?1 ORDER BY window_id DESC LIMIT ?2",
         )?;
         let rows = st.query_map(params![device_id, limit as i64], |r| {
@@ -685,6 +688,7 @@ impl DriftStore for SqliteServerStore {
                 novel_folders: serde_json::from_str(&folders).unwrap_or_default(),
                 started_at: r.get(10)?,
                 ended_at: r.get(11)?,
+                languages: serde_json::from_str(&r.get::<_, String>(12)?).unwrap_or_default(),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

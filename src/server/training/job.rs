@@ -401,6 +401,7 @@ mod tests {
             novel_folders: vec![],
             started_at: "2026-11-28T00:00:00Z".into(),
             ended_at: "2026-11-28T00:01:00Z".into(),
+            languages: vec![],
         }
     }
 
