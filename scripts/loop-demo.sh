@@ -117,7 +117,7 @@ fi
 PORT=$(free_port)
 start_server
 mkdir -p "$AGENT_DATA"
-cp "$SERVER_DATA/repo/metadata/1.root.json" "$AGENT_DATA/root.json"
+cp "$SERVER_DATA/repo/tuf/1.root.json" "$AGENT_DATA/root.json"
 CODE=$(server devices add --name laptop-1 --group north | awk 'length($1) == 24 && gsub(/-/, "-", $1) == 4 {print $1}' | head -n1)
 [ -n "$CODE" ] || fail "no enrollment code from 'outpost-server devices add'"
 agent enroll "http://127.0.0.1:$PORT" "$CODE"

@@ -5,8 +5,14 @@
 //! served by Python's `http.server` in another process, is accepted by the agent's TUF
 //! client over HTTP, and the files it downloads are the signed ones.
 //!
+//! The other way round: a real `outpost-server` process publishes, rotates a key and
+//! withdraws a release; python-tuf's `ngclient` refreshes from its `/v1/tuf/` repository
+//! at each step and downloads a bundle file, whose bytes are the published ones.
+//!
 //! Skipped with a message when the venv cannot be made, unless `OUTPOST_REQUIRE_TUF=1`
 //! (set by scripts/test.sh).
+
+mod common;
 
 use outpost::update::tuf_client::{self, Downloaded};
 use std::path::{Path, PathBuf};
@@ -168,4 +174,135 @@ async fn a_repository_signed_by_python_tuf_is_accepted_over_http() {
     .await
     .unwrap_err();
     assert_eq!(err.kind(), outpost::trust::tuf::TufErrorKind::Hash, "{err}");
+}
+
+/// Runs `ngclient_read.py`: what python-tuf's client verified, or its refusal.
+fn ngclient(
+    python: &Path,
+    server: &str,
+    client: &Path,
+    root: &Path,
+    paths: &[&str],
+) -> serde_json::Value {
+    let out = Command::new(python)
+        .arg(repo_dir().join("tests/fixtures/tuf_interop/ngclient_read.py"))
+        .arg(format!("{server}/v1/tuf/metadata/"))
+        .arg(format!("{server}/v1/tuf/targets/"))
+        .arg(client)
+        .arg(root)
+        .args(paths)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ngclient refused the server's repository: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn server_ok(data: &Path, args: &[&str]) {
+    let (c, out, err) = common::server_cmd(data, args);
+    assert_eq!(c, 0, "outpost-server {args:?}: {out}{err}");
+}
+
+#[test]
+fn python_tufs_ngclient_reads_the_servers_repository_through_rotation_and_withdrawal() {
+    let Some(python) = python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let root_keys = tmp.path().join("offline-root-keys");
+    let root_keys_arg = root_keys.to_str().unwrap();
+    server_ok(&data, &["keys", "init", "--root-keys-dir", root_keys_arg]);
+    let v1 = tmp.path().join("colours-1.0.0");
+    common::make_image_bundle(&v1, "colours", "1.0.0");
+    let v1_arg = v1.to_str().unwrap();
+    server_ok(
+        &data,
+        &[
+            "models",
+            "publish",
+            v1_arg,
+            "--group",
+            "north",
+            "--percent",
+            "20",
+        ],
+    );
+    let server = common::ServerProcess::start(&data, common::free_port());
+
+    // The operator's pin: the first TUF root, handed over out of band.
+    let root = tmp.path().join("pinned-root.json");
+    std::fs::copy(data.join("repo/tuf/1.root.json"), &root).unwrap();
+    let client = tmp.path().join("ngclient");
+    let head = "models/colours/1.0.0/head.onnx";
+    let manifest = "models/colours/1.0.0/manifest.json";
+    let got = ngclient(&python, &server.url, &client, &root, &[head, manifest]);
+    let file = got["targets"][head]["file"].as_str().unwrap();
+    assert_eq!(
+        std::fs::read(file).unwrap(),
+        std::fs::read(v1.join("head.onnx")).unwrap(),
+        "ngclient downloaded the published head"
+    );
+    let release = &got["targets"][manifest]["custom"]["outpost"];
+    assert_eq!(release["model"], "colours");
+    assert_eq!(release["files"]["head.onnx"], head);
+    assert_eq!(
+        release["rollouts"],
+        serde_json::json!([{"channel": "stable", "groups": ["north"], "percent": 20, "withdrawn": false}])
+    );
+
+    // Only the snapshot key rotated (root v2), then a new release: ngclient walks to root
+    // v2 and recovers from the key change on its own (TUF 5.3.11).
+    server_ok(
+        &data,
+        &[
+            "keys",
+            "rotate",
+            "--root-keys-dir",
+            root_keys_arg,
+            "--role",
+            "snapshot",
+        ],
+    );
+    let v2 = tmp.path().join("colours-1.1.0");
+    common::make_image_bundle(&v2, "colours", "1.1.0");
+    server_ok(&data, &["models", "publish", v2.to_str().unwrap()]);
+    server_ok(&data, &["models", "withdraw", "colours", "1.0.0"]);
+    let head2 = "models/colours/1.1.0/head.onnx";
+    let got = ngclient(&python, &server.url, &client, &root, &[head2, manifest]);
+    assert_eq!(got["root_version"], 2, "{got}");
+    let file = got["targets"][head2]["file"].as_str().unwrap();
+    assert_eq!(
+        std::fs::read(file).unwrap(),
+        std::fs::read(v2.join("head.onnx")).unwrap()
+    );
+    assert_eq!(
+        got["targets"][manifest]["custom"]["outpost"]["rollouts"][0]["withdrawn"], true,
+        "the withdrawal is signed in targets custom"
+    );
+
+    // The agent's own TUF client reads the same repository.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let meta = tmp.path().join("agent/metadata");
+    tuf_client::init(&meta, &std::fs::read(&root).unwrap()).unwrap();
+    let got = rt
+        .block_on(tuf_client::download(
+            &meta,
+            &format!("{}/v1/tuf/metadata/", server.url),
+            &[head2.to_string()],
+            &format!("{}/v1/tuf/targets/", server.url),
+            &tmp.path().join("agent/targets"),
+        ))
+        .unwrap();
+    let Downloaded::Fetched(f) = &got[0] else {
+        panic!("{got:?}")
+    };
+    assert_eq!(
+        std::fs::read(f).unwrap(),
+        std::fs::read(v2.join("head.onnx")).unwrap()
+    );
 }

@@ -13,7 +13,7 @@ mod evil;
 #[path = "common/update.rs"]
 mod upd;
 
-use outpost::trust::{parse, rollout_bucket, sign, Signed, Targets, Timestamp};
+use outpost::trust::rollout_bucket;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use upd::{strings, Env};
@@ -33,10 +33,6 @@ fn expect_refusal(env: &Env, extra_env: &[(&str, &str)], words: &[&str], version
     env.assert_serving(version);
     eprintln!("refused as expected: {msg}");
     msg
-}
-
-fn repo_meta(env: &Env, name: &str) -> std::path::PathBuf {
-    env.repo().join("metadata").join(name)
 }
 
 #[test]
@@ -64,10 +60,12 @@ fn tampered_file_is_refused() {
 fn metadata_signed_by_a_wrong_key_is_refused() {
     let env = Env::new();
     env.publish("1.1.0", 3.0, 3.0, 0);
-    let p = repo_meta(&env, "targets.json");
-    let t: Signed<Targets> = parse(&std::fs::read(&p).unwrap()).unwrap();
-    let forged = sign(t.signed, &[&outpost::trust::SigningKey::generate()]);
-    std::fs::write(&p, serde_json::to_vec(&forged).unwrap()).unwrap();
+    // Targets signed by a key root does not list, pinned by a snapshot and timestamp
+    // re-signed with the real keys (so the signature check is the one that refuses).
+    let (_, tg) = env.tuf_current();
+    let signed = env.tuf_signed(&tg);
+    env.tuf_write(&tg, &signed, &outpost::trust::SigningKey::generate());
+    env.tuf_repin();
     expect_refusal(
         &env,
         &[],
@@ -80,6 +78,8 @@ fn metadata_signed_by_a_wrong_key_is_refused() {
 #[test]
 fn metadata_signed_by_a_revoked_key_is_refused() {
     let env = Env::new();
+    let (c, r, _) = env.update_json(&[]);
+    assert_eq!(c, 0, "{r}");
     // Root v2 revokes the targets key (a new one replaces it) but the server keeps signing
     // with the old one, as a thief of the old key would.
     let r2 = env.rotate("targets", 2, false);
@@ -96,6 +96,9 @@ fn metadata_signed_by_a_revoked_key_is_refused() {
 #[test]
 fn root_below_threshold_is_refused() {
     let env = Env::new();
+    // Online once: the agent is on TUF; the next root comes through the TUF root walk.
+    let (c, r, _) = env.update_json(&[]);
+    assert_eq!(c, 0, "{r}");
     // Root v2 signed by 1 of the 3 root keys; the threshold is 2.
     let r2 = env.rotate("timestamp", 1, true);
     env.write_root(&r2);
@@ -111,37 +114,27 @@ fn root_below_threshold_is_refused() {
 #[test]
 fn older_metadata_offered_again_is_refused() {
     let env = Env::new();
-    let meta = env.repo().join("metadata");
-    let saved: Vec<(String, Vec<u8>)> = ["timestamp.json", "snapshot.json", "targets.json"]
-        .iter()
-        .map(|n| (n.to_string(), std::fs::read(meta.join(n)).unwrap()))
-        .collect();
+    let saved = std::fs::read(env.tuf("timestamp.json")).unwrap();
     env.publish("1.1.0", 3.0, 3.0, 0);
     let (c, r, _) = env.update_json(&[]);
     assert_eq!(c, 0, "{r}");
     env.assert_serving("1.1.0");
     // The attacker serves the older state, where 1.0.0 is the newest release.
-    for (n, b) in &saved {
-        std::fs::write(meta.join(n), b).unwrap();
-    }
+    std::fs::write(env.tuf("timestamp.json"), saved).unwrap();
     expect_refusal(
         &env,
         &[],
-        &["rollback refused", "timestamp version 1"],
+        &["timestamp version 1 refused", "older than the trusted 2"],
         "1.1.0",
     );
 }
 
 fn expired_timestamp(env: &Env, ago_secs: i64) {
-    let p = repo_meta(env, "timestamp.json");
-    let mut t: Signed<Timestamp> = parse(&std::fs::read(&p).unwrap()).unwrap();
+    let mut t = env.tuf_signed("timestamp.json");
     let when = time::OffsetDateTime::now_utc() - time::Duration::seconds(ago_secs);
-    t.signed.expires = when
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap();
-    t.signed.version += 1;
-    let signed = sign(t.signed, &[&env.online_key("timestamp")]);
-    std::fs::write(&p, serde_json::to_vec(&signed).unwrap()).unwrap();
+    t["expires"] = outpost::trust::tuf::metadata::format_expires(when).into();
+    t["version"] = (t["version"].as_u64().unwrap() + 1).into();
+    env.tuf_write("timestamp.json", &t, &env.online_key("timestamp"));
 }
 
 #[test]
@@ -181,15 +174,15 @@ fn a_clock_far_ahead_stops_updates_but_never_the_current_model() {
 #[test]
 fn files_of_two_releases_mixed_are_refused() {
     let env = Env::new();
-    let meta = env.repo().join("metadata");
-    let old_snapshot = std::fs::read(meta.join("snapshot.json")).unwrap();
+    let old_snapshot = std::fs::read(env.tuf("1.snapshot.json")).unwrap();
     env.publish("1.1.0", 3.0, 3.0, 0);
     // Metadata mix: the new timestamp with the old snapshot.
-    std::fs::write(meta.join("snapshot.json"), &old_snapshot).unwrap();
+    let (sn, _) = env.tuf_current();
+    std::fs::write(env.tuf(&sn), &old_snapshot).unwrap();
     expect_refusal(
         &env,
         &[],
-        &["snapshot metadata does not match what timestamp pins"],
+        &["snapshot.json", "signed metadata says"],
         "1.0.0",
     );
     // File mix: the new release's head replaced by the old release's head.
@@ -221,8 +214,10 @@ fn a_file_larger_than_signed_is_cut_at_the_signed_length() {
 #[test]
 fn a_root_rotation_missed_offline_is_walked_one_version_at_a_time() {
     let env = Env::new();
+    let (c, r, _) = env.update_json(&[]);
+    assert_eq!(c, 0, "online once: {r}");
     // While the laptop is away: root v2 rotates the timestamp key, v3 the targets and
-    // snapshot keys (each signed by the root keys); the server signs with the new keys.
+    // v4 the snapshot key (each signed by the root keys); the server signs with the new keys.
     let r2 = env.rotate("timestamp", 2, true);
     env.write_root(&r2);
     let r3 = env.rotate("targets", 2, true);

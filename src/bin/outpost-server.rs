@@ -217,7 +217,7 @@ fn keys(
                 root_keys_dir.display()
             );
             outln!(
-                "pin this root on the agents: metadata/root.json in {} (also served at <server URL>/v1/metadata/1.root.json)",
+                "pin this root on the agents: tuf/1.root.json in {} (TUF 1.0; also served at <server URL>/v1/tuf/metadata/1.root.json)",
                 repo.blobs().url()
             );
         }

@@ -21,6 +21,7 @@
 //! TUF specification so they can be reviewed against it.
 
 pub mod client;
+pub mod releases;
 pub mod tuf;
 
 use base64::Engine;

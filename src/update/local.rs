@@ -330,8 +330,12 @@ impl Installed {
                     "{name} names {target}, which targets does not list"
                 ))
             })?;
-            if target != &format!("sha256/{}", entry.sha256) {
-                return Err(refuse(format!("{target} is not addressed by its sha256")));
+            // The blob store is keyed by the signed sha256 (every file is checked against
+            // it before it enters the store): it must be one.
+            let hex =
+                entry.sha256.len() == 64 && entry.sha256.bytes().all(|b| b.is_ascii_hexdigit());
+            if !hex {
+                return Err(refuse(format!("{target} has no valid signed sha256")));
             }
             let blob = self.blob_path(&entry.sha256);
             if !blob.is_file() {

@@ -4,13 +4,14 @@
 //! channel should run, over a link that comes and goes, without ever trusting the network
 //! and without ever being left with no working model. The steps, in order:
 //!
-//! 1. **Metadata** ([`trust_store`]): the agent's [`TrustedState`] starts from the root the
-//!    operator pinned (`update.root` in the config) and is kept on disk under
-//!    `<data_dir>/trust/`. Each check walks the root chain one version at a time
-//!    (`N.root.json`, so a rotation missed while offline for weeks is applied in order),
-//!    then timestamp, snapshot and targets, with every signature, threshold, version and
-//!    expiry rule of [`crate::trust::client`]. Anything refused is recorded with its reason
-//!    and nothing is installed.
+//! 1. **Metadata** ([`verified`]): TUF 1.0, the specification's client workflow
+//!    ([`crate::trust::tuf`]), from the root the operator pinned (`update.root` in the
+//!    config), kept on disk under `<data_dir>/trust/tuf/`. Each check walks the root chain
+//!    one version at a time (`N.root.json`, so a rotation missed while offline for weeks is
+//!    applied in order), then timestamp, snapshot and targets, with every signature,
+//!    threshold, version, hash, length and expiry rule. A pin in the format before TUF
+//!    moves to TUF through a TUF root signed by its root keys. Anything refused is recorded
+//!    with its reason and nothing is installed.
 //! 2. **Choice** ([`targeting`]): the newest release for the configured channel (default
 //!    `stable`), the group from the server's *signed* answer to this device's own report,
 //!    and the device id the agent enrolled with; never lower than the active version unless
@@ -53,12 +54,12 @@ pub mod targeting;
 pub mod trust_store;
 pub mod tuf_client;
 pub mod usb;
+pub mod verified;
 
 pub use active::ActiveModels;
 pub use local::Installed;
 pub use run::{check_and_install, UpdateOptions, UpdateReport};
 
-use crate::trust::client::TrustedState;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -104,11 +105,14 @@ pub enum UpdateError {
     /// Metadata refused.
     #[error("update metadata refused: {0}")]
     Trust(#[from] crate::trust::TrustError),
+    /// TUF metadata refused.
+    #[error("update metadata refused: {0}")]
+    Tuf(crate::trust::tuf::TufError),
     /// Metadata refused, with a hint that the device clock may be wrong.
     #[error("update metadata refused: {source}; the device clock may be wrong (it is {offset_secs} s off the server's): fix the clock; the current model keeps serving")]
     Clock {
         /// The refusal.
-        source: crate::trust::TrustError,
+        source: crate::trust::tuf::TufError,
         /// Server clock minus device clock.
         offset_secs: i64,
     },
@@ -212,13 +216,9 @@ pub(crate) fn pause_point(data_dir: &Path, point: &str) {
     }
 }
 
-/// Every model name the trusted targets has a release for.
-pub fn release_models(state: &TrustedState) -> Vec<String> {
-    let mut v: Vec<String> = state
-        .targets
-        .as_ref()
-        .map(|t| t.signed.releases.iter().map(|r| r.model.clone()).collect())
-        .unwrap_or_default();
+/// Every model name the verified targets has a release for.
+pub fn release_models(targets: &crate::trust::Targets) -> Vec<String> {
+    let mut v: Vec<String> = targets.releases.iter().map(|r| r.model.clone()).collect();
     v.sort();
     v.dedup();
     v

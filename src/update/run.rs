@@ -3,13 +3,13 @@
 
 use super::local::{self, Installed};
 use super::targeting::{self, Choice, Device};
-use super::{clock_now, io, trust_store, ActiveModels, UpdateError, UpdateLimits};
+use super::{clock_now, io, verified, ActiveModels, UpdateError, UpdateLimits};
 use crate::model::pool::SessionOptions;
 use crate::protocol::{DeviceModel, DeviceModelsReport, DeviceStatus, ModelFailure};
 use crate::store::Store;
 use crate::sync::SyncClient;
-use crate::trust::client::TrustedState;
-use crate::trust::{Release, Targets, TrustError};
+use crate::trust::tuf::TufError;
+use crate::trust::{Release, Targets};
 use rusqlite::params;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -260,82 +260,28 @@ fn clock_skew(client: &SyncClient) -> i64 {
     crate::clock::unix_now() + client.clock_offset() - clock_now().unix_timestamp()
 }
 
-fn trust_refusal(e: TrustError, offset: i64) -> UpdateError {
-    if matches!(e, TrustError::Expired { .. }) && offset.abs() > 300 {
-        UpdateError::Clock {
-            source: e,
-            offset_secs: offset,
+fn trust_refusal(e: UpdateError, offset: i64) -> UpdateError {
+    match e {
+        UpdateError::Tuf(e @ TufError::Expired { .. }) if offset.abs() > 300 => {
+            UpdateError::Clock {
+                source: e,
+                offset_secs: offset,
+            }
         }
-    } else {
-        UpdateError::Trust(e)
+        e => e,
     }
 }
 
-async fn get_bytes(client: &SyncClient, path: &str) -> Result<Option<Vec<u8>>, UpdateError> {
-    let res = client.get(path, None, Duration::from_secs(60)).await?;
-    if res.status() == reqwest::StatusCode::NOT_FOUND {
-        return Ok(None);
-    }
-    if !res.status().is_success() {
-        return Err(crate::sync::error_from(res).await.into());
-    }
-    // Metadata is small; refuse an endless answer.
-    const MAX_META: usize = 16 << 20;
-    let what = format!("metadata {path}");
-    Ok(Some(
-        crate::sync::read_limited(res, MAX_META, client.server_url(), &what).await?,
-    ))
-}
-
-/// Walks the root chain and refreshes timestamp, snapshot and targets from the server.
+/// Refreshes the TUF metadata from the server ([`verified::refresh`]) and says when a
+/// refusal may come from a wrong device clock.
 pub async fn refresh_metadata(
     client: &SyncClient,
-    state: &mut TrustedState,
+    pinned_root: &Path,
     data_dir: &Path,
-) -> Result<(), UpdateError> {
-    let clock = clock_now();
-    loop {
-        let next = state.root.signed.version + 1;
-        let Some(bytes) = get_bytes(client, &format!("/v1/metadata/{next}.root.json")).await?
-        else {
-            break;
-        };
-        state
-            .update_root(&bytes)
-            .map_err(|e| trust_refusal(e, clock_skew(client)))?;
-        tracing::info!(version = next, "root metadata rotated");
-        trust_store::save(state, data_dir)?;
-    }
-    let offset = clock_skew(client);
-    state
-        .check_root(clock)
-        .map_err(|e| trust_refusal(e, offset))?;
-    let missing = |name: &str| {
-        UpdateError::Trust(TrustError::Malformed {
-            role: name.into(),
-            reason: "the server has none (nothing published yet?)".into(),
-        })
-    };
-    let ts = get_bytes(client, "/v1/metadata/timestamp.json")
-        .await?
-        .ok_or_else(|| missing("timestamp"))?;
-    state
-        .update_timestamp(&ts, clock)
-        .map_err(|e| trust_refusal(e, offset))?;
-    let sn = get_bytes(client, "/v1/metadata/snapshot.json")
-        .await?
-        .ok_or_else(|| missing("snapshot"))?;
-    state
-        .update_snapshot(&sn, clock)
-        .map_err(|e| trust_refusal(e, offset))?;
-    let tg = get_bytes(client, "/v1/metadata/targets.json")
-        .await?
-        .ok_or_else(|| missing("targets"))?;
-    state
-        .update_targets(&tg, clock)
-        .map_err(|e| trust_refusal(e, offset))?;
-    trust_store::save(state, data_dir)?;
-    Ok(())
+) -> Result<verified::Verified, UpdateError> {
+    verified::refresh(client, pinned_root, data_dir, clock_now())
+        .await
+        .map_err(|e| trust_refusal(e, clock_skew(client)))
 }
 
 /// Downloads (if `client`), stages, validates, commits, switches and health-checks one
@@ -453,19 +399,16 @@ pub async fn install_release(
 pub async fn apply_targets(
     opts: &UpdateOptions,
     installed: &Installed,
-    state: &TrustedState,
+    targets: &Targets,
     device: &Device<'_>,
     client: Option<&SyncClient>,
     active: Option<&ActiveModels>,
     report: &mut UpdateReport,
 ) -> Result<(), UpdateError> {
-    let Some(targets) = state.targets.as_ref().map(|t| &t.signed) else {
-        return Ok(());
-    };
     // Files of the releases this device should run: kept by pruning even while their
     // release is not installed yet (a download cut off resumes, it does not start over).
     let mut wanted = std::collections::BTreeSet::new();
-    for model in super::release_models(state) {
+    for model in super::release_models(targets) {
         if let Some(r) = targeting::newest_for(targets, &model, device) {
             for t in r.files.values() {
                 if let Some(e) = targets.targets.get(t) {
@@ -474,7 +417,7 @@ pub async fn apply_targets(
             }
         }
     }
-    for model in super::release_models(state) {
+    for model in super::release_models(targets) {
         let st = installed.state(&model);
         let current = installed.active(&model);
         if let Some(p) = &st.pinned {
@@ -567,26 +510,27 @@ pub async fn check_and_install(
             None
         }
     };
-    let mut state = trust_store::load(&root, &opts.data_dir)?;
     let mut out = UpdateReport::default();
-    let refreshed = refresh_metadata(&client, &mut state, &opts.data_dir).await;
-    out.root_version = state.root.signed.version;
-    if let Err(e) = refreshed {
-        if !e.is_transient() {
-            record(&opts.database, "", None, "refused", &e.to_string())?;
-            let _ = report(&client, &opts.database, &installed, None).await;
+    let verified = match refresh_metadata(&client, &root, &opts.data_dir).await {
+        Ok(v) => v,
+        Err(e) => {
+            if !e.is_transient() {
+                record(&opts.database, "", None, "refused", &e.to_string())?;
+                let _ = report(&client, &opts.database, &installed, None).await;
+            }
+            set_last(&opts.database, Err(&e));
+            return Err(e);
         }
-        set_last(&opts.database, Err(&e));
-        return Err(e);
-    }
-    out.targets_version = state.targets.as_ref().map(|t| t.signed.version);
+    };
+    out.root_version = verified.root_version;
+    out.targets_version = Some(verified.targets.version);
     // Targeting: the device id the agent enrolled with, the group only from a signed answer
     // (checked against the root just refreshed), never the plain JSON of the answer.
     let device_id = client.device_id().to_string();
     let answer = status.as_ref().map(|s| (s, challenge.as_str()));
     let group = confirm_group(
         &opts.database,
-        &state.root.signed,
+        &verified.assignment_root,
         &device_id,
         answer,
         &mut out,
@@ -599,7 +543,7 @@ pub async fn check_and_install(
     let result = apply_targets(
         opts,
         &installed,
-        &state,
+        &verified.targets,
         &device,
         Some(&client),
         active,

@@ -1,5 +1,8 @@
-//! The agent's trusted metadata on disk (`<data_dir>/trust/`): the newest accepted root,
-//! timestamp, snapshot and targets, and the time floor. The root the operator pinned in
+//! The agent's trusted metadata in the repository's own format (before TUF) on disk
+//! (`<data_dir>/trust/`): the newest accepted root, timestamp, snapshot and targets, and the
+//! time floor. Online updates read TUF ([`super::verified`]); this format still verifies
+//! USB update files, and its root chain is walked once, to move an agent pinned to it onto
+//! TUF ([`walk_legacy_roots`]). The root the operator pinned in
 //! the config is always the starting point; a newer root on disk is used only if it is
 //! still signed by a threshold of its own keys (it was accepted through the chain before).
 //!
@@ -127,4 +130,35 @@ pub fn save(state: &TrustedState, data_dir: &Path) -> Result<(), UpdateError> {
 /// The trust folder.
 pub fn dir(data_dir: &Path) -> PathBuf {
     super::trust_dir(data_dir)
+}
+
+/// Walks the root chain of the repository's own format from the pinned root (and what was
+/// accepted before) through `/v1/metadata/N.root.json`, one version at a time, each signed
+/// by a threshold of the previous root's keys and its own; saves and returns the newest.
+/// Used once, to move the agent onto TUF ([`super::verified`]).
+pub async fn walk_legacy_roots(
+    client: &crate::sync::SyncClient,
+    pinned_root: &Path,
+    data_dir: &Path,
+) -> Result<Root, UpdateError> {
+    let mut state = load(pinned_root, data_dir)?;
+    loop {
+        let next = state.root.signed.version + 1;
+        let path = format!("/v1/metadata/{next}.root.json");
+        let res = client
+            .get(&path, None, std::time::Duration::from_secs(60))
+            .await?;
+        if res.status() == reqwest::StatusCode::NOT_FOUND {
+            break;
+        }
+        if !res.status().is_success() {
+            return Err(crate::sync::error_from(res).await.into());
+        }
+        let what = format!("metadata {path}");
+        let bytes = crate::sync::read_limited(res, 512_000, client.server_url(), &what).await?;
+        state.update_root(&bytes)?;
+        tracing::info!(version = next, "root metadata (format before TUF) rotated");
+        save(&state, data_dir)?;
+    }
+    Ok(state.root.signed)
 }

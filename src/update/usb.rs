@@ -16,20 +16,34 @@
 //! is decided by the same rules as online ([`super::targeting`]), from the signed targets
 //! inside the file, this agent's channel, its verified group and its own device id.
 //!
-//! Format: the line `OUTPOST-UPDATE 1`, one line of JSON ([`Header`]), then each entry's
-//! bytes in order.
+//! Format: the line `OUTPOST-UPDATE 2`, one line of JSON ([`Header`]), then each entry's
+//! bytes in order: `tuf/<file>` (TUF 1.0 metadata, verified by [`crate::trust::tuf`] as
+//! online), `metadata/N.root.json` (roots of the format before TUF, for an agent still
+//! pinned to one: it moves onto TUF from the file alone, [`super::verified`]) and
+//! `targets/sha256/<hash>` (the release's files). Files of version 1 (before TUF) are
+//! refused with what to do.
 
 use super::local::Installed;
 use super::run::{install_release, prepare, UpdateOptions, UpdateReport};
 use super::targeting::{self, Device};
-use super::{clock_now, io, trust_store, ActiveModels, UpdateError};
+use super::tuf_client::DirStore;
+use super::{clock_now, io, trust_store, verified, ActiveModels, UpdateError};
 use crate::store::Store;
-use crate::trust::{parse, Snapshot, Timestamp};
+use crate::trust::releases::releases_from;
+use crate::trust::tuf::metadata::{Envelope, Targets as TufTargets};
+use crate::trust::tuf::trusted::TrustedSet;
+use crate::trust::tuf::updater::{FetchError, Fetcher, Limits, MetadataStore, Updater};
+use crate::trust::tuf::TufError;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::io::{BufRead, Read, Write};
 use std::path::Path;
+use time::OffsetDateTime;
 
-const MAGIC: &str = "OUTPOST-UPDATE 1";
+/// The first line of an update file (version 2: TUF 1.0 metadata).
+const MAGIC: &str = "OUTPOST-UPDATE 2";
+/// Files written before TUF metadata (refused with what to do).
+const OLD_MAGIC: &str = "OUTPOST-UPDATE 1";
 /// Largest header line.
 const MAX_HEADER: u64 = 4 << 20;
 /// Largest metadata entry.
@@ -46,7 +60,7 @@ pub struct Header {
     pub entries: Vec<Entry>,
 }
 
-/// One entry: `metadata/<name>.json` or `targets/sha256/<hash>`.
+/// One entry: `tuf/<name>.json`, `metadata/N.root.json` or `targets/sha256/<hash>`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Entry {
     /// Name.
@@ -62,38 +76,83 @@ fn bad(path: &Path, reason: impl Into<String>) -> UpdateError {
     }
 }
 
+fn read_tuf(tuf: &Path, file: &str) -> Result<(Vec<u8>, serde_json::Value), UpdateError> {
+    let path = tuf.join(file);
+    let bytes = std::fs::read(&path).map_err(io(&path))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| bad(&path, e.to_string()))?;
+    Ok((bytes, v))
+}
+
+fn pinned_version(doc: &serde_json::Value, role: &str, path: &Path) -> Result<u64, UpdateError> {
+    doc["signed"]["meta"][format!("{role}.json")]["version"]
+        .as_u64()
+        .ok_or_else(|| bad(path, format!("pins no {role} version")))
+}
+
 /// Writes the update file for `model` `version` from a server's repository folder
-/// (`<server data>/repo`). Returns the number of bytes written.
+/// (`<server data>/repo`): the TUF metadata chain (every TUF root version, the timestamp
+/// and the snapshot and targets it leads to), the root versions of the format before TUF
+/// (an agent still pinned to it moves onto TUF from the file alone), and the release's
+/// files. Returns the number of bytes written.
 pub fn write(repo: &Path, model: &str, version: &str, out: &Path) -> Result<u64, UpdateError> {
-    let meta = repo.join("metadata");
-    let targets_bytes = std::fs::read(meta.join("targets.json")).map_err(io(&meta))?;
-    let targets = parse::<crate::trust::Targets>(&targets_bytes)?.signed;
-    let release = targets
-        .releases
+    let tuf = repo.join("tuf");
+    let (_, ts) = read_tuf(&tuf, "timestamp.json")?;
+    let sv = pinned_version(&ts, "snapshot", &tuf)?;
+    let (_, sn) = read_tuf(&tuf, &format!("{sv}.snapshot.json"))?;
+    let tv = pinned_version(&sn, "targets", &tuf)?;
+    let (_, tg) = read_tuf(&tuf, &format!("{tv}.targets.json"))?;
+    let targets = TufTargets::from_signed("targets", &tg["signed"]).map_err(UpdateError::Tuf)?;
+    let releases = releases_from(&targets)
+        .map_err(|e| UpdateError::Tuf(TufError::malformed("targets", e.to_string())))?;
+    let mine: Vec<_> = releases
         .iter()
-        .find(|r| r.model == model && r.version == version)
-        .ok_or_else(|| {
-            UpdateError::Refused(format!("{model} {version} is not a published release"))
-        })?;
-    if release.withdrawn {
-        return Err(UpdateError::Refused(format!(
-            "{model} {version} was withdrawn"
-        )));
-    }
+        .filter(|r| r.release.model == model && r.release.version == version)
+        .collect();
+    let release = match mine.iter().find(|r| !r.release.withdrawn) {
+        Some(r) => r,
+        None if mine.is_empty() => {
+            return Err(UpdateError::Refused(format!(
+                "{model} {version} is not a published release"
+            )))
+        }
+        None => {
+            return Err(UpdateError::Refused(format!(
+                "{model} {version} was withdrawn"
+            )))
+        }
+    };
     let mut entries: Vec<(String, std::path::PathBuf)> = Vec::new();
-    let mut n = 1;
-    while meta.join(format!("{n}.root.json")).is_file() {
-        entries.push((
-            format!("metadata/{n}.root.json"),
-            meta.join(format!("{n}.root.json")),
-        ));
-        n += 1;
+    let meta = repo.join("metadata");
+    for n in 1.. {
+        let p = meta.join(format!("{n}.root.json"));
+        if !p.is_file() {
+            break;
+        }
+        entries.push((format!("metadata/{n}.root.json"), p));
     }
-    for m in ["timestamp.json", "snapshot.json", "targets.json"] {
-        entries.push((format!("metadata/{m}"), meta.join(m)));
+    // A repository from before TUF signed its first TUF root at a later root version.
+    let legacy_roots = entries.len();
+    let mut found = false;
+    for n in 1.. {
+        let p = tuf.join(format!("{n}.root.json"));
+        if p.is_file() {
+            entries.push((format!("tuf/{n}.root.json"), p));
+            found = true;
+        } else if found || n > legacy_roots {
+            break;
+        }
+    }
+    for m in [
+        "timestamp.json".to_string(),
+        format!("{sv}.snapshot.json"),
+        format!("{tv}.targets.json"),
+    ] {
+        entries.push((format!("tuf/{m}"), tuf.join(&m)));
     }
     let mut seen = std::collections::BTreeSet::new();
-    for target in release.files.values() {
+    for file in release.files.values() {
+        let target = format!("sha256/{}", file.sha256.to_ascii_lowercase());
         if seen.insert(target.clone()) {
             entries.push((
                 format!("targets/{target}"),
@@ -150,44 +209,72 @@ pub async fn install(
     result
 }
 
-async fn install_inner(
-    opts: &UpdateOptions,
-    installed: &Installed,
-    root: &Path,
-    file: &Path,
-    active: Option<&ActiveModels>,
-    allow_stale: bool,
-) -> Result<UpdateReport, UpdateError> {
-    let f = std::fs::File::open(file).map_err(io(file))?;
-    let mut r = std::io::BufReader::new(f);
+/// What an update file holds, read and bounded but not yet verified.
+struct Entries {
+    /// Root versions of the format before TUF, by file name.
+    legacy: BTreeMap<String, Vec<u8>>,
+    /// TUF metadata, by file name.
+    tuf: BTreeMap<String, Vec<u8>>,
+    /// (sha256, where its bytes were copied).
+    blobs: Vec<(String, std::path::PathBuf)>,
+}
+
+fn read_header(file: &Path, r: &mut impl BufRead) -> Result<Header, UpdateError> {
     let mut magic = String::new();
-    (&mut r).take(64).read_line(&mut magic).map_err(io(file))?;
-    if magic.trim_end() != MAGIC {
-        return Err(bad(file, "not an Outpost update file"));
+    r.by_ref()
+        .take(64)
+        .read_line(&mut magic)
+        .map_err(io(file))?;
+    match magic.trim_end() {
+        MAGIC => {}
+        OLD_MAGIC => {
+            return Err(bad(
+                file,
+                "an update file from a server before TUF metadata: export it again with \
+                 `outpost-server models export-usb` on a current server",
+            ))
+        }
+        _ => return Err(bad(file, "not an Outpost update file")),
     }
     let mut line = String::new();
-    (&mut r)
+    r.by_ref()
         .take(MAX_HEADER)
         .read_line(&mut line)
         .map_err(io(file))?;
-    let header: Header =
-        serde_json::from_str(line.trim_end()).map_err(|e| bad(file, format!("header: {e}")))?;
-    let mut meta = std::collections::BTreeMap::new();
-    let mut blobs = Vec::new();
+    serde_json::from_str(line.trim_end()).map_err(|e| bad(file, format!("header: {e}")))
+}
+
+fn read_meta(file: &Path, r: &mut impl Read, e: &Entry) -> Result<Vec<u8>, UpdateError> {
+    if e.length > MAX_META {
+        return Err(bad(file, format!("{} is too large", e.name)));
+    }
+    let mut b = Vec::with_capacity(e.length as usize);
+    r.by_ref()
+        .take(e.length)
+        .read_to_end(&mut b)
+        .map_err(io(file))?;
+    if b.len() as u64 != e.length {
+        return Err(bad(file, format!("{} is cut short", e.name)));
+    }
+    Ok(b)
+}
+
+fn read_entries(
+    file: &Path,
+    r: &mut impl BufRead,
+    header: &Header,
+    installed: &Installed,
+) -> Result<Entries, UpdateError> {
+    let mut out = Entries {
+        legacy: BTreeMap::new(),
+        tuf: BTreeMap::new(),
+        blobs: Vec::new(),
+    };
     for e in &header.entries {
         if let Some(name) = e.name.strip_prefix("metadata/") {
-            if e.length > MAX_META {
-                return Err(bad(file, format!("{} is too large", e.name)));
-            }
-            let mut b = Vec::with_capacity(e.length as usize);
-            (&mut r)
-                .take(e.length)
-                .read_to_end(&mut b)
-                .map_err(io(file))?;
-            if b.len() as u64 != e.length {
-                return Err(bad(file, format!("{} is cut short", e.name)));
-            }
-            meta.insert(name.to_string(), b);
+            out.legacy.insert(name.to_string(), read_meta(file, r, e)?);
+        } else if let Some(name) = e.name.strip_prefix("tuf/") {
+            out.tuf.insert(name.to_string(), read_meta(file, r, e)?);
         } else if let Some(target) = e.name.strip_prefix("targets/") {
             let hash = target
                 .strip_prefix("sha256/")
@@ -197,18 +284,69 @@ async fn install_inner(
             if let Some(d) = tmp.parent() {
                 std::fs::create_dir_all(d).map_err(io(d))?;
             }
-            let mut out = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-            let n = std::io::copy(&mut (&mut r).take(e.length), &mut out).map_err(io(&tmp))?;
+            let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+            let n = std::io::copy(&mut r.by_ref().take(e.length), &mut f).map_err(io(&tmp))?;
             if n != e.length {
                 return Err(bad(file, format!("{} is cut short", e.name)));
             }
-            blobs.push((target.to_string(), hash.to_ascii_lowercase(), tmp));
+            out.blobs.push((hash.to_ascii_lowercase(), tmp));
         } else {
             return Err(bad(file, format!("unknown entry {}", e.name)));
         }
     }
-    let mut state = trust_store::load(root, &opts.data_dir)?;
-    let mut rn: Vec<(u64, &Vec<u8>)> = meta
+    Ok(out)
+}
+
+/// TUF metadata served from an update file's entries (file name -> bytes).
+struct FileFetcher<'a>(&'a BTreeMap<String, Vec<u8>>);
+
+impl Fetcher for FileFetcher<'_> {
+    async fn fetch(&self, url: &str, max_len: u64) -> Result<Vec<u8>, FetchError> {
+        match self.0.get(url.trim_start_matches('/')) {
+            None => Err(FetchError::NotFound),
+            Some(b) if b.len() as u64 > max_len => Err(FetchError::TooLarge { max: max_len }),
+            Some(b) => Ok(b.clone()),
+        }
+    }
+}
+
+/// The signed expiry of TUF document `name` in the file (read before verification only to
+/// choose the time the short-lived roles are checked at; the signature check follows).
+fn expiry_of(entries: &Entries, file: &Path, name: &str) -> Result<OffsetDateTime, UpdateError> {
+    let b = entries
+        .tuf
+        .get(name)
+        .ok_or_else(|| bad(file, format!("no tuf/{name}")))?;
+    let env = Envelope::parse(name, b).map_err(UpdateError::Tuf)?;
+    let expires = env.signed["expires"].as_str().unwrap_or_default();
+    OffsetDateTime::parse(expires, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| bad(file, format!("tuf/{name} expires {expires:?}: {e}")))
+}
+
+/// The first TUF root from the file alone: the pinned root if it is TUF's, else the walk
+/// of the format before TUF through the file's root versions and the signed transition
+/// ([`verified::transition`]).
+fn initial_root(
+    opts: &UpdateOptions,
+    pinned_root: &Path,
+    file: &Path,
+    entries: &Entries,
+    now: OffsetDateTime,
+) -> Result<Vec<u8>, UpdateError> {
+    let pinned = std::fs::read(pinned_root).map_err(|e| UpdateError::PinnedRoot {
+        path: pinned_root.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    if verified::is_tuf(&pinned) {
+        TrustedSet::new(&pinned, now).map_err(|e| UpdateError::PinnedRoot {
+            path: pinned_root.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        return Ok(pinned);
+    }
+    let mut state = trust_store::load(pinned_root, &opts.data_dir)?;
+    let mut rn: Vec<(u64, &Vec<u8>)> = entries
+        .legacy
         .iter()
         .filter_map(|(k, v)| {
             k.strip_suffix(".root.json")
@@ -222,37 +360,99 @@ async fn install_inner(
             state.update_root(bytes)?;
         }
     }
-    let clock = clock_now();
-    state.check_root(clock)?;
-    let get = |name: &str| {
-        meta.get(name)
-            .ok_or_else(|| bad(file, format!("no metadata/{name}")))
-    };
-    let ts = get("timestamp.json")?;
-    let ts_exp = parse::<Timestamp>(ts)?.signed.expires;
-    let now = state.trusted_now(clock);
-    state.update_timestamp(ts, clock.min(at_expiry(&ts_exp)?))?;
-    let overrides = staleness(opts, file, &ts_exp, now, allow_stale)?;
-    let sn = get("snapshot.json")?;
-    let sn_exp = parse::<Snapshot>(sn)?.signed.expires;
-    state.update_snapshot(sn, clock.min(at_expiry(&sn_exp)?))?;
-    state.update_targets(get("targets.json")?, clock)?;
     trust_store::save(&state, &opts.data_dir)?;
-    let targets = &state
+    let v = state.root.signed.version;
+    let bytes = entries.tuf.get(&format!("{v}.root.json")).ok_or_else(|| {
+        bad(
+            file,
+            format!("no TUF root version {v}: this agent's pinned root predates TUF and moves onto it through that root (export the file again from a current server)"),
+        )
+    })?;
+    verified::transition(&state.root.signed, bytes, now).map_err(UpdateError::Tuf)?;
+    Ok(bytes.clone())
+}
+
+/// Verifies the file's TUF metadata as an online refresh does, with one relaxation (module
+/// doc): the timestamp and snapshot are checked just before their own expiry, root and
+/// targets at the trusted time, and the staleness bound applies.
+async fn verify(
+    opts: &UpdateOptions,
+    pinned_root: &Path,
+    file: &Path,
+    entries: &Entries,
+    allow_stale: bool,
+) -> Result<(verified::Verified, Vec<String>), UpdateError> {
+    let now = clock_now().max(verified::time_floor(&opts.data_dir));
+    let store = DirStore::new(&verified::tuf_dir(&opts.data_dir)).map_err(UpdateError::Tuf)?;
+    if store.load("root").map_err(UpdateError::Tuf)?.is_none() {
+        let root = initial_root(opts, pinned_root, file, entries, now)?;
+        store.save("root", &root).map_err(UpdateError::Tuf)?;
+    }
+    let ts_exp = expiry_of(entries, file, "timestamp.json")?;
+    let second = time::Duration::seconds(1);
+    let mut at = now.min(ts_exp - second);
+    let sv = entries
+        .tuf
+        .get("timestamp.json")
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+        .and_then(|v| v["signed"]["meta"]["snapshot.json"]["version"].as_u64());
+    if let Some(sv) = sv {
+        at = at.min(expiry_of(entries, file, &format!("{sv}.snapshot.json"))? - second);
+    }
+    let fetcher = FileFetcher(&entries.tuf);
+    let mut up =
+        Updater::new(fetcher, store, "", Limits::default(), at).map_err(UpdateError::Tuf)?;
+    up.refresh().await.map_err(UpdateError::Tuf)?;
+    let set = up.trusted();
+    let root = &set.root().common;
+    let targets = set
+        .targets("targets", "root")
+        .map(|t| t.common.clone())
+        .ok_or_else(|| bad(file, "no targets"))?;
+    for (role, c) in [("root", root), ("targets", &targets)] {
+        if c.is_expired(now) {
+            return Err(UpdateError::Tuf(TufError::Expired {
+                role: role.into(),
+                expires: crate::trust::tuf::metadata::format_expires(c.expires),
+            }));
+        }
+    }
+    let overrides = staleness(opts, file, ts_exp, now, allow_stale)?;
+    // The floor rises to the time the file was checked at, not to the clock: a laptop whose
+    // clock ran ahead while installing a stick must not be locked out of fresher files.
+    verified::save_floor(&opts.data_dir, at)?;
+    Ok((verified::Verified::from_set(set)?, overrides))
+}
+
+async fn install_inner(
+    opts: &UpdateOptions,
+    installed: &Installed,
+    root: &Path,
+    file: &Path,
+    active: Option<&ActiveModels>,
+    allow_stale: bool,
+) -> Result<UpdateReport, UpdateError> {
+    let f = std::fs::File::open(file).map_err(io(file))?;
+    let mut r = std::io::BufReader::new(f);
+    let header = read_header(file, &mut r)?;
+    let entries = read_entries(file, &mut r, &header, installed)?;
+    let (verified, overrides) = verify(opts, root, file, &entries, allow_stale).await?;
+    let targets = &verified.targets;
+    let by_hash: BTreeMap<String, &crate::trust::TargetFile> = targets
         .targets
-        .as_ref()
-        .ok_or_else(|| bad(file, "no targets"))?
-        .signed;
-    for (target, hash, tmp) in blobs {
-        let Some(entry) = targets.targets.get(&target) else {
+        .values()
+        .map(|t| (t.sha256.to_ascii_lowercase(), t))
+        .collect();
+    for (hash, tmp) in entries.blobs {
+        let Some(entry) = by_hash.get(&hash) else {
             let _ = std::fs::remove_file(&tmp);
             continue;
         };
         let (sha, len) = crate::hash::sha256_file(&tmp).map_err(io(&tmp))?;
-        if sha != entry.sha256 || len != entry.length || sha != hash {
+        if sha != entry.sha256 || len != entry.length {
             let _ = std::fs::remove_file(&tmp);
             return Err(UpdateError::File {
-                target,
+                target: format!("sha256/{hash}"),
                 reason: format!(
                     "{len} bytes with sha256 {sha}; the signed metadata says {} bytes with sha256 {}",
                     entry.length, entry.sha256
@@ -302,7 +502,7 @@ async fn install_inner(
     let current = installed.active(&release.model);
     if current.as_deref() == Some(release.version.as_str()) {
         return Ok(UpdateReport {
-            root_version: state.root.signed.version,
+            root_version: verified.root_version,
             targets_version: Some(targets.version),
             unchanged: vec![format!("{}: {} is current", release.model, release.version)],
             ..Default::default()
@@ -321,7 +521,7 @@ async fn install_inner(
         )?;
     }
     let mut report = UpdateReport {
-        root_version: state.root.signed.version,
+        root_version: verified.root_version,
         targets_version: Some(targets.version),
         overrides,
         ..Default::default()
@@ -336,20 +536,20 @@ async fn install_inner(
 fn staleness(
     opts: &UpdateOptions,
     file: &Path,
-    ts_expires: &str,
-    now: time::OffsetDateTime,
+    ts_expires: OffsetDateTime,
+    now: OffsetDateTime,
     allow_stale: bool,
 ) -> Result<Vec<String>, UpdateError> {
-    let expired = at_expiry(ts_expires)? + time::Duration::seconds(1);
     let max = opts.limits.usb_max_stale;
-    let age = now - expired;
+    let age = now - ts_expires;
     if age <= time::Duration::try_from(max).unwrap_or(time::Duration::MAX) {
         return Ok(vec![]);
     }
     let days = |d: f64| format!("{:.1} days", d / 86_400.0);
     let said = format!(
-        "its signed timestamp expired {} ago ({ts_expires}), more than the {} allowed (update.usb_max_stale_days)",
+        "its signed timestamp expired {} ago ({}), more than the {} allowed (update.usb_max_stale_days)",
         days(age.as_seconds_f64()),
+        crate::trust::tuf::metadata::format_expires(ts_expires),
         days(max.as_secs_f64())
     );
     if !allow_stale {
@@ -364,15 +564,4 @@ fn staleness(
     );
     tracing::warn!("{o}");
     Ok(vec![o])
-}
-
-fn at_expiry(expires: &str) -> Result<time::OffsetDateTime, UpdateError> {
-    time::OffsetDateTime::parse(expires, &time::format_description::well_known::Rfc3339)
-        .map(|t| t - time::Duration::seconds(1))
-        .map_err(|e| {
-            UpdateError::Trust(crate::trust::TrustError::Malformed {
-                role: "timestamp".into(),
-                reason: e.to_string(),
-            })
-        })
 }

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 use super::common;
+use outpost::trust::tuf::sign::Ed25519Signer;
 use outpost::trust::{sign, Root, Signed, SigningKey};
 use std::path::{Path, PathBuf};
 
@@ -71,6 +72,14 @@ pub fn bundle(dir: &Path, version: &str, scale: f32, golden_scale: f32, extra_by
     .unwrap();
 }
 
+/// A root version made by hand ([`Env::rotate`]) and how many root keys sign it.
+pub struct Rotated {
+    /// In the repository's own format.
+    pub root: Signed<Root>,
+    /// Root keys signing it (in both formats).
+    pub signers: usize,
+}
+
 /// A server with keys, a device and its agent.
 pub struct Env {
     /// Keeps the folders.
@@ -86,21 +95,34 @@ pub struct Env {
 }
 
 impl Env {
-    /// Keys, `colours` 1.0.0 published (and shipped with the agent), agent enrolled.
+    /// Keys, `colours` 1.0.0 published (and shipped with the agent), agent enrolled. The
+    /// agent pins root version 1 in the repository's format before TUF (as agents installed
+    /// by earlier releases do): its first update moves it onto TUF.
     pub fn new() -> Env {
+        Env::setup(
+            |server_data, root_keys| {
+                let (c, out, err) = common::server_cmd(
+                    server_data,
+                    &[
+                        "keys",
+                        "init",
+                        "--root-keys-dir",
+                        root_keys.to_str().unwrap(),
+                    ],
+                );
+                assert_eq!(c, 0, "{out}{err}");
+            },
+            "metadata/1.root.json",
+        )
+    }
+
+    /// [`Env::new`] with the server's keys made by `prepare(server data, root keys dir)`,
+    /// and the agent pinning `pin` (a path in the server's repository folder).
+    pub fn setup(prepare: impl FnOnce(&Path, &Path), pin: &str) -> Env {
         let tmp = tempfile::tempdir().unwrap();
         let server_data = tmp.path().join("server");
         let root_keys = tmp.path().join("offline-root-keys");
-        let (c, out, err) = common::server_cmd(
-            &server_data,
-            &[
-                "keys",
-                "init",
-                "--root-keys-dir",
-                root_keys.to_str().unwrap(),
-            ],
-        );
-        assert_eq!(c, 0, "{out}{err}");
+        prepare(&server_data, &root_keys);
         let agent = tmp.path().join("agent");
         let v1 = agent.join("models/colours-1.0.0");
         bundle(&v1, "1.0.0", 10.0, 10.0, 0);
@@ -113,11 +135,7 @@ impl Env {
         };
         env0.publish_dir(&v1, &[]);
         // The operator hands the laptop the root (the pin), out of band.
-        std::fs::copy(
-            env0.server_data.join("repo/metadata/1.root.json"),
-            env0.agent.join("root.json"),
-        )
-        .unwrap();
+        std::fs::copy(env0.repo().join(pin), env0.agent.join("root.json")).unwrap();
         let code = common::add_device(&env0.server_data, "laptop-1");
         let (c, out, err) = env0.run(&["enroll", &env0.server.url, &code]);
         assert_eq!(c, 0, "{out}{err}");
@@ -233,17 +251,81 @@ impl Env {
             .unwrap()
     }
 
-    /// Writes a new root version on the server (as `N.root.json` and `root.json`).
-    pub fn write_root(&self, root: &Signed<Root>) {
-        let b = serde_json::to_vec_pretty(root).unwrap();
+    /// Writes a new root version on the server in both formats, signed by the same root
+    /// keys: the repository's own (`metadata/N.root.json`, `root.json`) and TUF's
+    /// (`tuf/N.root.json`, `root.json`).
+    pub fn write_root(&self, root: &Rotated) {
+        let b = serde_json::to_vec_pretty(&root.root).unwrap();
         let meta = self.repo().join("metadata");
-        std::fs::write(meta.join(format!("{}.root.json", root.signed.version)), &b).unwrap();
+        let v = root.root.signed.version;
+        std::fs::write(meta.join(format!("{v}.root.json")), &b).unwrap();
         std::fs::write(meta.join("root.json"), &b).unwrap();
+        let signed = outpost::server::repository::tuf::root_signed(&root.root.signed);
+        let keys: Vec<Ed25519Signer> = self
+            .root_keys()
+            .iter()
+            .take(root.signers)
+            .map(|k| Ed25519Signer::from_pkcs8(k.pkcs8()).unwrap())
+            .collect();
+        let refs: Vec<&Ed25519Signer> = keys.iter().collect();
+        let b = outpost::trust::tuf::sign::sign(&signed, &refs).unwrap();
+        std::fs::write(self.tuf(&format!("{v}.root.json")), &b).unwrap();
+        std::fs::write(self.tuf("root.json"), &b).unwrap();
+    }
+
+    /// A file of the server's TUF repository.
+    pub fn tuf(&self, name: &str) -> PathBuf {
+        self.repo().join("tuf").join(name)
+    }
+
+    /// The `signed` part of a TUF document of the server.
+    pub fn tuf_signed(&self, name: &str) -> serde_json::Value {
+        let doc: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.tuf(name)).unwrap()).unwrap();
+        doc["signed"].clone()
+    }
+
+    /// Writes `signed` as the TUF document `name`, signed by `key`; returns its bytes.
+    pub fn tuf_write(&self, name: &str, signed: &serde_json::Value, key: &SigningKey) -> Vec<u8> {
+        let signer = Ed25519Signer::from_pkcs8(key.pkcs8()).unwrap();
+        let b = outpost::trust::tuf::sign::sign(signed, &[&signer]).unwrap();
+        std::fs::write(self.tuf(name), &b).unwrap();
+        b
+    }
+
+    /// The file names of the TUF snapshot and targets the timestamp currently leads to.
+    pub fn tuf_current(&self) -> (String, String) {
+        let ts = self.tuf_signed("timestamp.json");
+        let sv = ts["meta"]["snapshot.json"]["version"].as_u64().unwrap();
+        let sn = self.tuf_signed(&format!("{sv}.snapshot.json"));
+        let tv = sn["meta"]["targets.json"]["version"].as_u64().unwrap();
+        (format!("{sv}.snapshot.json"), format!("{tv}.targets.json"))
+    }
+
+    /// Re-signs, with the server's online keys, the current TUF snapshot (same version) over
+    /// the targets file as it is now, and a timestamp one version up over that snapshot: an
+    /// attacker holding the snapshot and timestamp keys, or a test reaching past them.
+    pub fn tuf_repin(&self) {
+        let (sn_name, tg_name) = self.tuf_current();
+        let tg = std::fs::read(self.tuf(&tg_name)).unwrap();
+        let pin = |v: &serde_json::Value, b: &[u8]| {
+            serde_json::json!({"version": v, "length": b.len(),
+                "hashes": {"sha256": outpost::trust::tuf::hashes::sha256_hex(b)}})
+        };
+        let mut sn = self.tuf_signed(&sn_name);
+        let tv = sn["meta"]["targets.json"]["version"].clone();
+        sn["meta"]["targets.json"] = pin(&tv, &tg);
+        let snb = self.tuf_write(&sn_name, &sn, &self.online_key("snapshot"));
+        let mut ts = self.tuf_signed("timestamp.json");
+        ts["version"] = (ts["version"].as_u64().unwrap() + 1).into();
+        let sv = ts["meta"]["snapshot.json"]["version"].clone();
+        ts["meta"]["snapshot.json"] = pin(&sv, &snb);
+        self.tuf_write("timestamp.json", &ts, &self.online_key("timestamp"));
     }
 
     /// Root version `current + 1` where `role`'s key is replaced by a new one (written to the
     /// server's online keys when `install_key`), signed by `signers` of the root keys.
-    pub fn rotate(&self, role: &str, signers: usize, install_key: bool) -> Signed<Root> {
+    pub fn rotate(&self, role: &str, signers: usize, install_key: bool) -> Rotated {
         let mut root = self.root().signed;
         let new = SigningKey::generate();
         let old = root.roles[role].keyids.clone();
@@ -262,7 +344,10 @@ impl Env {
         }
         let keys = self.root_keys();
         let refs: Vec<&SigningKey> = keys.iter().take(signers).collect();
-        sign(root, &refs)
+        Rotated {
+            root: sign(root, &refs),
+            signers,
+        }
     }
 
     /// The agent's database.

@@ -10,6 +10,8 @@
 //! | `POST /v1/device/models` | a signed device | JSON [`protocol::DeviceModelsReport`] (versions running, updates refused or rolled back); answers its group |
 //! | `GET /v1/metadata/{name}` | anyone | signed update metadata (`root.json`, `N.root.json`, `timestamp.json`, ...) |
 //! | `GET /v1/targets/sha256/{hash}` | anyone | a bundle file by content, `Range: bytes=N-` resumes |
+//! | `GET /v1/tuf/metadata/{name}` | anyone | the repository in TUF 1.0's format (`1.root.json`, `timestamp.json`, `N.snapshot.json`, ...) |
+//! | `GET /v1/tuf/targets/{dir}/{sha256}.{name}` | anyone | a TUF target file by content (consistent snapshots), `Range` resumes |
 //! | `/admin/...` | a signed-in operator | the operators' dashboard ([`dashboard`]) |
 //!
 //! Authentication of devices: every request is signed with the device key over method,
@@ -226,6 +228,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/device/models", post(device_models))
         .route("/v1/metadata/{name}", get(metadata))
         .route("/v1/targets/sha256/{hash}", get(target))
+        .route("/v1/tuf/metadata/{name}", get(tuf_metadata))
+        .route("/v1/tuf/targets/{*path}", get(tuf_target))
         .route("/metrics", get(metrics_text))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -630,10 +634,32 @@ async fn metadata(
     axum::extract::Path(name): axum::extract::Path<String>,
 ) -> Result<Response, ApiError> {
     let ok = name.ends_with(".json") && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '.');
+    serve_metadata(st, ok, "metadata", name).await
+}
+
+/// TUF 1.0 metadata (`repository::tuf`); delegated role names may hold `-` and `_`.
+async fn tuf_metadata(
+    State(st): State<AppState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    let ok = name.ends_with(".json")
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c));
+    serve_metadata(st, ok, repository::tuf::PREFIX, name).await
+}
+
+async fn serve_metadata(
+    st: AppState,
+    ok: bool,
+    prefix: &str,
+    name: String,
+) -> Result<Response, ApiError> {
     let Some(repo) = st.repo.filter(|_| ok) else {
         return Err(ApiError::NotFound(format!("no metadata {name:?}")));
     };
-    match repo.get_from(&format!("metadata/{name}"), 0).await {
+    match repo.get_from(&format!("{prefix}/{name}"), 0).await {
         Ok(Some(r)) => Ok((
             [(axum::http::header::CONTENT_TYPE, "application/json")],
             r.bytes,
@@ -653,11 +679,28 @@ async fn target(
     axum::extract::Path(hash): axum::extract::Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    serve_target(st, &hash, &headers).await
+}
+
+/// A TUF target file, fetched by content as consistent snapshots name it:
+/// `<dir>/<sha256>.<name>` is the bundle file `targets/sha256/<sha256>` (the client checks
+/// the length and hashes its signed targets give; the server only serves by content).
+async fn tuf_target(
+    State(st): State<AppState>,
+    axum::extract::Path(path): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let file = path.rsplit('/').next().unwrap_or_default();
+    let hash = file.split_once('.').map(|(h, _)| h).unwrap_or_default();
+    serve_target(st, hash, &headers).await
+}
+
+async fn serve_target(st: AppState, hash: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
     let ok = hash.len() == 64 && hash.chars().all(|c| c.is_ascii_hexdigit());
     let Some(repo) = st.repo.filter(|_| ok) else {
         return Err(ApiError::NotFound("no such file".into()));
     };
-    let key = format!("targets/sha256/{hash}");
+    let key = format!("targets/sha256/{}", hash.to_ascii_lowercase());
     let not_found = || ApiError::NotFound("no such file".into());
     let start = headers
         .get(axum::http::header::RANGE)

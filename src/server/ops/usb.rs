@@ -61,6 +61,34 @@ fn copy_release(
     ] {
         fetch(format!("metadata/{m}"))?;
     }
+    // The same in TUF's format (what agents verify): every TUF root version (a repository
+    // from before TUF has its first one at a later version), the timestamp and the snapshot
+    // and targets it leads to.
+    let mut roots = 0;
+    for n in 1.. {
+        if fetch(format!("tuf/{n}.root.json"))? {
+            roots += 1;
+        } else if roots > 0
+            || !blobs
+                .exists(&format!("metadata/{n}.root.json"))
+                .unwrap_or(false)
+        {
+            break;
+        }
+    }
+    if fetch("tuf/timestamp.json".into())? {
+        let pinned = |file: &str, role: &str| -> Option<u64> {
+            let b = std::fs::read(scratch.join("tuf").join(file)).ok()?;
+            let v: serde_json::Value = serde_json::from_slice(&b).ok()?;
+            v["signed"]["meta"][format!("{role}.json")]["version"].as_u64()
+        };
+        if let Some(sv) = pinned("timestamp.json", "snapshot") {
+            fetch(format!("tuf/{sv}.snapshot.json"))?;
+            if let Some(tv) = pinned(&format!("{sv}.snapshot.json"), "targets") {
+                fetch(format!("tuf/{tv}.targets.json"))?;
+            }
+        }
+    }
     let targets = published_targets(repo)?
         .ok_or_else(|| OpsError::NotFound(format!("nothing is published in {}", blobs.url())))?;
     for r in targets

@@ -72,6 +72,7 @@ pub fn init_keys(
     // store at once, one wins and the other stops before writing root.json.
     repo.claim_meta("1.root.json", bytes.clone())?;
     repo.write_meta("root.json", bytes)?;
+    super::tuf::write_root(repo, &signed.signed, &signers)?;
     Ok(signed)
 }
 
@@ -213,6 +214,9 @@ pub fn rotate_keys(
     }
     repo.claim_meta(&format!("{version}.root.json"), bytes.clone())?;
     repo.write_meta("root.json", bytes)?;
+    // The same root in TUF's format, signed by the same keys (a repository initialised
+    // before the TUF format gets its first TUF root here).
+    super::tuf::write_root(repo, &signed.signed, &signers)?;
     // Re-sign the chain with the (new) online keys so agents find metadata they accept.
     if let Ok(mut t) = current_targets(repo) {
         t.version += 1;

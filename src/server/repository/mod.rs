@@ -7,6 +7,8 @@
 //! - [`keys`]: creating the TUF-style key set, the online keys, rotation.
 //! - [`lease`]: the `repository` lease that serialises changes across processes.
 //! - [`blob`]: where it is all stored (a local folder or S3).
+//! - [`tuf`]: the same repository in TUF 1.0's format (`tuf/`), signed with the same keys,
+//!   served at `/v1/tuf/metadata/` and `/v1/tuf/targets/` for any TUF client.
 //!
 //! The signed repository lives in the [`BlobStore`] ([`blob`]: `data_dir/repo`
 //! on the local disk by default, or an S3 bucket every server process shares):
@@ -38,6 +40,7 @@ pub mod keys;
 pub mod lease;
 pub mod publish;
 pub mod read;
+pub mod tuf;
 
 pub use candidates::{fetch_candidate, store_candidate};
 pub use keys::{init_keys, rotate_keys, Rotation};

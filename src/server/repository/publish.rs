@@ -175,6 +175,14 @@ pub(super) fn sign_chain(repo: &Repository, mut targets: Targets) -> Result<u64,
     repo.write_meta("targets.json", tgb)?;
     repo.write_meta("snapshot.json", snb)?;
     repo.write_meta("timestamp.json", tsb)?;
+    super::tuf::write_chain(
+        repo,
+        &super::tuf::Chain {
+            targets: &tg.signed,
+            snapshot_version: sn.signed.version,
+            timestamp_version: ts.signed.version,
+        },
+    )?;
     Ok(version)
 }
 
@@ -286,5 +294,6 @@ pub fn refresh_timestamp(
         return Ok(None);
     }
     repo.write_meta("timestamp.json", bytes)?;
+    super::tuf::refresh_timestamp(repo, version)?;
     Ok(Some(version))
 }

@@ -37,6 +37,16 @@ pub trait Fetcher {
     ) -> impl Future<Output = Result<Vec<u8>, FetchError>> + Send;
 }
 
+impl<T: Fetcher + Sync> Fetcher for &T {
+    fn fetch(
+        &self,
+        url: &str,
+        max_len: u64,
+    ) -> impl Future<Output = Result<Vec<u8>, FetchError>> + Send {
+        (**self).fetch(url, max_len)
+    }
+}
+
 /// Where trusted metadata is kept, by role name (the store quotes names as it needs).
 pub trait MetadataStore {
     /// The stored bytes of `role`, if any.
