@@ -57,9 +57,20 @@ fn load_config(cli: &Cli) -> Result<AgentConfig> {
 
 /// Loads ONNX Runtime and every bundle; a bundle that fails is reported and skipped.
 fn load_models(cfg: &AgentConfig, only: Option<&str>) -> Result<Vec<Arc<LoadedModel>>> {
+    load_models_for(cfg, only, None)
+}
+
+/// [`load_models`], only for the given tasks (`None`: all).
+fn load_models_for(
+    cfg: &AgentConfig,
+    only: Option<&str>,
+    tasks: Option<&[model::Task]>,
+) -> Result<Vec<Arc<LoadedModel>>> {
     runtime::init(cfg.runtime.library.as_deref())?;
     let dir = cfg.models_dir();
-    let (models, failed) = model::load_all(&dir, cfg.session_options());
+    let (models, failed) = model::load_where(&dir, cfg.session_options(), |m| {
+        tasks.is_none_or(|t| t.contains(&m.task)) && only.is_none_or(|n| m.name == n)
+    });
     for (path, e) in &failed {
         eprintln!("warning: model bundle {} not loaded: {e}", path.display());
     }
@@ -95,7 +106,13 @@ fn analyze_command(cfg: &AgentConfig, a: AnalyzeArgs) -> Result<ExitCode> {
         json_summary,
         no_progress,
     } = a;
-    let models = load_models(cfg, model.as_deref())?;
+    // Only the models the inputs need: a folder of tiles does not load the report model.
+    let tasks = analyze::tasks_for(&inputs);
+    // (None of them there: load all, so the run says which inputs have no model.)
+    let models = match load_models_for(cfg, model.as_deref(), Some(&tasks)) {
+        Ok(m) if !tasks.is_empty() => m,
+        _ => load_models(cfg, model.as_deref())?,
+    };
     let set = ModelSet::from_models(&models);
     let mut opts = AnalyzeOptions::from_config(cfg, inputs);
     opts.force = force;
