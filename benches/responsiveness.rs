@@ -74,7 +74,7 @@ impl Drop for Guard {
     }
 }
 
-fn finish(mut child: Child, what: &str) -> Duration {
+fn finish(child: Child, what: &str) -> Duration {
     let t = Instant::now();
     let out = child.wait_with_output().expect("wait");
     assert!(
