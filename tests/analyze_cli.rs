@@ -357,13 +357,34 @@ fn a_tampered_bundle_is_skipped_with_its_reason_and_the_others_still_run() {
     let tiles = env.root.join("t");
     std::fs::create_dir_all(&tiles).unwrap();
     common::solid_png(&tiles.join("red.png"), 16, 16, [250, 10, 10]);
+    // Tiles only: the report bundle is not needed, so it is not even opened.
     let o = outpost(&env, &["analyze", tiles.to_str().unwrap(), "--no-progress"]);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(0), "{stderr}");
+    // With a report too, the tampered bundle is refused with its reason and the tile still runs.
+    std::fs::write(tiles.join("r.txt"), "we need water").unwrap();
+    let o = outpost(
+        &env,
+        &[
+            "analyze",
+            tiles.to_str().unwrap(),
+            "--no-progress",
+            "--force",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(
         stderr.contains("keywords")
             && stderr.contains("head.onnx")
             && stderr.contains("does not match"),
+        "{stderr}"
+    );
+    assert_eq!(
+        count(
+            &db(&env),
+            "SELECT count(*) FROM predictions WHERE model_name = 'colours'"
+        ),
+        1,
         "{stderr}"
     );
 }
