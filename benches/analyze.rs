@@ -22,7 +22,8 @@
 //! `INTRA_THREADS` (the agent's `runtime.intra_threads`; default: the agent's default),
 //! `ONLY` (`tiles`, `reports` or `large`), `BASELINE_BIN` (another `outpost` binary, e.g. a
 //! copy from before a change, run as one more contender for an A/B in the same rounds),
-//! `OUTPOST_ORT_LIB`, `OUTPOST_SHARED_DATA`.
+//! `MODELS_DIR` (another models folder, e.g. a candidate bundle; default the repository's
+//! `models/`), `OUTPOST_ORT_LIB`, `OUTPOST_SHARED_DATA`.
 
 use outpost::bench::{self as b, RawSearch, RawSessions};
 use outpost::infer::text;
@@ -103,7 +104,7 @@ fn vm_hwm_mib(pid: u32) -> Option<f64> {
 }
 
 struct Setup {
-    repo: PathBuf,
+    models: PathBuf,
     outpost: PathBuf,
     baseline: Option<PathBuf>,
     ort: PathBuf,
@@ -128,7 +129,7 @@ impl Setup {
             .arg("--data-dir")
             .arg(&data)
             .arg("--models-dir")
-            .arg(self.repo.join("models"))
+            .arg(&self.models)
             .arg("--ort-lib")
             .arg(&self.ort)
             .args(["analyze", "--force", "--no-progress"])
@@ -143,7 +144,7 @@ impl Setup {
         let mut c = self.pinned(one_core, py);
         c.arg(&self.pipeline)
             .arg(kind)
-            .arg(self.repo.join("models").join(bundle))
+            .arg(self.models.join(bundle))
             .arg(self.work.join("python.db"))
             .args(args);
         c
@@ -281,11 +282,14 @@ fn main() {
         );
         Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
     };
+    let models_dir = std::env::var_os("MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.join("models"));
     let setup = Setup {
         outpost: PathBuf::from(env!("CARGO_BIN_EXE_outpost")),
         baseline: std::env::var_os("BASELINE_BIN").map(PathBuf::from),
         pipeline: shared.join("../bench/pipeline.py"),
-        repo: repo.clone(),
+        models: models_dir.clone(),
         ort,
         python,
         work: work.clone(),
@@ -293,12 +297,13 @@ fn main() {
     };
     let n_rounds = env_usize("ROUNDS", 5).max(1);
     println!(
-        "analyze bench: {} logical CPUs, load average at start {} (other engineers may be building)",
+        "analyze bench: {} logical CPUs, load average at start {} (other engineers may be building); models {}",
         b::machine_threads(),
-        loadavg()
+        loadavg(),
+        models_dir.display()
     );
     let opts = model::pool::SessionOptions::default();
-    let (models, failed) = model::load_all(&repo.join("models"), opts);
+    let (models, failed) = model::load_all(&models_dir, opts);
     assert!(failed.is_empty(), "default bundles load: {failed:?}");
     let image = models
         .iter()
@@ -406,6 +411,17 @@ fn reports(setup: &Setup, model: &Arc<LoadedModel>, messages: &Path, n_rounds: u
     })
     .expect("raw search");
     print_search("crisis reports, every 4th report", &search);
+    println!(
+        "  {} backbone batch_independent: {}; the agent runs reports in batches of {}",
+        model.id(),
+        model.manifest().backbone.batch_independent,
+        outpost::analyze::report_batch_size(
+            std::slice::from_ref(model),
+            outpost::config::AgentConfig::default()
+                .analyze
+                .text_batch_size
+        )
+    );
     for one_core in [false, true] {
         if one_core && !setup.single {
             continue;

@@ -16,12 +16,14 @@
 //! resumes where it stopped) unless `force` is set. An item is keyed by its content, and
 //! every place it is met (another scene, another file, another tile of the same scene) is
 //! stored as a sighting, so the export has every footprint and the summary counts items
-//! and places apart. Which files a run reads is decided in `analyze/inputs.rs`.
+//! and places apart. Which files a run reads is decided in `analyze/inputs.rs`; the report
+//! stage (tokenise a chunk while the previous one infers; batches only for batch-independent
+//! backbones) is `analyze/reports.rs`.
 
 use crate::config::AgentConfig;
 use crate::infer::geotiff::{footprint, Reprojector};
 use crate::infer::image::{self as img, ImageLimits, TileBox};
-use crate::infer::text::{self, Encoded, TextOptions};
+use crate::infer::text::TextOptions;
 use crate::infer::InputError;
 use crate::model::classifier::{Batch, Classifier};
 use crate::model::LoadedModel;
@@ -36,6 +38,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod inputs;
+mod reports;
+
+pub use reports::report_batch_size;
+use reports::TextStage;
 
 /// How a run behaves.
 #[derive(Debug, Clone)]
@@ -113,6 +119,20 @@ impl ModelSet {
         }
         set
     }
+}
+
+/// The tasks whose models a run over `inputs` needs (images, reports or both), so a run
+/// loads only those: a folder of tiles does not pay for loading the report model.
+pub fn tasks_for(inputs: &[PathBuf]) -> Vec<crate::model::Task> {
+    let found = inputs::collect(inputs);
+    let mut tasks = Vec::new();
+    if !found.images.is_empty() {
+        tasks.push(crate::model::Task::ImageClassification);
+    }
+    if !found.texts.is_empty() {
+        tasks.push(crate::model::Task::TextClassification);
+    }
+    tasks
 }
 
 /// One input that could not be analysed.
@@ -820,162 +840,4 @@ fn infer_images(
             return;
         }
     }
-}
-
-// ---------------------------------------------------------------------------------------
-// Reports
-
-struct TextStage {
-    files: Vec<PathBuf>,
-    models: Vec<Arc<LoadedModel>>,
-    opts: AnalyzeOptions,
-    db_path: Option<PathBuf>,
-    stop: Arc<AtomicBool>,
-    pb: ProgressBar,
-}
-
-struct PendingReport {
-    item: NewItem,
-    enc: Encoded,
-}
-
-impl TextStage {
-    fn run(self, out: SyncSender<Event>) {
-        // Read every report once; tokenization is per backbone group.
-        let mut reports: Vec<(NewItem, String)> = Vec::new();
-        for path in &self.files {
-            if self.stop.load(Ordering::Relaxed) {
-                return;
-            }
-            match text::read_reports(path, &self.opts.text) {
-                Err(e) => {
-                    let _ = out.send(Event::Failure(failure(path, None, &e)));
-                }
-                Ok((rs, failed)) => {
-                    for (loc, e) in failed {
-                        let _ = out.send(Event::Failure(failure(path, Some(loc), &e)));
-                    }
-                    for r in rs {
-                        let item = NewItem {
-                            item_id: text::report_hash(&r.text),
-                            kind: "text",
-                            source: path.display().to_string(),
-                            locator: r.locator,
-                            size: None,
-                            geometry: None,
-                            content: r.text.clone().into_bytes(),
-                            content_type: "text/plain",
-                        };
-                        reports.push((item, r.text));
-                    }
-                }
-            }
-        }
-        self.pb.set_length(reports.len() as u64);
-        for group in backbone_groups(&self.models) {
-            if self.stop.load(Ordering::Relaxed) {
-                return;
-            }
-            let Some(tok) = group[0].tokenizer.as_ref() else {
-                continue;
-            };
-            let already = AlreadyCheck::new(&self.db_path, self.opts.force, &group);
-            let t0 = Instant::now();
-            let mut pending = Vec::new();
-            for (item, t) in &reports {
-                if let Some(keys) = already.done(&item.item_id) {
-                    let _ = out.send(Event::Already(keys, item.sighting()));
-                    continue;
-                }
-                match text::encode(tok, t) {
-                    Ok(enc) => pending.push(PendingReport {
-                        item: item.clone(),
-                        enc,
-                    }),
-                    Err(e) => {
-                        let _ = out.send(Event::Failure(FailureRecord {
-                            source: item.source.clone(),
-                            locator: item.locator.clone(),
-                            code: "tokenizer".into(),
-                            reason: format!("cannot tokenize: {e}"),
-                        }));
-                    }
-                }
-            }
-            let tok_ms = t0.elapsed().as_secs_f64() * 1000.0;
-            let per_item_tok = tok_ms / pending.len().max(1) as f64;
-            let truncated = pending.iter().filter(|p| p.enc.truncated).count() as u64;
-            if truncated > 0 {
-                let _ = out.send(Event::Truncated(truncated));
-            }
-            let encs: Vec<Encoded> = pending.iter().map(|p| p.enc.clone()).collect();
-            let pad = text::pad_id(tok);
-            let mut write: (Vec<NewItem>, Vec<NewPrediction>) = Default::default();
-            for idx in text::length_batches(&encs, self.opts.text_batch_size) {
-                if self.stop.load(Ordering::Relaxed) {
-                    send_write(&out, &mut write); // what is done is kept
-                    return;
-                }
-                let t1 = Instant::now();
-                let refs: Vec<&Encoded> = idx.iter().map(|&i| &encs[i]).collect();
-                let (ids, mask, types) = text::pad_batch(&refs, pad);
-                let prep_ms = t1.elapsed().as_secs_f64() * 1000.0 + per_item_tok * idx.len() as f64;
-                let t2 = Instant::now();
-                let item_ids: Vec<String> = idx
-                    .iter()
-                    .map(|&i| pending[i].item.item_id.clone())
-                    .collect();
-                let trunc: Vec<bool> = idx.iter().map(|&i| encs[i].truncated).collect();
-                let tokens = Batch::Tokens {
-                    ids: ids.view(),
-                    mask: mask.view(),
-                    types: types.view(),
-                };
-                let result = Classifier::embed(&*group[0], tokens)
-                    .map_err(|e| e.to_string())
-                    .and_then(|emb| {
-                        let backbone_ms = t2.elapsed().as_secs_f64() * 1000.0;
-                        predictions_for(&group, &item_ids, &emb, &trunc, prep_ms, backbone_ms)
-                    });
-                let items: Vec<NewItem> = idx.iter().map(|&i| pending[i].item.clone()).collect();
-                match result {
-                    Ok(preds) => {
-                        write.0.extend(items);
-                        write.1.extend(preds);
-                    }
-                    Err(e) => {
-                        for item in &items {
-                            let _ = out.send(Event::Failure(FailureRecord {
-                                source: item.source.clone(),
-                                locator: item.locator.clone(),
-                                code: "model".into(),
-                                reason: format!("inference failed: {e}"),
-                            }));
-                        }
-                        continue;
-                    }
-                };
-                if write.0.len() >= WRITE_BATCH && !send_write(&out, &mut write) {
-                    return;
-                }
-            }
-            if !send_write(&out, &mut write) {
-                return;
-            }
-        }
-    }
-}
-
-/// Reports written per transaction. Inference batches of reports are small (one report by
-/// default, for batch-independent scores); committing each one alone made the writer, not
-/// the model, the bottleneck.
-const WRITE_BATCH: usize = 64;
-
-/// Sends the reports gathered for writing, if any; false if the writer has gone.
-fn send_write(out: &SyncSender<Event>, write: &mut (Vec<NewItem>, Vec<NewPrediction>)) -> bool {
-    if write.0.is_empty() {
-        return true;
-    }
-    let (items, preds) = std::mem::take(write);
-    out.send(Event::Batch(items, preds)).is_ok()
 }

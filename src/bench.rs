@@ -631,9 +631,12 @@ pub fn run(
                 texts.len(),
                 m.id()
             ));
-            let text_batch = cfg.analyze.text_batch_size.max(1);
+            let text_batch = crate::analyze::report_batch_size(
+                std::slice::from_ref(m),
+                cfg.analyze.text_batch_size,
+            );
             say(format!(
-                "reports use batches of {text_batch} (analyze.text_batch_size)"
+                "reports use batches of {text_batch} (analyze.text_batch_size, 1 unless the bundle's backbone is batch_independent)"
             ));
             report.text = Some(bench_text(cfg, m, &texts, rounds, text_batch, &work)?);
         } else {

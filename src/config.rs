@@ -37,7 +37,7 @@ pub enum ConfigError {
 pub struct RuntimeConfig {
     /// Path of `libonnxruntime.so.1.31.1`; empty: search (see `model::runtime`).
     pub library: Option<PathBuf>,
-    /// Intra-op threads per session; 0: half the CPUs, 1 to 4.
+    /// Intra-op threads per session; 0: every CPU, at most 4.
     pub intra_threads: usize,
     /// Sessions per model file (concurrent callers); 0: 2.
     pub sessions: usize,
@@ -49,10 +49,10 @@ pub struct RuntimeConfig {
 pub struct AnalyzeConfig {
     /// Image tiles per inference batch.
     pub batch_size: usize,
-    /// Reports per inference batch. 1 by default: the int8 text backbone quantises its
-    /// activations with one scale per batch, so a report's scores would otherwise depend on
-    /// the other reports in its batch (cosine about 0.99); one at a time, every report gets
-    /// the same prediction in every run, as in the bundle's golden and reference data.
+    /// Reports per inference batch (32), used only with a bundle that declares a
+    /// batch-independent backbone (`"backbone": {"batch_independent": true}`): a dynamically
+    /// quantised backbone scales activations per batch, so a report's scores would depend on
+    /// its neighbours, and its reports run one at a time whatever this says.
     pub text_batch_size: usize,
     /// Tile size in pixels for scenes; 0: the model's input size.
     pub tile_size: u32,
@@ -71,7 +71,7 @@ impl Default for AnalyzeConfig {
     fn default() -> Self {
         AnalyzeConfig {
             batch_size: 32,
-            text_batch_size: 1,
+            text_batch_size: 32,
             tile_size: 0,
             tile_overlap: 0,
             whole_image_max: 256,

@@ -357,13 +357,109 @@ fn a_tampered_bundle_is_skipped_with_its_reason_and_the_others_still_run() {
     let tiles = env.root.join("t");
     std::fs::create_dir_all(&tiles).unwrap();
     common::solid_png(&tiles.join("red.png"), 16, 16, [250, 10, 10]);
+    // Tiles only: the report bundle is not needed, so it is not even opened.
     let o = outpost(&env, &["analyze", tiles.to_str().unwrap(), "--no-progress"]);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(0), "{stderr}");
+    // With a report too, the tampered bundle is refused with its reason and the tile still runs.
+    std::fs::write(tiles.join("r.txt"), "we need water").unwrap();
+    let o = outpost(
+        &env,
+        &[
+            "analyze",
+            tiles.to_str().unwrap(),
+            "--no-progress",
+            "--force",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(
         stderr.contains("keywords")
             && stderr.contains("head.onnx")
             && stderr.contains("does not match"),
         "{stderr}"
     );
+    assert_eq!(
+        count(
+            &db(&env),
+            "SELECT count(*) FROM predictions WHERE model_name = 'colours'"
+        ),
+        1,
+        "{stderr}"
+    );
+}
+
+/// Reports of a batch-independent backbone run in length-sorted batches (the keyword model of
+/// common/mod.rs is float, and says so in its manifest); every report gets the scores it gets
+/// alone (`analyze.text_batch_size = 1`). A bundle that does not declare it runs one report
+/// at a time whatever the setting.
+#[test]
+fn reports_are_batched_only_for_batch_independent_backbones_and_score_as_if_alone() {
+    let env = setup();
+    let words = [
+        "water", "food", "help", "please", "we", "need", "the", "road",
+    ];
+    let mut csv = String::from("message\n");
+    for i in 0..150usize {
+        let n = 1 + (i * 7) % 23; // lengths 1..23 words, interleaved
+        let text: Vec<&str> = (0..n).map(|k| words[(i + k * 3) % words.len()]).collect();
+        csv.push_str(&format!("{} report {i}\n", text.join(" ")));
+    }
+    let path = env.root.join("reports.csv");
+    std::fs::write(&path, csv).unwrap();
+    let scores = |batch: &str| {
+        let _ = std::fs::remove_dir_all(&env.data);
+        let o = Command::new(common::outpost_bin())
+            .arg("--data-dir")
+            .arg(&env.data)
+            .arg("--models-dir")
+            .arg(&env.models)
+            .arg("--ort-lib")
+            .arg(common::ort_lib())
+            .args(["analyze", "--no-progress", path.to_str().unwrap()])
+            .env_remove("OUTPOST_CONFIG")
+            .env("OUTPOST__ANALYZE__TEXT_BATCH_SIZE", batch)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let conn = db(&env);
+        let mut st = conn
+            .prepare("SELECT item_id, scores FROM predictions ORDER BY item_id")
+            .unwrap();
+        let rows: Vec<(String, Vec<f32>)> = st
+            .query_map([], |r| {
+                let s: String = r.get(1)?;
+                Ok((r.get(0)?, serde_json::from_str(&s).unwrap()))
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        rows
+    };
+    let alone = scores("1");
+    let batched = scores("32");
+    assert_eq!(alone.len(), 150);
+    assert_eq!(batched.len(), 150);
+    for ((ia, a), (ib, b)) in alone.iter().zip(&batched) {
+        assert_eq!(ia, ib);
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() < 1e-6, "{ia}: {a:?} alone, {b:?} in a batch");
+        }
+    }
+
+    common::init_ort();
+    let opts = outpost::model::pool::SessionOptions::default();
+    let dir = env.models.join("keywords");
+    let m = std::sync::Arc::new(outpost::model::LoadedModel::load(&dir, opts).unwrap());
+    assert_eq!(outpost::analyze::report_batch_size(&[m], 32), 32);
+    let manifest = dir.join("manifest.json");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["backbone"]
+        .as_object_mut()
+        .unwrap()
+        .remove("batch_independent");
+    std::fs::write(&manifest, serde_json::to_vec(&v).unwrap()).unwrap();
+    let m = std::sync::Arc::new(outpost::model::LoadedModel::load(&dir, opts).unwrap());
+    assert_eq!(outpost::analyze::report_batch_size(&[m], 32), 1);
 }

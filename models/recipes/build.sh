@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild one default model bundle:  models/recipes/build.sh <landcover|crisis-reports|crisis-reports-2> [recipe options]
+# (crisis-reports-static: 1.1.0's backbone statically quantised so reports can be batched; writes the
+#  bundle only with --out, and only if test F1 is not below 1.1.0's; see models/README.md)
 # (field-labels-baseline: the scikit-learn recipe `cargo bench --bench field_labels` runs beside Outpost's training)
 # (crisis-reports: the shipped English 1.1.0 recipe; crisis-reports-2: the multilingual 2.0 candidate, written to the
 #  scratch folder, not to models/, until it meets the goals of issue 20; see models/README.md)
@@ -24,8 +26,9 @@ case "$bundle" in
     landcover) recipe="$here/landcover.py" ;;
     crisis-reports) recipe="$here/crisis_reports.py" ;;
     crisis-reports-2) recipe="$here/crisis_reports_ml.py" ;;
+    crisis-reports-static) recipe="$here/crisis_reports_static.py" ;;
     field-labels-baseline) recipe="$here/field_labels_baseline.py" ;;
-    *) echo "unknown bundle '$bundle' (expected landcover, crisis-reports, crisis-reports-2 or field-labels-baseline)" >&2; exit 2 ;;
+    *) echo "unknown bundle '$bundle' (expected landcover, crisis-reports, crisis-reports-2, crisis-reports-static or field-labels-baseline)" >&2; exit 2 ;;
 esac
 
 if [[ ! -x "$venv/bin/python" ]]; then

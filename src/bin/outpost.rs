@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use outpost::analyze::{self, ModelSet};
 use outpost::cli::agent_args::*;
-use outpost::cli::agent_models::{load_models, read_manifests};
+use outpost::cli::agent_models::{load_models, load_models_for, read_manifests};
 use outpost::cli::agent_text as text;
 use outpost::cli::unlock::unlock;
 use outpost::cli::{agent_feedback, agent_models, agent_vault, EXIT_PARTIAL};
@@ -57,7 +57,13 @@ fn load_config(cli: &Cli) -> Result<AgentConfig> {
 /// `outpost analyze`: loads the models, analyses the inputs (Ctrl-C stops after the
 /// current batch), prints the summary and drift alerts, and exports if asked.
 fn analyze_command(cfg: &AgentConfig, a: AnalyzeArgs) -> Result<ExitCode> {
-    let models = load_models(cfg, a.model.as_deref())?;
+    // Only the models the inputs need: a folder of tiles does not load the report model.
+    // (None of them there: load all, so the run says which inputs have no model.)
+    let tasks = analyze::tasks_for(&a.inputs);
+    let models = match load_models_for(cfg, a.model.as_deref(), Some(&tasks)) {
+        Ok(m) if !tasks.is_empty() => m,
+        _ => load_models(cfg, a.model.as_deref())?,
+    };
     let set = ModelSet::from_models(&models);
     let opts = a.options(cfg);
     let AnalyzeArgs {

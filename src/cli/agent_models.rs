@@ -15,9 +15,20 @@ use std::sync::Arc;
 
 /// Loads ONNX Runtime and every bundle; a bundle that fails is reported and skipped.
 pub fn load_models(cfg: &AgentConfig, only: Option<&str>) -> Result<Vec<Arc<LoadedModel>>> {
+    load_models_for(cfg, only, None)
+}
+
+/// [`load_models`], only for the given tasks (`None`: all).
+pub fn load_models_for(
+    cfg: &AgentConfig,
+    only: Option<&str>,
+    tasks: Option<&[model::Task]>,
+) -> Result<Vec<Arc<LoadedModel>>> {
     runtime::init(cfg.runtime.library.as_deref())?;
     let dir = cfg.models_dir();
-    let (models, failed) = model::load_all(&dir, cfg.session_options());
+    let (models, failed) = model::load_where(&dir, cfg.session_options(), |m| {
+        tasks.is_none_or(|t| t.contains(&m.task)) && only.is_none_or(|n| m.name == n)
+    });
     for (path, e) in &failed {
         eprintln!("warning: model bundle {} not loaded: {e}", path.display());
     }

@@ -36,6 +36,11 @@ pub struct BackboneSpec {
     pub output: String,
     /// Length of the embedding.
     pub embedding_dim: usize,
+    /// The backbone computes each item of a batch independently of the others (static
+    /// quantisation or float), so analyze may batch reports of similar length. A dynamically
+    /// quantised backbone scales activations per run: its reports run one at a time.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub batch_independent: bool,
 }
 
 /// The head network: embedding to per-label probabilities.

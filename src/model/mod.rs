@@ -35,6 +35,17 @@ pub fn load_all(
     models_dir: &Path,
     opts: pool::SessionOptions,
 ) -> (Vec<Arc<LoadedModel>>, Vec<(PathBuf, ModelError)>) {
+    load_where(models_dir, opts, |_| true)
+}
+
+/// Like [`load_all`], but only the bundles whose manifest passes `wanted` are verified and
+/// loaded (the manifest is read first; verifying and building sessions is the costly part).
+/// A bundle whose manifest cannot be read is loaded as usual, so its error is reported.
+pub fn load_where(
+    models_dir: &Path,
+    opts: pool::SessionOptions,
+    wanted: impl Fn(&Manifest) -> bool,
+) -> (Vec<Arc<LoadedModel>>, Vec<(PathBuf, ModelError)>) {
     let mut ok = Vec::new();
     let mut failed = Vec::new();
     let dirs = match bundle::discover(models_dir) {
@@ -51,6 +62,9 @@ pub fn load_all(
         }
     };
     for dir in dirs {
+        if bundle::read_manifest(&dir).is_ok_and(|m| !wanted(&m)) {
+            continue;
+        }
         match LoadedModel::load(&dir, opts) {
             Ok(m) => ok.push(Arc::new(m)),
             Err(e) => failed.push((dir, e)),

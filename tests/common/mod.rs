@@ -151,6 +151,7 @@ pub fn make_image_bundle(dir: &Path, name: &str, version: &str) -> Manifest {
                 file: "backbone.onnx".into(),
                 output: "embedding".into(),
                 embedding_dim: 3,
+                batch_independent: false,
             },
             head: HeadSpec {
                 file: "head.onnx".into(),
@@ -288,6 +289,8 @@ pub fn make_text_bundle(dir: &Path, name: &str, version: &str) -> Manifest {
                 file: "backbone.onnx".into(),
                 output: "embedding".into(),
                 embedding_dim: d,
+                // A float network: each report's row is computed on its own.
+                batch_independent: true,
             },
             head: HeadSpec {
                 file: "head.onnx".into(),
